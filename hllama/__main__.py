@@ -1,0 +1,3 @@
+from hllama.cli import main
+
+raise SystemExit(main())

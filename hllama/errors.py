@@ -1,0 +1,71 @@
+"""Every hllama exception, in one place.
+
+Each class is also the builtin it naturally is (``LookupError``, ``ValueError``, ...), so callers
+that only know Python's hierarchy still catch it. Front ends map classes to HTTP statuses and CLI
+messages once each; nothing matches on message text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HllamaError(Exception):
+    """Base of every error hllama raises on purpose."""
+
+
+class ModelfileError(HllamaError, ValueError):
+    """A modelfile that cannot be read or does not validate.
+
+    ``line`` is 1-based and ``field`` is the dotted key (``parameters.temperature``) when known.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.path) if self.path else "<modelfile>"
+        if self.line:
+            where += f":{self.line}"
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}: {what}{self.message}"
+
+    def with_path(self, path: Path) -> ModelfileError:
+        return type(self)(self.message, path=path, line=self.line, field=self.field)
+
+
+class UnsupportedInstruction(ModelfileError):
+    """An Ollama instruction hllama understands but cannot honour (``ADAPTER``)."""
+
+
+class DuplicateAlias(ModelfileError):
+    """Two modelfiles declare the same alias name."""
+
+
+class InvalidAliasName(HllamaError, ValueError):
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid alias name {name!r}: {reason}")
+
+
+class AliasNotFound(HllamaError, LookupError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"model '{name}' not found")
+
+
+class AliasExists(HllamaError, FileExistsError):
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        super().__init__(f"alias '{name}' already exists ({path})")
+
+
+class ConfigError(HllamaError, ValueError):
+    """The global configuration (config.toml or an HLLAMA_* variable) is invalid."""

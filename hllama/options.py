@@ -1,0 +1,142 @@
+"""Settings that reach a model: per-request generation parameters and load-time options.
+
+The two are separate classes on purpose: a change in ``LoadOptions`` means loading the model
+again, a change in ``Parameters`` only changes the next ``generate()`` call. Every field defaults
+to ``None`` ("not set here"), so a layer that leaves a value unset never overrides a lower one.
+Ollama's spellings are accepted at the edge and stored under one name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
+
+#: Ollama spelling -> hllama spelling.
+SYNONYMS: dict[str, str] = {
+    "repeat_penalty": "repetition_penalty",
+    "num_predict": "max_new_tokens",
+    "num_ctx": "ctx",
+}
+
+#: Options Ollama knows that have no meaning for a transformers model. Real Modelfiles and clients
+#: send them, so they are accepted and ignored with a warning rather than refused.
+OLLAMA_IGNORED_OPTIONS: frozenset[str] = frozenset({
+    "num_keep", "typical_p", "repeat_last_n", "num_batch", "num_gpu", "main_gpu", "use_mmap",
+    "num_thread", "draft_num_predict", "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z",
+    "penalize_newline", "numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+})
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a Go-style duration (``"5m"``, ``"1h30m"``); negative means forever.
+
+    Returns -1.0 for any negative value, the single spelling of "keep forever".
+    """
+    if value is None or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise ValueError("a duration must be a number of seconds or a string like '5m'")
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_duration_text(value.strip())
+    else:
+        raise ValueError("a duration must be a number of seconds or a string like '5m'")
+    return -1.0 if seconds < 0 else seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(body)
+    if not body or "".join(number + unit for number, unit in parts) != body:
+        raise ValueError(f"invalid duration {text!r}: use seconds or a string like '30s', '5m', '1h'")
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _stop_list(value: Any) -> Any:
+    """A lone stop string is a list of one; the empty list means "no stop strings"."""
+    return [value] if isinstance(value, str) else value
+
+
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+
+
+def _with_synonym(synonym: str, **constraints: Any) -> Any:
+    """An unset-by-default field that also accepts its Ollama spelling."""
+    return Field(None, validation_alias=AliasChoices(SYNONYMS[synonym], synonym), **constraints)
+
+
+class GenerationParameters(BaseModel):
+    """How to sample; each value may change from one request to the next."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    temperature: float | None = Field(None, ge=0, description="0 means greedy decoding")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int | None = Field(None, ge=0, description="0 disables top-k")
+    min_p: float | None = Field(None, ge=0, le=1, description="minimum probability relative to the top token")
+    seed: int | None = Field(None, description="same seed, same output")
+    repetition_penalty: float | None = _with_synonym(
+        "repeat_penalty", gt=0, description="multiplicative penalty on repeated tokens; 1 is off")
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="OpenAI-style: subtracted once from every token already generated")
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="OpenAI-style: subtracted per occurrence of a generated token")
+    stop: Annotated[list[str] | None, BeforeValidator(_stop_list)] = Field(
+        None, description="generation halts before any of these strings")
+    max_new_tokens: int | None = _with_synonym(
+        "num_predict", ge=-1, description="most tokens to generate; -1 is no limit")
+    ctx: int | None = _with_synonym("num_ctx", ge=1, description="context window in tokens; older turns are dropped")
+    json_mode: bool | None = Field(None, description="ask for valid JSON only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ollama_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and OLLAMA_IGNORED_OPTIONS.intersection(data):
+            ignored = sorted(OLLAMA_IGNORED_OPTIONS.intersection(data))
+            log.warning("ignoring Ollama option(s) with no meaning here: %s", ", ".join(ignored))
+            data = {key: value for key, value in data.items() if key not in OLLAMA_IGNORED_OPTIONS}
+        return data
+
+
+class Parameters(GenerationParameters):
+    """Generation parameters plus how long the model stays loaded after a request."""
+
+    keep_alive: Duration = Field(None, description="seconds (or '5m') to keep the model loaded; negative: forever")
+
+
+Quantize = Literal["none", "8bit", "4bit"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class LoadOptions(BaseModel):
+    """How to load the weights; a change here means loading the model again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantize: Quantize | None = Field(None, description="none | 8bit | 4bit (bitsandbytes)")
+    dtype: DType | None = Field(None, description="auto picks bf16/fp16 on a GPU, float32 on the CPU")
+    device_map: str | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
+    trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")
+
+
+#: The lowest layer of every resolution: Ollama's defaults, so a drop-in behaves the same.
+#: ``seed`` (random) and ``ctx`` (the model's own context length) stay unset.
+BUILTIN_PARAMETERS = Parameters(
+    temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
+    frequency_penalty=0.0, stop=[], max_new_tokens=-1, json_mode=False, keep_alive=300,
+)
+BUILTIN_LOAD = LoadOptions(quantize="none", dtype="auto", device_map="auto", trust_remote_code=False)

@@ -1,0 +1,117 @@
+"""The layered resolver: one answer to "which settings does this request run with, and why".
+
+Layers, lowest first: built-in defaults < global config < the alias's modelfile < CLI flags <
+API options. Each layer is a partial set of values; a value a layer leaves unset (None) never
+overrides a lower one. The fold keeps, for every value, the layer that set it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hllama.config import Settings
+from hllama.errors import AliasNotFound
+from hllama.modelfile import Message
+from hllama.names import is_local_path, is_model_folder, looks_like_repo_id
+from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS, LoadOptions, Parameters
+from hllama.registry import Registry
+
+
+class Layer(str, Enum):
+    DEFAULT = "default"
+    CONFIG = "config"
+    MODELFILE = "modelfile"
+    NAME = "name"  # the model was named directly (repo id or path), not through an alias
+    CLI = "cli"
+    API = "api"
+
+
+class Overrides(BaseModel):
+    """What a front end may set on top of an alias: CLI flags or an API request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = None
+    template: str | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+    load: LoadOptions = Field(default_factory=LoadOptions)
+
+
+class Resolved(BaseModel):
+    """Everything needed to load a model and run one request, with the layer of every value."""
+
+    name: str = Field(description="the name asked for")
+    alias: str | None = Field(None, description="the alias it named, if any")
+    model: str = Field(description="Hub repo id or local path")
+    revision: str | None = None
+    system: str | None = None
+    template: str | None = None
+    messages: list[Message] = Field(default_factory=list)
+    parameters: Parameters
+    load: LoadOptions
+    sources: dict[str, Layer] = Field(description="dotted key -> layer that set it")
+
+    def explain(self) -> list[tuple[str, Any, Layer | None]]:
+        """Every setting as (key, effective value, layer that set it or None when unset)."""
+        flat = _flatten(self.model_dump(include={"model", "revision", "system", "template", "messages"}))
+        flat.update(_flatten({"parameters": self.parameters.model_dump()}))
+        flat.update(_flatten({"load": self.load.model_dump()}))
+        return [(key, value, self.sources.get(key)) for key, value in flat.items()]
+
+
+def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides | None = None,
+            api: Overrides | None = None) -> Resolved:
+    """Fold every layer for ``name``: an alias, else a Hub repo id or local model path."""
+    layers: list[tuple[Layer, dict[str, Any]]] = [
+        (Layer.DEFAULT, _values({"parameters": BUILTIN_PARAMETERS, "load": BUILTIN_LOAD})),
+        (Layer.CONFIG, _values({"parameters": settings.parameters, "load": settings.load,
+                                "parameters.keep_alive": settings.keep_alive})),
+    ]
+    entry = registry.get(name)
+    if entry is not None:
+        modelfile = entry.modelfile
+        layers.append((Layer.MODELFILE, _values(modelfile.model_dump(
+            include={"revision", "system", "template", "messages", "parameters", "load"}))
+            | {"model": modelfile.from_}))
+    elif looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name):
+        layers.append((Layer.NAME, {"model": name}))
+    else:
+        raise AliasNotFound(name)
+    layers += [(layer, _values(overrides.model_dump())) for layer, overrides in
+               ((Layer.CLI, cli), (Layer.API, api)) if overrides is not None]
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, Layer] = {}
+    for layer, values in layers:
+        merged.update(values)
+        sources.update(dict.fromkeys(values, layer))
+    return Resolved(name=name, alias=entry.name if entry else None, sources=sources, **_nest(merged))
+
+
+def _values(data: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    """The values a layer sets, as dotted keys; None means "not set here"."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    data = {key: value.model_dump() if isinstance(value, BaseModel) else value for key, value in data.items()}
+    return {key: value for key, value in _flatten(data).items() if value is not None}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {"parameters": {}, "load": {}}
+    for key, value in flat.items():
+        section, _, leaf = key.rpartition(".")
+        (nested[section] if section else nested)[leaf] = value
+    return nested

@@ -1,0 +1,98 @@
+"""The alias store: the modelfiles folder and its ``registry.json`` mirror, changed under one lock.
+
+Every change (create, install, remove) runs as lock → compile → write → compile → unlock, so two
+processes never interleave and neither can lose the other's alias.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from filelock import FileLock
+
+from hllama.config import Settings
+from hllama.errors import AliasExists, AliasNotFound, ModelfileError
+from hllama.fsutil import atomic_write_text
+from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, load_modelfile, parse_modelfile
+from hllama.names import normalize_alias
+from hllama.registry import Registry, RegistryEntry, alias_name, compile_folder, read_mirror, write_mirror
+
+
+class AliasStore:
+    def __init__(self, settings: Settings) -> None:
+        self.folder = settings.modelfiles_dir
+        self.mirror = settings.registry_file
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(settings.home / "registry.lock"))
+
+    def refresh(self) -> Registry:
+        """Compile the folder now and bring ``registry.json`` up to date."""
+        with self._lock:
+            return self._compile()
+
+    def create(self, name: str, modelfile: Modelfile, *, force: bool = False) -> RegistryEntry:
+        """Write ``modelfile`` as ``NAME.yaml``; the file name carries the alias name."""
+        name = normalize_alias(name)
+        text = dump_yaml(modelfile.model_copy(update={"name": None}))
+        parse_modelfile(text, fmt="yaml")  # what is written must read back
+        return self._write(name, text, ".yaml", force=force)
+
+    def install(self, source: Path, *, name: str | None = None, force: bool = False) -> RegistryEntry:
+        """Validate ``source`` (any format) and add it to the folder.
+
+        The file is copied as written (comments and format kept) when it means the same thing in
+        its new place; otherwise (another name, a relative FROM) its validated content is written
+        as YAML.
+        """
+        source = Path(source)
+        modelfile = load_modelfile(source)
+        name = normalize_alias(name) if name else alias_name(modelfile, source)
+        suffix = source.suffix.lower() if source.suffix.lower() in MODELFILE_SUFFIXES else ".modelfile"
+        text = source.read_text(encoding="utf-8-sig")
+        target = self.folder / f"{name}{suffix}"
+        try:
+            moved = parse_modelfile(text, path=target)
+            same = moved == modelfile and alias_name(moved, target) == name
+        except ModelfileError:
+            same = False
+        if same:
+            return self._write(name, text, suffix, force=force)
+        return self.create(name, modelfile, force=force)
+
+    def remove(self, names: list[str]) -> list[str]:
+        """Delete the modelfiles of ``names``; nothing is deleted unless every name exists."""
+        with self._lock:
+            registry = self._compile()
+            entries = []
+            for name in names:
+                entry = registry.get(normalize_alias(name))
+                if entry is None:
+                    raise AliasNotFound(name)
+                entries.append(entry)
+            for entry in entries:
+                entry.path.unlink(missing_ok=True)
+            self._compile()
+        return [entry.name for entry in entries]
+
+    def _write(self, name: str, text: str, suffix: str, *, force: bool) -> RegistryEntry:
+        target = self.folder / f"{name}{suffix}"
+        with self._lock:
+            registry = self._compile()
+            existing = registry.get(name)
+            occupant = next((entry for entry in registry if entry.path == target and entry.name != name), None)
+            if occupant is not None:  # never overwrite another alias's file, --force or not
+                raise AliasExists(occupant.name, target)
+            if (existing is not None or target.exists()) and not force:
+                raise AliasExists(name, existing.path if existing else target)
+            atomic_write_text(target, text)
+            if existing is not None and existing.path != target:
+                existing.path.unlink(missing_ok=True)
+            entry = self._compile().get(name)
+        if entry is None or entry.path != target:  # pragma: no cover - the file was validated above
+            raise ModelfileError("the new modelfile did not compile", path=target)
+        return entry
+
+    def _compile(self) -> Registry:
+        registry = compile_folder(self.folder, previous=read_mirror(self.mirror))
+        write_mirror(registry, self.mirror)
+        return registry

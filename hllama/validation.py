@@ -1,0 +1,81 @@
+"""Turn pydantic's complaints into short messages a person can act on."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel
+
+KeyPath = tuple[str | int, ...]
+
+
+def field_name(loc: KeyPath) -> str:
+    """``('messages', 1, 'role')`` -> ``messages[1].role``."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
+
+
+def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None,
+             synonyms: dict[str, str] | None = None) -> str:
+    """One error of a ``ValidationError`` as a phrase; unknown keys get a "did you mean"."""
+    loc: KeyPath = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        synonym = (synonyms or {}).get(key)
+        if synonym and synonym in _keys_at(data, loc[:-1]):
+            return f"'{key}' and '{synonym}' are the same setting; give only one"
+        close = difflib.get_close_matches(key, known_keys(schema, loc[:-1]), n=1)
+        return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+    if kind == "missing":
+        return "required but missing"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    if "input" in error and not isinstance(error["input"], (dict, list)):
+        got = repr(error["input"])
+        message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
+    return message
+
+
+def known_keys(schema: type[BaseModel], section: KeyPath) -> list[str]:
+    """Every key (names and accepted spellings) of the model found at ``section`` inside ``schema``."""
+    model = _model_at(schema, section)
+    if model is None:
+        return []
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(info.alias or name)
+        if isinstance(info.validation_alias, AliasChoices):
+            keys.extend(str(choice) for choice in info.validation_alias.choices)
+    return list(dict.fromkeys(keys))
+
+
+def _model_at(model: type[BaseModel] | None, section: KeyPath) -> type[BaseModel] | None:
+    for part in section:
+        if model is None or isinstance(part, int):
+            continue
+        info = next((info for name, info in model.model_fields.items() if part in (name, info.alias)), None)
+        model = _inner_model(info.annotation) if info else None
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if found := _inner_model(arg):
+            return found
+    return None
+
+
+def _keys_at(data: Any, section: KeyPath) -> set[str]:
+    for part in section:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return set()
+    return set(data) if isinstance(data, dict) else set()
