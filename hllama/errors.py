@@ -69,3 +69,7 @@ class AliasExists(HllamaError, FileExistsError):
 
 class ConfigError(HllamaError, ValueError):
     """The global configuration (config.toml or an HLLAMA_* variable) is invalid."""
+
+
+class InvalidOption(HllamaError, ValueError):
+    """A value given on the command line (or in a request) that does not validate."""

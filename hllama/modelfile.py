@@ -289,7 +289,7 @@ def _parse_ollama(text: str) -> Parsed:
         if not stripped or stripped.startswith("#"):
             index += 1
             continue
-        keyword, _, rest = stripped.partition(" ") if " " in stripped else stripped.partition("\t")
+        keyword, rest = _first_word(stripped)
         instruction = keyword.upper()
         if instruction not in _INSTRUCTIONS:
             raise ModelfileError(
@@ -301,7 +301,7 @@ def _parse_ollama(text: str) -> Parsed:
                 "save it, and point FROM at that folder", line=number)
         head = ""
         if instruction in ("PARAMETER", "MESSAGE"):
-            head, _, rest = rest.strip().partition(" ") if " " in rest.strip() else rest.strip().partition("\t")
+            head, rest = _first_word(rest)
             if not head:
                 raise ModelfileError(f"{instruction} needs a name and a value", line=number, field=instruction)
         value, index = _read_value(rest, source, index)
@@ -311,6 +311,11 @@ def _parse_ollama(text: str) -> Parsed:
     if "from" not in data:
         raise ModelfileError("no FROM line", field="FROM")
     return Parsed(data, lines)
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    word, _, rest = text.strip().replace("\t", " ").partition(" ")
+    return word, text.strip()[len(word):]
 
 
 def _apply_instruction(data: dict[str, Any], lines: dict[KeyPath, int], instruction: str, head: str,

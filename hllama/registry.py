@@ -84,7 +84,10 @@ def alias_name(modelfile: Modelfile, path: Path) -> str:
 
 
 def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registry:
-    """Every valid modelfile in ``folder``; broken files keep their last good version from ``previous``."""
+    """Every valid modelfile in ``folder``; broken files keep their last good version from ``previous``.
+
+    Problems are returned in ``Registry.problems``, not logged: each front end reports them its way.
+    """
     last_good = {entry.path: entry for entry in previous} if previous else {}
     candidates: dict[str, list[RegistryEntry]] = {}
     problems: list[ModelfileError] = []
@@ -93,12 +96,9 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
             entry = read_entry(path)
         except ModelfileError as error:
             problems.append(error)
-            if (good := last_good.get(path)) is not None:
-                log.warning("%s (keeping its last good version)", error)
-                entry = RegistryEntry(good.name, good.modelfile, path, good.digest, error)
-            else:
-                log.warning("%s", error)
+            if (good := last_good.get(path)) is None:
                 continue
+            entry = RegistryEntry(good.name, good.modelfile, path, good.digest, error)
         candidates.setdefault(entry.name, []).append(entry)
     entries = {}
     for name, claimants in candidates.items():

@@ -1,0 +1,136 @@
+"""``create``, ``list``, ``show`` and ``rm``: the alias commands. None of them loads a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hllama.cli.args import add_generation_options, add_load_options, overrides_from_args
+from hllama.cli.table import format_table
+from hllama.config import load_settings
+from hllama.errors import AliasNotFound, InvalidOption
+from hllama.modelfile import Modelfile, dump_yaml
+from hllama.registry import Registry, RegistryEntry
+from hllama.resolve import resolve
+from hllama.store import AliasStore
+from hllama.validation import describe
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    create = commands.add_parser(
+        "create", help="create an alias from flags or a modelfile",
+        description="Create an alias: from flags (--alias NAME --model ID [options]) or from a modelfile "
+                    "(-f FILE) in YAML, TOML or Ollama's Modelfile syntax.")
+    create.add_argument("name", nargs="?", help="alias name (same as --alias)")
+    create.add_argument("--alias", metavar="NAME", help="alias name")
+    create.add_argument("-f", "--file", metavar="FILE", type=Path, help="install this modelfile")
+    create.add_argument("--model", metavar="ID", help="Hub repo id, local model folder or .gguf file")
+    create.add_argument("--revision", metavar="REV", help="branch, tag or commit on the Hub")
+    create.add_argument("--description", metavar="TEXT", help="one line about the alias")
+    create.add_argument("--force", action="store_true", help="replace an existing alias")
+    add_generation_options(create)
+    add_load_options(create)
+    create.set_defaults(run=run_create)
+
+    listing = commands.add_parser("list", aliases=["ls"], help="list aliases")
+    listing.set_defaults(run=run_list)
+
+    show = commands.add_parser("show", help="show an alias")
+    show.add_argument("name", help="alias (or, with --explain, a Hub repo id)")
+    view = show.add_mutually_exclusive_group()
+    view.add_argument("--explain", action="store_true", help="every effective value and the layer that set it")
+    view.add_argument("--modelfile", action="store_true", help="print the source file as written")
+    show.set_defaults(run=run_show)
+
+    remove = commands.add_parser("rm", help="remove aliases")
+    remove.add_argument("names", nargs="+", metavar="NAME")
+    remove.set_defaults(run=run_rm)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    store = AliasStore(load_settings())
+    if args.name and args.alias and args.name != args.alias:
+        raise InvalidOption(f"two names given: '{args.name}' and --alias '{args.alias}'")
+    name = args.alias or args.name
+    overrides = overrides_from_args(args)
+    if args.file is not None:
+        if args.model or overrides.model_dump(exclude_defaults=True) or args.revision or args.description:
+            raise InvalidOption("-f takes its settings from the file; give either -f FILE or --model and flags")
+        entry = store.install(args.file, name=name, force=args.force)
+    else:
+        if not name or not args.model:
+            raise InvalidOption("create needs --alias NAME and --model ID, or -f FILE")
+        entry = store.create(name, _modelfile_from_flags(args, overrides), force=args.force)
+    print(f"created '{entry.name}' ({entry.path})")
+    return 0
+
+
+def _modelfile_from_flags(args: argparse.Namespace, overrides: Any) -> Modelfile:
+    data = {"from": args.model, "revision": args.revision, "description": args.description,
+            **overrides.model_dump(exclude_none=True)}
+    try:
+        return Modelfile.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--model" if error["loc"][0] == "from" else f"--{error['loc'][-1]}".replace("_", "-")
+        raise InvalidOption(f"{flag}: {describe(error, schema=Modelfile)}") from None
+
+
+def run_list(args: argparse.Namespace) -> int:
+    registry = AliasStore(load_settings()).refresh()
+    rows = [(entry.name, entry.modelfile.from_, entry.modelfile.load.quantize or "none",
+             _key_parameters(entry), entry.path.name) for entry in registry]
+    print(format_table(("NAME", "MODEL", "QUANT", "PARAMETERS", "SOURCE"), rows))
+    for line in _problem_lines(registry):
+        print(line)
+    return 0
+
+
+def _key_parameters(entry: RegistryEntry) -> str:
+    shown = ("temperature", "top_p", "top_k", "ctx", "max_new_tokens", "stop", "json_mode")
+    values = entry.modelfile.parameters.model_dump(include=set(shown), exclude_none=True)
+    return " ".join(f"{key}={json.dumps(values[key], ensure_ascii=False)}" for key in shown if key in values)
+
+
+def _problem_lines(registry: Registry) -> list[str]:
+    kept = {entry.path: entry.name for entry in registry if entry.error is not None}
+    lines = []
+    for error in registry.problems:
+        note = f" (alias '{kept[error.path]}' keeps its last good version)" if error.path in kept else ""
+        lines.append(f"invalid: {error}{note}")
+    return lines
+
+
+def run_show(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    registry = AliasStore(settings).refresh()
+    if args.explain:
+        resolved = resolve(args.name, settings=settings, registry=registry)
+        rows = [(key, _value_text(value), layer.value if layer else "unset")
+                for key, value, layer in resolved.explain()]
+        print(format_table(("SETTING", "VALUE", "FROM"), rows, max_width=60))
+        return 0
+    entry = registry.get(args.name)
+    if entry is None:
+        raise AliasNotFound(args.name)
+    if args.modelfile:
+        print(entry.path.read_text(encoding="utf-8-sig"), end="")
+        return 0
+    if entry.error is not None:
+        print(f"# {entry.error}\n# showing the last good version")
+    print(dump_yaml(entry.modelfile.model_copy(update={"name": entry.name})), end="")
+    return 0
+
+
+def _value_text(value: Any) -> str:
+    return "-" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    for name in AliasStore(load_settings()).remove(args.names):
+        print(f"deleted '{name}'")
+    return 0

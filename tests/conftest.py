@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "modelfiles"
+
+
+@pytest.fixture(autouse=True)
+def hllama_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty home and no HLLAMA_*/OLLAMA_* settings from the outside."""
+    for name in list(os.environ):
+        if name.startswith(("HLLAMA_", "OLLAMA_")):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HLLAMA_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def modelfiles(hllama_home: Path) -> Path:
+    folder = hllama_home / "modelfiles"
+    folder.mkdir(parents=True)
+    return folder
