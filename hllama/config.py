@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
-                               TomlConfigSettingsSource)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from hllama.errors import ConfigError
 from hllama.options import SYNONYMS, Duration, GenerationParameters, LoadOptions
@@ -39,7 +39,7 @@ OLLAMA_ENV = {
 }
 
 
-def home_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+def home_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("HLLAMA_HOME") or DEFAULT_HOME).expanduser()
 
 

@@ -100,14 +100,17 @@ class Parsed:
 
 def load_modelfile(path: Path | str) -> Modelfile:
     """Read and validate one modelfile; any problem is a :class:`ModelfileError` naming the file."""
-    path = Path(path)
+    return parse_modelfile(read_modelfile_text(Path(path)), path=Path(path))
+
+
+def read_modelfile_text(path: Path) -> str:
+    """The file's text (a byte-order mark dropped), or a :class:`ModelfileError` saying why not."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ModelfileError("not a UTF-8 text file", path=path) from None
     except OSError as exc:
         raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
-    return parse_modelfile(text, path=path)
 
 
 def parse_modelfile(text: str, *, path: Path | None = None, fmt: Format | None = None) -> Modelfile:
@@ -116,7 +119,9 @@ def parse_modelfile(text: str, *, path: Path | None = None, fmt: Format | None =
         parsed = _PARSERS[fmt](text)
         return _validate(parsed, base=path.parent if path else Path.cwd())
     except ModelfileError as exc:
-        raise exc.with_path(path) if path else exc
+        if path is None:
+            raise
+        raise exc.with_path(path) from None
 
 
 def detect_format(text: str, path: Path | None = None) -> Format:

@@ -40,16 +40,11 @@ def parse_duration(value: Any) -> float | None:
 
     Returns -1.0 for any negative value, the single spelling of "keep forever".
     """
-    if value is None or isinstance(value, bool):
-        if isinstance(value, bool):
-            raise ValueError("a duration must be a number of seconds or a string like '5m'")
+    if value is None:
         return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_duration_text(value.strip())
-    else:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("a duration must be a number of seconds or a string like '5m'")
+    seconds = _parse_duration_text(value.strip()) if isinstance(value, str) else float(value)
     return -1.0 if seconds < 0 else seconds
 
 

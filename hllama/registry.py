@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from hllama.errors import DuplicateAlias, InvalidAliasName, ModelfileError
 from hllama.fsutil import atomic_write_text
-from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, parse_modelfile
+from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, parse_modelfile, read_modelfile_text
 from hllama.names import normalize_alias
 
 log = logging.getLogger(__name__)
@@ -112,15 +112,9 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
 
 
 def read_entry(path: Path) -> RegistryEntry:
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ModelfileError("not a UTF-8 text file", path=path) from None
-    except OSError as exc:
-        raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    text = read_modelfile_text(path)
     modelfile = parse_modelfile(text, path=path)
-    return RegistryEntry(alias_name(modelfile, path), modelfile, path, _digest(raw))
+    return RegistryEntry(alias_name(modelfile, path), modelfile, path, _digest(text))
 
 
 def _pick_claimant(claimants: list[RegistryEntry], last_good: Mapping[Path, RegistryEntry]) -> RegistryEntry:
@@ -131,8 +125,8 @@ def _pick_claimant(claimants: list[RegistryEntry], last_good: Mapping[Path, Regi
     return claimants[0]
 
 
-def _digest(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from filelock import FileLock
 from hllama.config import Settings
 from hllama.errors import AliasExists, AliasNotFound, ModelfileError
 from hllama.fsutil import atomic_write_text
-from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, load_modelfile, parse_modelfile
+from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, parse_modelfile, read_modelfile_text
 from hllama.names import normalize_alias
 from hllama.registry import Registry, RegistryEntry, alias_name, compile_folder, read_mirror, write_mirror
 
@@ -45,10 +45,10 @@ class AliasStore:
         as YAML.
         """
         source = Path(source)
-        modelfile = load_modelfile(source)
+        text = read_modelfile_text(source)
+        modelfile = parse_modelfile(text, path=source)
         name = normalize_alias(name) if name else alias_name(modelfile, source)
         suffix = source.suffix.lower() if source.suffix.lower() in MODELFILE_SUFFIXES else ".modelfile"
-        text = source.read_text(encoding="utf-8-sig")
         target = self.folder / f"{name}{suffix}"
         try:
             moved = parse_modelfile(text, path=target)

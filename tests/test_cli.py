@@ -150,7 +150,8 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, argv, code, message):
 def test_existing_alias_is_not_overwritten_without_force(capsys, modelfiles: Path):
     run(capsys, "create", "--alias", "x", "--model", "a/b")
     code, _, err = run(capsys, "create", "--alias", "x", "--model", "c/d")
-    assert code == 1 and err == f"Error: alias 'x' already exists ({modelfiles / 'x.yaml'}); add --force to replace it\n"
+    assert code == 1
+    assert err == f"Error: alias 'x' already exists ({modelfiles / 'x.yaml'}); add --force to replace it\n"
     assert run(capsys, "create", "--alias", "x", "--model", "c/d", "--force")[0] == 0
     assert (modelfiles / "x.yaml").read_text() == "from: c/d\n"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hllama.cli.args import add_generation_options, add_load_options, overrides_from_args
+from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
 from hllama.cli.table import format_table
 from hllama.config import load_settings
 from hllama.errors import AliasNotFound, InvalidOption
@@ -17,7 +17,6 @@ from hllama.modelfile import Modelfile, dump_yaml
 from hllama.registry import Registry, RegistryEntry
 from hllama.resolve import resolve
 from hllama.store import AliasStore
-from hllama.validation import describe
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -75,9 +74,7 @@ def _modelfile_from_flags(args: argparse.Namespace, overrides: Any) -> Modelfile
     try:
         return Modelfile.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = "--model" if error["loc"][0] == "from" else f"--{error['loc'][-1]}".replace("_", "-")
-        raise InvalidOption(f"{flag}: {describe(error, schema=Modelfile)}") from None
+        raise invalid_option(exc, schema=Modelfile) from None
 
 
 def run_list(args: argparse.Namespace) -> int:

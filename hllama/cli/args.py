@@ -10,7 +10,7 @@ import argparse
 import typing
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hllama.errors import InvalidOption
 from hllama.options import SYNONYMS, Parameters
@@ -66,10 +66,15 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
     try:
         return Overrides.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = tuple(error["loc"])
-        raise InvalidOption(f"{_flag(str(loc[1] if len(loc) > 1 else loc[0]))}: "
-                            f"{describe(error, schema=Overrides)}") from None
+        raise invalid_option(exc, schema=Overrides) from None
+
+
+def invalid_option(exc: ValidationError, *, schema: type[BaseModel]) -> InvalidOption:
+    """The first complaint about flag values, named by its flag."""
+    error = exc.errors()[0]
+    key = next((part for part in reversed(error["loc"]) if isinstance(part, str)), "")
+    flag = "--model" if key == "from" else _flag(key)
+    return InvalidOption(f"{flag}: {describe(error, schema=schema)}")
 
 
 def _given(values: dict[str, Any], prefix: str) -> dict[str, Any]:
