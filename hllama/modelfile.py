@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hllama.errors import ModelfileError, UnsupportedInstruction
-from hllama.names import is_local_path, normalize_alias
+from hllama.names import is_local_path, looks_like_repo_id, normalize_alias
 from hllama.options import SYNONYMS, LoadOptions, Parameters
 from hllama.validation import KeyPath, describe, field_name
 
@@ -27,6 +27,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Format = Literal["yaml", "toml", "ollama"]
+
+#: Early Hub models have no owner ("gpt2").
+_LEGACY_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: File names the modelfiles folder is scanned for.
 MODELFILE_SUFFIXES = (".yaml", ".yml", ".toml", ".modelfile")
@@ -54,6 +57,20 @@ class Modelfile(BaseModel):
     messages: list[Message] | None = Field(None, description="seed conversation")
     parameters: Parameters = Field(default_factory=Parameters)
     load: LoadOptions = Field(default_factory=LoadOptions)
+
+    def with_local_path_from(self, base: Path) -> Modelfile:
+        """This alias with a relative local ``from`` made absolute against ``base``."""
+        if not is_local_path(self.from_):
+            return self
+        return self.model_copy(update={"from_": str((base / Path(self.from_).expanduser()).resolve())})
+
+    @field_validator("from_")
+    @classmethod
+    def _model_reference(cls, value: str) -> str:
+        if not (is_local_path(value) or looks_like_repo_id(value) or _LEGACY_REPO_ID.fullmatch(value)):
+            raise ValueError("expected a Hub repo id (owner/name), a local model folder (./path, /path) "
+                             "or a .gguf file")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -171,11 +188,8 @@ def _validate(parsed: Parsed, *, base: Path) -> Modelfile:
         modelfile = Modelfile.model_validate(parsed.data)
     except ValidationError as exc:
         raise _first_problem(exc, parsed) from None
-    if is_local_path(modelfile.from_):
-        # Like Ollama, a relative FROM is relative to the modelfile, wherever it is read from.
-        resolved = (base / Path(modelfile.from_).expanduser()).resolve()
-        modelfile = modelfile.model_copy(update={"from_": str(resolved)})
-    return modelfile
+    # Like Ollama, a relative FROM is relative to the modelfile, wherever it is read from.
+    return modelfile.with_local_path_from(base)
 
 
 def _first_problem(exc: ValidationError, parsed: Parsed) -> ModelfileError:

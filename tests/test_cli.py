@@ -191,3 +191,16 @@ def test_alias_commands_do_not_import_torch_or_transformers():
     result = _run_module(str(EXAMPLES / "mario.modelfile"), code=NO_HEAVY_IMPORTS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "none"
+
+
+def test_a_relative_model_path_is_relative_to_where_the_command_runs(capsys, monkeypatch, tmp_path: Path,
+                                                                       modelfiles: Path):
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "create", "--alias", "local", "--model", "./weights")[0] == 0
+    assert (modelfiles / "local.yaml").read_text() == f"from: {tmp_path / 'weights'}\n"
+
+
+def test_model_reference_is_checked(capsys):
+    code, _, err = run(capsys, "create", "--alias", "x", "--model", "not a model!")
+    assert code == 1 and err.startswith("Error: --model: expected a Hub repo id")
+    assert run(capsys, "create", "--alias", "gpt", "--model", "gpt2")[0] == 0

@@ -125,6 +125,7 @@ ERRORS = [
     ("role.yaml", "from: a/b\nmessages:\n  - role: user\n    content: a\n  - role: bot\n    content: b\n", 5,
      "messages[1].role", "'system', 'user' or 'assistant'"),
     ("missing.yaml", "system: hi\n", None, "from", "required"),
+    ("from.yaml", "system: hi\nfrom: not a model\n", 2, "from", "expected a Hub repo id"),
     ("syntax.yaml", "from: a/b\nparameters: [1,\n", 3, None, "invalid YAML"),
     ("list.yaml", "- a\n- b\n", 1, None, "expected a mapping"),
     ("empty.yaml", "", None, None, "empty"),

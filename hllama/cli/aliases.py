@@ -72,9 +72,10 @@ def _modelfile_from_flags(args: argparse.Namespace, overrides: Any) -> Modelfile
     data = {"from": args.model, "revision": args.revision, "description": args.description,
             **overrides.model_dump(exclude_none=True)}
     try:
-        return Modelfile.model_validate(data)
+        modelfile = Modelfile.model_validate(data)
     except ValidationError as exc:
         raise invalid_option(exc, schema=Modelfile) from None
+    return modelfile.with_local_path_from(Path.cwd())  # a path typed on the command line is relative to here
 
 
 def run_list(args: argparse.Namespace) -> int:
