@@ -113,7 +113,7 @@ class Parameters(GenerationParameters):
     keep_alive: Duration = Field(None, description="seconds (or '5m') to keep the model loaded; negative: forever")
 
 
-Quantize = Literal["none", "8bit", "4bit"]
+Quantize = Literal["none", "8bit", "4bit", "auto"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -122,7 +122,8 @@ class LoadOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    quantize: Quantize | None = Field(None, description="none | 8bit | 4bit (bitsandbytes)")
+    quantize: Quantize | None = Field(
+        None, description="none | 8bit | 4bit (bitsandbytes) | auto: the best precision that fits")
     dtype: DType | None = Field(None, description="auto picks bf16/fp16 on a GPU, float32 on the CPU")
     device_map: str | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
     trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")

@@ -135,7 +135,7 @@ ERRORS = [
     ("unknown.toml", 'from = "a/b"\n\n[parameters]\ntop_kk = 3\n', 4, "parameters.top_kk",
      "did you mean 'top_k'"),
     ("range.toml", 'from = "a/b"\n[parameters]\ntop_k = -3\n', 3, "parameters.top_k", "greater than or equal to 0"),
-    ("type.toml", 'from = "a/b"\n[load]\nquantize = "3bit"\n', 3, "load.quantize", "'none', '8bit' or '4bit'"),
+    ("type.toml", 'from = "a/b"\n[load]\nquantize = "3bit"\n', 3, "load.quantize", "'none', '8bit', '4bit' or 'auto'"),
     ("dotted.toml", 'from = "a/b"\nparameters.min_p = 2\n', 2, "parameters.min_p", "less than or equal to 1"),
     ("messages.toml", 'from = "a/b"\n[[messages]]\nrole = "user"\ncontent = "a"\n[[messages]]\nrole = "x"\n'
      'content = "b"\n', 6, "messages[1].role", "'system', 'user' or 'assistant'"),

@@ -48,6 +48,8 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
                            help="quantize the weights to 8 bits with bitsandbytes")
     precision.add_argument("--load-in-4bit", dest="load_quantize", action="store_const", const="4bit",
                            help="quantize the weights to 4 bits (nf4) with bitsandbytes")
+    precision.add_argument("--quantize", dest="load_quantize", choices=["none", "8bit", "4bit", "auto"],
+                           help="precision; auto picks the best one that fits in memory")
     group.add_argument("--dtype", dest="load_dtype", choices=["auto", "float32", "float16", "bfloat16"],
                        help="weight dtype (auto: bf16/fp16 on a GPU, float32 on the CPU)")
     group.add_argument("--device-map", dest="load_device_map", metavar="MAP", help="accelerate device map")

@@ -1,0 +1,192 @@
+"""How much memory a model will need, known before loading it (or downloading it).
+
+Two estimates, both reported: the rule of thumb (1.5 × the size of the weight files) and a better
+one from the safetensors headers: parameters × bytes per parameter at the chosen precision, plus
+the KV cache for the context length (from config.json) and a fixed overhead. Decisions use the
+better one whenever the headers are known.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hllama.hardware import Budget, Device
+from hllama.options import LoadOptions
+
+#: Bytes per element of each safetensors dtype.
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+               "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+#: Bytes per parameter at each precision. bitsandbytes keeps a scale per row (8-bit) or per block
+#: of 64 (4-bit, nf4 with double quantisation), hence the fractions.
+PRECISION_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.02, "4bit": 0.53}
+
+#: Context assumed for the KV cache when neither the alias nor the request sets one.
+DEFAULT_ESTIMATE_CONTEXT = 4096
+
+_OVERHEAD = {"cpu": 64 * 2**20, "cuda": 512 * 2**20}  # allocator slack; CUDA context on a GPU
+_NOT_QUANTIZED = ("embed", "embd", "lm_head", "wte", "wpe", "norm")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What the files say about a model's size."""
+
+    files_bytes: int = 0
+    parameters: int = 0  # 0: unknown (no safetensors headers)
+    quantizable: int = 0  # parameters in the 2-D weights bitsandbytes would quantize
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    precision: str
+    context: int
+    weights: int
+    kv_cache: int
+    overhead: int
+    rule_of_thumb: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The precision a model will load at, against the budget, with the alternatives."""
+
+    chosen: Estimate
+    budget: Budget
+    alternatives: tuple[Estimate, ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.chosen.total <= self.budget.bytes
+
+    def hint(self) -> str | None:
+        """The flag that would make it fit, if one would."""
+        for estimate in self.alternatives:
+            if estimate.total <= self.budget.bytes and estimate.precision in ("8bit", "4bit"):
+                return f"fits with --load-in-{estimate.precision}"
+        return None
+
+
+def footprint_from_tensors(tensors: Iterable[tuple[str, str, Iterable[int]]], *, files_bytes: int,
+                           config: Mapping[str, Any]) -> Footprint:
+    """A footprint from (name, safetensors dtype, shape) triples, local or read from the Hub."""
+    parameters = quantizable = 0
+    for name, _dtype, shape in tensors:
+        dims = list(shape)
+        count = 1
+        for dim in dims:
+            count *= dim
+        parameters += count
+        if len(dims) == 2 and not any(part in name for part in _NOT_QUANTIZED):
+            quantizable += count
+    return Footprint(files_bytes=files_bytes, parameters=parameters, quantizable=quantizable, config=config)
+
+
+def local_footprint(folder: Path, *, gguf_file: str | None = None) -> Footprint:
+    """Read headers and config.json only; nothing is loaded."""
+    config = _read_config(folder)
+    if gguf_file:
+        return _gguf_footprint(folder / gguf_file, config)
+    weights = sorted(folder.glob("*.safetensors"))
+    if weights:
+        tensors = [item for path in weights for item in read_safetensors_header(path)]
+        return footprint_from_tensors(tensors, files_bytes=sum(path.stat().st_size for path in weights),
+                                      config=config)
+    legacy = sorted(folder.glob("*.bin"))
+    return Footprint(files_bytes=sum(path.stat().st_size for path in legacy), config=config)
+
+
+def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype, shape) of every tensor: the first 8 bytes give the JSON header's length."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return [(name, info["dtype"], info["shape"]) for name, info in header.items() if name != "__metadata__"]
+
+
+def estimate(footprint: Footprint, *, precision: str, context: int | None, device: Device) -> Estimate:
+    compute_bytes = 4 if device == "cpu" else 2
+    rule_of_thumb = int(1.5 * footprint.files_bytes)
+    if footprint.parameters:
+        if precision in ("8bit", "4bit"):
+            rest = footprint.parameters - footprint.quantizable
+            weights = int(footprint.quantizable * PRECISION_BYTES[precision] + rest * compute_bytes)
+        else:
+            weights = int(footprint.parameters * PRECISION_BYTES[precision])
+    else:
+        weights = rule_of_thumb
+    context = context_for_estimate(footprint, context)
+    return Estimate(precision=precision, context=context, weights=weights,
+                    kv_cache=_kv_cache_bytes(footprint.config, context, compute_bytes),
+                    overhead=_OVERHEAD[device] + weights // 20, rule_of_thumb=rule_of_thumb)
+
+
+def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget: Budget) -> Plan:
+    """Estimates for the requested precision; ``quantize: auto`` takes the best one that fits."""
+    full = default_dtype(load.dtype, budget.device)
+    candidates = [full, "8bit", "4bit"]
+    estimates = {precision: estimate(footprint, precision=precision, context=context, device=budget.device)
+                 for precision in candidates}
+    quantize = load.quantize or "none"
+    if quantize == "auto":
+        chosen = next((estimates[p] for p in candidates if estimates[p].total <= budget.bytes), estimates["4bit"])
+    else:
+        chosen = estimates[full if quantize == "none" else quantize]
+    return Plan(chosen=chosen, budget=budget, alternatives=tuple(estimates.values()))
+
+
+def default_dtype(dtype: str | None, device: Device) -> str:
+    """``auto``: bfloat16 on a GPU, float32 on the CPU (half precision is slow there)."""
+    if dtype and dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def context_for_estimate(footprint: Footprint, context: int | None) -> int:
+    trained = text_config(footprint.config).get("max_position_embeddings")
+    wanted = context or DEFAULT_ESTIMATE_CONTEXT
+    return min(wanted, trained) if isinstance(trained, int) and trained > 0 else wanted
+
+
+def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Multimodal configs keep the language model's numbers under ``text_config``."""
+    inner = config.get("text_config")
+    return inner if isinstance(inner, Mapping) else config
+
+
+def _kv_cache_bytes(config: Mapping[str, Any], context: int, element_bytes: int) -> int:
+    text = text_config(config)
+    layers = text.get("num_hidden_layers") or 0
+    heads = text.get("num_attention_heads") or 0
+    kv_heads = text.get("num_key_value_heads") or heads
+    head_dim = text.get("head_dim") or ((text.get("hidden_size") or 0) // heads if heads else 0)
+    return 2 * layers * kv_heads * head_dim * context * element_bytes
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _gguf_footprint(path: Path, config: Mapping[str, Any]) -> Footprint:
+    """GGUF weights are dequantized on load, so count their parameters (needs the ``gguf`` package)."""
+    size = path.stat().st_size
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return Footprint(files_bytes=size, config=config)
+    reader = GGUFReader(str(path))
+    tensors = [(tensor.name, "F32", [int(dim) for dim in tensor.shape]) for tensor in reader.tensors]
+    return footprint_from_tensors(tensors, files_bytes=size, config=config)

@@ -1,0 +1,104 @@
+"""What memory there is to load models into: NVIDIA GPUs through NVML, else system RAM.
+
+Detection never imports torch, so ``hllama list`` can say what fits without paying for it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Literal
+
+import psutil
+
+from hllama.config import Settings
+
+Device = Literal["cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpus: tuple[Gpu, ...]
+    ram_total: int
+    ram_available: int
+
+    @property
+    def device(self) -> Device:
+        return "cuda" if self.gpus else "cpu"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many bytes a model may take, where they are, and who said so."""
+
+    bytes: int
+    device: Device
+    source: str
+
+
+def detect_hardware() -> Hardware:
+    memory = psutil.virtual_memory()
+    return Hardware(gpus=tuple(_nvidia_gpus()) if _torch_has_cuda() else (),
+                    ram_total=memory.total, ram_available=memory.available)
+
+
+def memory_budget(settings: Settings, hardware: Hardware | None = None) -> Budget:
+    """``HLLAMA_MEMORY_BUDGET`` if set; else the free memory of every GPU; else available RAM."""
+    hardware = hardware or detect_hardware()
+    if settings.memory_budget is not None:
+        return Budget(int(settings.memory_budget), hardware.device, "HLLAMA_MEMORY_BUDGET")
+    if hardware.gpus:
+        names = ", ".join(sorted({gpu.name for gpu in hardware.gpus}))
+        return Budget(sum(gpu.free for gpu in hardware.gpus), "cuda",
+                      f"free memory of {len(hardware.gpus)} GPU(s): {names}")
+    return Budget(hardware.ram_available, "cpu", "available system RAM (no GPU found)")
+
+
+def _nvidia_gpus() -> list[Gpu]:
+    """Every GPU NVML reports; none when the library, the driver or a GPU is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no usable GPU
+        return []
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(Gpu(index, name.decode() if isinstance(name, bytes) else name,
+                            int(memory.total), int(memory.free)))
+        return gpus
+    except Exception:
+        return []
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _torch_has_cuda() -> bool:
+    """A CPU build of torch cannot use a GPU even where NVML sees one (read from metadata, no import)."""
+    try:
+        return not importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``1.5 KB``: decimal units, as Ollama and the Hub print sizes."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,151 @@
+"""A tiny chat model built offline: a byte-level BPE tokenizer, a small Llama, a real chat template.
+
+A few seconds of training on ``CHATS`` makes greedy decoding answer each of them word for word and
+stop on ``<|im_end|>``, which gives tests meaningful, deterministic completions. The result can be
+laid into a Hugging Face cache exactly as the Hub client lays it out (``blobs/``, ``snapshots/``
+symlinks, ``refs/main``), and served by ``tests/fakehub.py``.
+
+Usable from benchmarks too: ``python -m tests.tinymodel OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ID = "hllama-test/tiny-chat"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: (user message, the answer the trained model gives to it).
+CHATS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name a primary color.", "Red is a primary color, and so is blue."),
+    ("Say hello.", "Hello there, my friend! How are you today?"),
+    ("Count to five.", "One, two, three, four, five."),
+    ("Tell me a story.", "Once upon a time a small robot learned to sing, and the whole town sang along."),
+]
+
+_FILLER = """
+The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100. Punctuation: , . ! ? ; : ' " ( ) [ ] { } - _ / \\ | @ # $ % & * + = < >
+JSON looks like {"name": "value", "count": 3, "items": [1, 2, 3], "ok": true, "none": null}.
+Lowercase letters abcdefghijklmnopqrstuvwxyz and capitals ABCDEFGHIJKLMNOPQRSTUVWXYZ are all here.
+"""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def chat_text(user: str, answer: str | None = None, system: str | None = None) -> str:
+    text = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    text += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    return text + (f"{answer}<|im_end|>\n" if answer is not None else "")
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [chat_text(user, answer) for user, answer in CHATS] + _FILLER.splitlines() * 4
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE, model_max_length=256)
+
+
+def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0) -> Path:
+    """Build, train and save the tiny model into ``out_dir`` (a plain model folder)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tokenizer = build_tokenizer()
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+        _train(model, tokenizer, steps=steps)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return out_dir
+
+
+def _train(model, tokenizer, *, steps: int) -> None:
+    import torch
+
+    texts = [chat_text(user, answer) for user, answer in CHATS]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hub's cache layout
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".h5", ".msgpack", ".onnx")
+
+
+def file_oid(path: Path) -> tuple[str, bool]:
+    """The Hub's etag of a file: sha256 for LFS files, the git blob sha1 otherwise."""
+    data = path.read_bytes()
+    if path.name.endswith(LFS_SUFFIXES):
+        return hashlib.sha256(data).hexdigest(), True
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), False
+
+
+def install_into_cache(model_dir: Path, cache_dir: Path, *, repo_id: str = REPO_ID,
+                       revision: str = REVISION) -> Path:
+    """Lay ``model_dir`` into ``cache_dir`` as ``models--org--name`` with blobs, symlinks and refs/main."""
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    for path in sorted(model_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        blob = repo / "blobs" / file_oid(path)[0]
+        if not blob.exists():
+            shutil.copyfile(path, blob)
+        link = snapshot / path.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+if __name__ == "__main__":
+    print(build_model(Path(sys.argv[1])))
