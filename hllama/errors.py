@@ -73,3 +73,57 @@ class ConfigError(HllamaError, ValueError):
 
 class InvalidOption(HllamaError, ValueError):
     """A value given on the command line (or in a request) that does not validate."""
+
+
+class RemoteModelNotFound(HllamaError, LookupError):
+    def __init__(self, repo_id: str, revision: str | None = None) -> None:
+        self.repo_id = repo_id
+        self.revision = revision
+        what = f"revision '{revision}' of '{repo_id}'" if revision else f"model '{repo_id}'"
+        super().__init__(f"{what} was not found on the Hugging Face Hub")
+
+
+class GatedModel(HllamaError, PermissionError):
+    def __init__(self, repo_id: str) -> None:
+        self.repo_id = repo_id
+        super().__init__(f"'{repo_id}' is gated: accept its terms on the model page, then log in with "
+                         "'hf auth login' (or set HF_TOKEN)")
+
+
+class HubUnreachable(HllamaError, ConnectionError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot reach the Hugging Face Hub ({reason})")
+
+
+class ModelNotDownloaded(HllamaError, LookupError):
+    """A Hub model that is not in the local cache (and was not to be pulled)."""
+
+    def __init__(self, repo_id: str) -> None:
+        self.repo_id = repo_id
+        super().__init__(f"model '{repo_id}' is not downloaded")
+
+
+class ModelTooLarge(HllamaError, MemoryError):
+    def __init__(self, model: str, needed: int, budget: int, source: str, hint: str | None) -> None:
+        from hllama.hardware import format_bytes
+
+        self.model, self.needed, self.budget, self.hint = model, needed, budget, hint
+        message = (f"'{model}' needs about {format_bytes(needed)} but the budget is {format_bytes(budget)} "
+                   f"({source})")
+        super().__init__(message + (f"; it {hint}" if hint else ""))
+
+
+class QuantizationUnavailable(HllamaError, RuntimeError):
+    """8-bit/4-bit loading asked for where bitsandbytes is missing or cannot run."""
+
+
+class ModelLoadError(HllamaError, RuntimeError):
+    """transformers could not load the model (unsupported architecture, broken files, ...)."""
+
+
+class PromptTooLong(HllamaError, ValueError):
+    def __init__(self, needed: int, context: int) -> None:
+        self.needed, self.context = needed, context
+        super().__init__(f"the prompt needs {needed} tokens even with older turns dropped, "
+                         f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")

@@ -1,0 +1,193 @@
+"""Streaming generation: text pieces as they are decoded, then one :class:`Finished` with statistics.
+
+``model.generate`` runs in a worker thread and a streamer hands each new token back. Decoding and
+stop-string matching happen in that thread too, so generation halts on the very token that
+completes a stop string; the consumer only drains a queue. Errors in the worker reach the
+consumer; a consumer that stops early (or sets ``cancel``) stops the worker at the next token.
+Nothing here knows about HTTP or terminals.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hllama.engine.loader import LoadedModel
+from hllama.engine.stops import StopMatcher
+from hllama.errors import PromptTooLong
+from hllama.options import Parameters
+
+DoneReason = Literal["stop", "length", "cancel"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_eval_ns: int  # until the first new token
+    eval_ns: int  # from the first new token to the end
+    total_ns: int
+    done_reason: DoneReason
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str  # the whole answer, cut before any stop string
+    stats: Stats
+
+
+def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
+           cancel: threading.Event | None = None) -> Iterator[str | Finished]:
+    """Generate from ``prompt_ids``; yields ``str`` pieces, then a :class:`Finished`."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    started = time.perf_counter_ns()
+    cancel = cancel or threading.Event()
+    limit = _token_limit(loaded, len(prompt_ids), params)
+    model = loaded.model
+    eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
+    worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), cancel, eos_ids)
+
+    class _StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            halt = worker.matcher.stopped or cancel.is_set()
+            return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+    from hllama.engine.sampling import logits_processors
+
+    generation_config = GenerationConfig(
+        max_new_tokens=limit, do_sample=False, eos_token_id=eos_ids,
+        pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
+    input_ids = torch.tensor([prompt_ids], device=model.device)
+    kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config,
+                  logits_processor=logits_processors(params, prompt_length=len(prompt_ids)),
+                  stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
+    thread = threading.Thread(target=worker.run, args=(model.generate, kwargs), daemon=True,
+                              name="hllama-generate")
+    thread.start()
+    try:
+        while (item := worker.events.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        reason = _done_reason(worker, limit, cancelled=cancel.is_set())
+    finally:
+        cancel.set()
+        thread.join()
+    ended = time.perf_counter_ns()
+    first = worker.first_token_at or ended
+    yield Finished(text=worker.matcher.text, stats=Stats(
+        prompt_tokens=len(prompt_ids), generated_tokens=worker.generated, prompt_eval_ns=first - started,
+        eval_ns=ended - first, total_ns=ended - started, done_reason=reason))
+
+
+def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
+    if worker.matcher.stopped or worker.saw_eos:
+        return "stop"
+    if cancelled:
+        return "cancel"
+    return "length" if worker.generated >= limit else "stop"
+
+
+_END = object()
+
+
+class _Worker:
+    """The streamer ``generate`` calls (``put``/``end``), and the thread body that runs it."""
+
+    def __init__(self, tokenizer: Any, matcher: StopMatcher, cancel: threading.Event, eos_ids: list[int]) -> None:
+        self.matcher = matcher
+        self.cancel = cancel
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.decoder = _IncrementalDecoder(tokenizer)
+        self.eos_ids = set(eos_ids)
+        self.generated = 0
+        self.saw_eos = False
+        self.first_token_at: int | None = None
+        self._prompt_seen = False
+
+    def run(self, generate: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            generate(**kwargs)
+            if not self.matcher.stopped:
+                if piece := self.matcher.flush(self.decoder.text):
+                    self.events.put(piece)
+        except BaseException as exc:  # handed to the consumer, never lost in this thread
+            self.events.put(exc)
+        finally:
+            self.events.put(_END)
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate first hands over the prompt itself
+            self._prompt_seen = True
+            return
+        if self.cancel.is_set():
+            return
+        token = int(value.reshape(-1)[0])
+        self.generated += 1
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter_ns()
+        if token in self.eos_ids:
+            self.saw_eos = True
+        text = self.decoder.add(token)
+        if piece := self.matcher.feed(text.rstrip("\ufffd")):  # an incomplete character waits
+            self.events.put(piece)
+
+    def end(self) -> None:
+        pass
+
+
+class _IncrementalDecoder:
+    """All text decoded so far, one token at a time (tokenizers' DecodeStream where available)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream = None
+        if backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self._backend = backend
+            self._stream = DecodeStream(skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        if self._stream is not None:
+            piece = self._stream.step(self._backend, token)
+            if piece:
+                self.text += piece
+        else:
+            self.ids.append(token)
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self.text
+
+
+def _token_limit(loaded: LoadedModel, prompt_length: int, params: Parameters) -> int:
+    """``max_new_tokens`` (-1: unlimited), never past the context (``ctx``, else the model's own)."""
+    context = params.ctx or loaded.context_length
+    room = context - prompt_length if context else None
+    if room is not None and room <= 0:
+        raise PromptTooLong(prompt_length + 1, context)
+    wanted = params.max_new_tokens if params.max_new_tokens not in (None, -1) else None
+    candidates = [value for value in (wanted, room) if value is not None]
+    return min(candidates) if candidates else 2048
+
+
+def _pad_token_id(loaded: LoadedModel) -> int | None:
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    eos = _as_list(loaded.model.generation_config.eos_token_id)
+    return eos[0] if eos else None
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,138 @@
+"""Find a model's files and load it with the resolved settings, refusing what will not fit."""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hllama import hub
+from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, QuantizationUnavailable
+from hllama.footprint import Plan, local_footprint, plan, text_config
+from hllama.hardware import Budget
+from hllama.names import is_local_path
+from hllama.options import LoadOptions
+from hllama.resolve import Resolved
+
+# bitsandbytes' 8-bit matmul on the CPU says this once per layer per token.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the files are: a folder, and the GGUF file inside it when that is what was named."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    revision: str | None
+    load: LoadOptions
+    source: ModelSource
+    plan: Plan
+    model: Any
+    tokenizer: Any
+    memory_bytes: int
+    load_duration_ns: int
+    context_length: int | None
+
+    @property
+    def precision(self) -> str:
+        return self.plan.chosen.precision
+
+    def close(self) -> None:
+        """Drop the weights now rather than at the next garbage collection."""
+        import torch
+
+        self.model = self.tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def locate(model_id: str, revision: str | None = None) -> ModelSource:
+    """A local folder or ``.gguf`` file, else the cached Hub snapshot (:class:`ModelNotDownloaded` if none)."""
+    path = Path(model_id).expanduser()
+    if is_local_path(model_id) or path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return ModelSource(path.parent, path.name)
+        if path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.gguf"))):
+            return ModelSource(path, None if (path / "config.json").is_file() else sorted(path.glob("*.gguf"))[0].name)
+        raise ModelLoadError(f"no model at '{path}': expected a folder with config.json or a .gguf file")
+    snapshot = hub.local_snapshot(model_id, revision)
+    if snapshot is None:
+        raise ModelNotDownloaded(model_id)
+    return ModelSource(snapshot)
+
+
+def plan_load(resolved: Resolved, source: ModelSource, budget: Budget) -> Plan:
+    footprint = local_footprint(source.folder, gguf_file=source.gguf_file)
+    return plan(footprint, load=resolved.load, context=resolved.parameters.ctx, budget=budget)
+
+
+def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> LoadedModel:
+    """Load ``resolved.model`` at the planned precision; too big for the budget is refused unless ``force``."""
+    started = time.perf_counter_ns()
+    source = locate(resolved.model, resolved.revision)
+    load_plan = plan_load(resolved, source, budget)
+    if not load_plan.fits and not force:
+        raise ModelTooLarge(resolved.model, load_plan.chosen.total, budget.bytes, budget.source, load_plan.hint())
+    precision = load_plan.chosen.precision
+    kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
+                                                  trust_remote_code=bool(resolved.load.trust_remote_code))
+        model = AutoModelForCausalLM.from_pretrained(source.folder, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load '{resolved.model}': {str(exc).strip().splitlines()[0]}") from exc
+    model.eval()
+    trained = text_config(model.config.to_dict()).get("max_position_embeddings")
+    return LoadedModel(
+        model_id=resolved.model, revision=resolved.revision, load=resolved.load, source=source, plan=load_plan,
+        model=model, tokenizer=tokenizer, memory_bytes=int(model.get_memory_footprint()),
+        load_duration_ns=time.perf_counter_ns() - started,
+        context_length=trained if isinstance(trained, int) else None)
+
+
+def _from_pretrained_kwargs(load: LoadOptions, precision: str, device: str, source: ModelSource) -> dict[str, Any]:
+    import torch
+
+    compute = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(load.trust_remote_code), "gguf_file": source.gguf_file}
+    if precision in ("8bit", "4bit"):
+        kwargs["quantization_config"] = _bitsandbytes_config(precision, compute)
+        kwargs["dtype"] = compute
+    else:
+        kwargs["dtype"] = getattr(torch, precision)
+    device_map = load.device_map or "auto"
+    if device_map != "auto" or device == "cuda":
+        kwargs["device_map"] = device_map  # on the CPU, "auto" is a plain load
+    return kwargs
+
+
+def _bitsandbytes_config(precision: str, compute_dtype: Any) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401  (fails here when its native library cannot run on this machine)
+    except ImportError:
+        raise QuantizationUnavailable(
+            f"{precision} loading needs bitsandbytes, which is not installed: pip install 'hllama[quant]' "
+            "(or load without --load-in-8bit/--load-in-4bit)") from None
+    except Exception as exc:
+        raise QuantizationUnavailable(
+            f"bitsandbytes cannot run on this machine ({str(exc).splitlines()[0]}); "
+            "load without quantization, or install a bitsandbytes build for this hardware") from None
+    from transformers import BitsAndBytesConfig
+
+    if precision == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)

@@ -1,0 +1,71 @@
+"""Logits processors: OpenAI's presence/frequency penalties and per-request seeded sampling.
+
+transformers has neither. Sampling here happens inside the processor list with the request's own
+``torch.Generator`` (generate itself runs greedy over the result), so a seed reproduces its output
+however many other requests run at the same time: no process-global random state is involved.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper,
+                          RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
+
+from hllama.options import Parameters
+
+
+class PresenceFrequencyPenalty(LogitsProcessor):
+    """``logit -= frequency × count(token) + presence × [count > 0]``, counting generated tokens only."""
+
+    def __init__(self, *, presence: float, frequency: float, prompt_length: int) -> None:
+        self.presence = presence
+        self.frequency = frequency
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length:]
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class SeededSampler(LogitsProcessor):
+    """Draw the next token with a private generator; every other token gets ``-inf``."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed if seed is not None else secrets.randbits(63)
+        self._generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._generator is None:
+            self._generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        probabilities = torch.softmax(scores.float(), dim=-1)
+        chosen = torch.multinomial(probabilities, num_samples=1, generator=self._generator)
+        picked = torch.full_like(scores, float("-inf"))
+        return picked.scatter_(1, chosen, 0.0)
+
+
+def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProcessorList:
+    """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler."""
+    processors: list[LogitsProcessor] = []
+    if params.repetition_penalty not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.presence_penalty or params.frequency_penalty:
+        processors.append(PresenceFrequencyPenalty(presence=params.presence_penalty or 0.0,
+                                                   frequency=params.frequency_penalty or 0.0,
+                                                   prompt_length=prompt_length))
+    temperature = params.temperature if params.temperature is not None else 1.0
+    if temperature > 0:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if params.top_k:
+            processors.append(TopKLogitsWarper(params.top_k))
+        if params.top_p is not None and params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+        if params.min_p:
+            processors.append(MinPLogitsWarper(params.min_p))
+        processors.append(SeededSampler(params.seed))
+    return LogitsProcessorList(processors)

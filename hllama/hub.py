@@ -1,0 +1,192 @@
+"""Models on disk and on the Hub: pull, look before pulling, scan and clear the cache.
+
+Everything goes through ``huggingface_hub`` (its cache layout, progress bars and endpoint
+settings such as ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``); this module only
+decides which files a transformers model needs and turns the Hub's errors into hllama's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hllama.errors import GatedModel, HubUnreachable, RemoteModelNotFound
+from hllama.footprint import Footprint, footprint_from_tensors, local_footprint
+
+#: Small files transformers may read next to the weights.
+_SUPPORT_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py")
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A model on the Hub, as far as its metadata tells, before anything big is downloaded."""
+
+    repo_id: str
+    revision: str
+    files: dict[str, int]  # the files a pull downloads, with their sizes
+    footprint: Footprint
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    repo_id: str
+    revisions: tuple[str, ...]
+    refs: tuple[str, ...]
+    size_on_disk: int
+    last_used: float
+    snapshot: Path
+
+
+def select_files(sizes: dict[str, int]) -> dict[str, int]:
+    """What transformers needs: config, tokenizer, and one copy of the weights.
+
+    Safetensors when there are any, ``.bin`` only otherwise; top-level files only, which leaves
+    out the GGUF, ONNX, TF, Flax and ``original/`` duplicates many repos carry.
+    """
+    top = {name: size for name, size in sizes.items() if "/" not in name}
+    safetensors = {name: size for name, size in top.items() if name.endswith(".safetensors")}
+    weights = safetensors or {name: size for name, size in top.items() if name.endswith(".bin")}
+    support = {name: size for name, size in top.items()
+               if any(fnmatch.fnmatch(name, pattern) for pattern in _SUPPORT_FILES)
+               and not (safetensors and name.endswith(".bin.index.json"))}
+    return dict(sorted({**support, **weights}.items()))
+
+
+def inspect_remote(repo_id: str, *, revision: str | None = None) -> RemoteModel:
+    """Sizes, parameter count and config from the Hub, reading safetensors headers with ranges."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.hf_api import RepoFile
+
+    api = HfApi(endpoint=_endpoint())
+    with hub_errors(repo_id, revision):
+        info = api.repo_info(repo_id, revision=revision)
+        sizes = {item.path: item.size for item in api.list_repo_tree(repo_id, revision=info.sha, recursive=True)
+                 if isinstance(item, RepoFile)}
+        files = select_files(sizes)
+        config = {}
+        if "config.json" in files:
+            config = json.loads(Path(hf_hub_download(repo_id, "config.json", revision=info.sha,
+                                                            cache_dir=cache_dir(), endpoint=_endpoint())).read_text())
+        weights = {name: size for name, size in files.items() if name.endswith((".safetensors", ".bin"))}
+        if any(name.endswith(".safetensors") for name in weights):
+            metadata = api.get_safetensors_metadata(repo_id, revision=info.sha)
+            tensors = [(name, tensor.dtype, tensor.shape) for file in metadata.files_metadata.values()
+                       for name, tensor in file.tensors.items()]
+            footprint = footprint_from_tensors(tensors, files_bytes=sum(weights.values()), config=config)
+        else:
+            footprint = Footprint(files_bytes=sum(weights.values()), config=config)
+    return RemoteModel(repo_id=repo_id, revision=info.sha, files=files, footprint=footprint)
+
+
+def download(remote: RemoteModel) -> Path:
+    """Fetch the selected files into the Hub cache, with huggingface_hub's progress bars."""
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(remote.repo_id, remote.revision):
+        return Path(snapshot_download(remote.repo_id, revision=remote.revision, allow_patterns=list(remote.files),
+                                      cache_dir=cache_dir(), endpoint=_endpoint()))
+
+
+def cache_dir() -> Path:
+    """The Hub cache, read from the environment at each call (huggingface_hub reads it once, at import)."""
+    if folder := os.environ.get("HF_HUB_CACHE"):
+        return Path(folder).expanduser()
+    if home := os.environ.get("HF_HOME"):
+        return Path(home).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of ``repo_id`` at ``revision`` (a ref or a commit), if complete enough to load."""
+    repo = cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    ref = revision or "main"
+    commit = ref
+    if (repo / "refs" / ref).is_file():
+        commit = (repo / "refs" / ref).read_text().strip()
+    snapshot = repo / "snapshots" / commit
+    return snapshot if (snapshot / "config.json").is_file() or any(snapshot.glob("*.gguf")) else None
+
+
+def cached_models() -> list[CachedModel]:
+    from huggingface_hub import scan_cache_dir
+
+    folder = cache_dir()
+    if not folder.is_dir():
+        return []
+    models = []
+    for repo in scan_cache_dir(folder).repos:
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        newest = max(repo.revisions, key=lambda revision: revision.last_modified)
+        main = next((revision for revision in repo.revisions if "main" in revision.refs), newest)
+        models.append(CachedModel(
+            repo_id=repo.repo_id, revisions=tuple(sorted(revision.commit_hash for revision in repo.revisions)),
+            refs=tuple(sorted(ref for revision in repo.revisions for ref in revision.refs)),
+            size_on_disk=repo.size_on_disk, last_used=repo.last_accessed, snapshot=main.snapshot_path))
+    return sorted(models, key=lambda model: model.repo_id)
+
+
+def cached_footprint(model: CachedModel) -> Footprint:
+    return local_footprint(model.snapshot)
+
+
+def clear_cache(repo_ids: list[str]) -> int:
+    """Delete every revision of ``repo_ids`` through huggingface_hub; returns the bytes freed."""
+    from huggingface_hub import scan_cache_dir
+
+    if not cache_dir().is_dir():
+        return 0
+    info = scan_cache_dir(cache_dir())
+    wanted = set(repo_ids)
+    hashes = [revision.commit_hash for repo in info.repos if repo.repo_id in wanted for revision in repo.revisions]
+    if not hashes:
+        return 0
+    strategy = info.delete_revisions(*hashes)
+    strategy.execute()
+    return strategy.expected_freed_size
+
+
+def ago(timestamp: float) -> str:
+    """``3 minutes ago``, the way ``ollama list`` says when."""
+    seconds = max(0, time.time() - timestamp)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """The Hub client's exceptions as hllama's, each with a message a user can act on."""
+    import httpx2
+    from huggingface_hub import errors
+
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise GatedModel(repo_id) from None
+    except errors.RevisionNotFoundError:
+        raise RemoteModelNotFound(repo_id, revision) from None
+    except (errors.RepositoryNotFoundError, errors.RemoteEntryNotFoundError):
+        raise RemoteModelNotFound(repo_id) from None
+    except errors.OfflineModeIsEnabled:
+        raise HubUnreachable("HF_HUB_OFFLINE is set") from None
+    except (httpx2.HTTPError, errors.HfHubHTTPError, errors.LocalEntryNotFoundError) as exc:
+        raise HubUnreachable(str(exc).splitlines()[0]) from None
