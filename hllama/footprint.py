@@ -64,6 +64,7 @@ class Plan:
     chosen: Estimate
     budget: Budget
     alternatives: tuple[Estimate, ...]
+    footprint: Footprint
 
     @property
     def fits(self) -> bool:
@@ -142,7 +143,7 @@ def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget
         chosen = next((estimates[p] for p in candidates if estimates[p].total <= budget.bytes), estimates["4bit"])
     else:
         chosen = estimates[full if quantize == "none" else quantize]
-    return Plan(chosen=chosen, budget=budget, alternatives=tuple(estimates.values()))
+    return Plan(chosen=chosen, budget=budget, alternatives=tuple(estimates.values()), footprint=footprint)
 
 
 def default_dtype(dtype: str | None, device: Device) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hllama import hub
 from hllama.config import Settings
 from hllama.errors import AliasNotFound
 from hllama.modelfile import Message
@@ -76,7 +77,7 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
         layers.append((Layer.MODELFILE, _values(modelfile.model_dump(
             include={"revision", "system", "template", "messages", "parameters", "load"}))
             | {"model": modelfile.from_}))
-    elif looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name):
+    elif looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name) or hub.local_snapshot(name):
         layers.append((Layer.NAME, {"model": name}))
     else:
         raise AliasNotFound(name)

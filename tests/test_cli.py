@@ -40,13 +40,16 @@ def test_create_list_show_rm_with_flags(capsys, hllama_home: Path):
     code, out, err = run(capsys, "list")
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "NAME    MODEL                       QUANT  PARAMETERS                                        SOURCE",
-        'helper  Qwen/Qwen2.5-0.5B-Instruct  8bit   temperature=0.7 top_p=0.95 top_k=20 ctx=2048 ma…  '
-        "helper.yaml",
+        "NAME    MODEL                       PRECISION  SIZE  NEEDS           FITS  PARAMETERS"
+        "                                        SOURCE",
+        "helper  Qwen/Qwen2.5-0.5B-Instruct  8bit       -     not downloaded  -     temperature=0.7 top_p=0.95 "
+        "top_k=20 ctx=2048 ma…  helper.yaml",
     ]
 
     code, out, _ = run(capsys, "show", "helper")
-    assert code == 0 and out == "name: helper\n" + path.read_text()
+    assert code == 0
+    assert out == ("name: helper\n" + path.read_text()
+                   + "# not downloaded yet: hllama pull Qwen/Qwen2.5-0.5B-Instruct\n")
 
     code, out, _ = run(capsys, "show", "helper", "--modelfile")
     assert code == 0 and out == path.read_text()
@@ -54,7 +57,7 @@ def test_create_list_show_rm_with_flags(capsys, hllama_home: Path):
     code, out, err = run(capsys, "rm", "helper")
     assert (code, out, err) == (0, "deleted 'helper'\n", "")
     assert not path.exists()
-    assert run(capsys, "list")[1] == "NAME  MODEL  QUANT  PARAMETERS  SOURCE\n"
+    assert run(capsys, "list")[1] == "NAME  MODEL  PRECISION  SIZE  NEEDS  FITS  PARAMETERS  SOURCE\n"
 
 
 def test_ollama_flag_spellings(capsys, hllama_home: Path):
@@ -180,14 +183,14 @@ NO_HEAVY_IMPORTS = """
 import sys
 from hllama.cli import main
 for argv in (["create", "--alias", "x", "--model", "a/b"], ["list"], ["show", "x"], ["show", "x", "--explain"],
-             ["show", "x", "--modelfile"], ["rm", "x"], ["create", "-f", sys.argv[1]]):
+             ["show", "x", "--modelfile"], ["rm", "x"], ["create", "-f", sys.argv[1]], ["cache", "--scan"]):
     assert main(argv) == 0, argv
-heavy = sorted(name for name in ("torch", "transformers", "accelerate", "huggingface_hub") if name in sys.modules)
+heavy = sorted(name for name in ("torch", "transformers", "accelerate", "bitsandbytes") if name in sys.modules)
 print(",".join(heavy) or "none")
 """
 
 
-def test_alias_commands_do_not_import_torch_or_transformers():
+def test_commands_without_a_model_do_not_import_torch_or_transformers():
     result = _run_module(str(EXAMPLES / "mario.modelfile"), code=NO_HEAVY_IMPORTS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "none"

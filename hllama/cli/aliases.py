@@ -9,13 +9,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hllama.catalog import plan_for
 from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
+from hllama.cli.models import plan_lines
 from hllama.cli.table import format_table
-from hllama.config import load_settings
+from hllama.config import Settings, load_settings
 from hllama.errors import AliasNotFound, InvalidOption
+from hllama.hardware import memory_budget
 from hllama.modelfile import Modelfile, dump_yaml
-from hllama.registry import Registry, RegistryEntry
-from hllama.resolve import resolve
+from hllama.resolve import Resolved, resolve
 from hllama.store import AliasStore
 
 
@@ -34,9 +36,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_generation_options(create)
     add_load_options(create)
     create.set_defaults(run=run_create)
-
-    listing = commands.add_parser("list", aliases=["ls"], help="list aliases")
-    listing.set_defaults(run=run_list)
 
     show = commands.add_parser("show", help="show an alias")
     show.add_argument("name", help="alias (or, with --explain, a Hub repo id)")
@@ -78,31 +77,6 @@ def _modelfile_from_flags(args: argparse.Namespace, overrides: Any) -> Modelfile
     return modelfile.with_local_path_from(Path.cwd())  # a path typed on the command line is relative to here
 
 
-def run_list(args: argparse.Namespace) -> int:
-    registry = AliasStore(load_settings()).refresh()
-    rows = [(entry.name, entry.modelfile.from_, entry.modelfile.load.quantize or "none",
-             _key_parameters(entry), entry.path.name) for entry in registry]
-    print(format_table(("NAME", "MODEL", "QUANT", "PARAMETERS", "SOURCE"), rows))
-    for line in _problem_lines(registry):
-        print(line)
-    return 0
-
-
-def _key_parameters(entry: RegistryEntry) -> str:
-    shown = ("temperature", "top_p", "top_k", "ctx", "max_new_tokens", "stop", "json_mode")
-    values = entry.modelfile.parameters.model_dump(include=set(shown), exclude_none=True)
-    return " ".join(f"{key}={json.dumps(values[key], ensure_ascii=False)}" for key in shown if key in values)
-
-
-def _problem_lines(registry: Registry) -> list[str]:
-    kept = {entry.path: entry.name for entry in registry if entry.error is not None}
-    lines = []
-    for error in registry.problems:
-        note = f" (alias '{kept[error.path]}' keeps its last good version)" if error.path in kept else ""
-        lines.append(f"invalid: {error}{note}")
-    return lines
-
-
 def run_show(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = AliasStore(settings).refresh()
@@ -111,6 +85,7 @@ def run_show(args: argparse.Namespace) -> int:
         rows = [(key, _value_text(value), layer.value if layer else "unset")
                 for key, value, layer in resolved.explain()]
         print(format_table(("SETTING", "VALUE", "FROM"), rows, max_width=60))
+        _print_plan(resolved, settings)
         return 0
     entry = registry.get(args.name)
     if entry is None:
@@ -121,7 +96,16 @@ def run_show(args: argparse.Namespace) -> int:
     if entry.error is not None:
         print(f"# {entry.error}\n# showing the last good version")
     print(dump_yaml(entry.modelfile.model_copy(update={"name": entry.name})), end="")
+    _print_plan(resolve(entry.name, settings=settings, registry=registry), settings)
     return 0
+
+
+def _print_plan(resolved: Resolved, settings: Settings) -> None:
+    """What loading would take, as comments so the YAML above stays valid."""
+    load_plan = plan_for(resolved, memory_budget(settings))
+    lines = plan_lines(load_plan) if load_plan else [f"not downloaded yet: hllama pull {resolved.model}"]
+    for line in lines:
+        print(f"# {line}")
 
 
 def _value_text(value: Any) -> str:

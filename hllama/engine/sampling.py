@@ -10,9 +10,15 @@ from __future__ import annotations
 import secrets
 
 import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper,
-                          RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from hllama.options import Parameters
 

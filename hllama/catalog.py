@@ -1,0 +1,79 @@
+"""Everything ``hllama list`` can offer: aliases and cached Hub models, with what each needs and whether it fits.
+
+Reads only headers and config files, so listing stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hllama import hub
+from hllama.config import Settings
+from hllama.engine.loader import locate, plan_load
+from hllama.errors import ModelLoadError, ModelNotDownloaded
+from hllama.footprint import Plan
+from hllama.hardware import Budget
+from hllama.registry import Registry, RegistryEntry
+from hllama.resolve import Resolved, resolve
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    model: str
+    source: str  # the modelfile, or "hub cache"
+    parameters: str = ""
+    size: int | None = None  # weights on disk
+    plan: Plan | None = None  # None: files not on this machine
+    note: str = ""
+    quantize: str | None = None  # what the alias asks for, shown until a plan says more
+
+    @property
+    def precision(self) -> str:
+        return self.plan.chosen.precision if self.plan else (self.quantize or "-")
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.plan is None else self.plan.fits
+
+
+def catalog(settings: Settings, registry: Registry, budget: Budget) -> list[Row]:
+    rows = [_alias_row(entry, settings, registry, budget) for entry in registry]
+    aliased = {row.model for row in rows}
+    for cached in hub.cached_models():
+        if cached.repo_id in aliased:
+            continue
+        resolved = resolve(cached.repo_id, settings=settings, registry=registry)
+        rows.append(Row(name=cached.repo_id, model=cached.repo_id, source="hub cache", size=cached.size_on_disk,
+                        **_planned(resolved, budget)))
+    return rows
+
+
+def plan_for(resolved: Resolved, budget: Budget) -> Plan | None:
+    """The load plan when the model's files are on this machine, else None."""
+    return _planned(resolved, budget).get("plan")
+
+
+def _alias_row(entry: RegistryEntry, settings: Settings, registry: Registry, budget: Budget) -> Row:
+    resolved = resolve(entry.name, settings=settings, registry=registry)
+    planned = _planned(resolved, budget)
+    size = planned["plan"].footprint.files_bytes if "plan" in planned else None
+    return Row(name=entry.name, model=entry.modelfile.from_, source=entry.path.name,
+               parameters=key_parameters(entry), size=size, quantize=entry.modelfile.load.quantize, **planned)
+
+
+def _planned(resolved: Resolved, budget: Budget) -> dict:
+    try:
+        source = locate(resolved.model, resolved.revision)
+    except ModelNotDownloaded:
+        return {"note": "not downloaded"}
+    except ModelLoadError:
+        return {"note": "missing"}
+    return {"plan": plan_load(resolved, source, budget)}
+
+
+def key_parameters(entry: RegistryEntry) -> str:
+    shown = ("temperature", "top_p", "top_k", "ctx", "max_new_tokens", "stop", "json_mode")
+    values = entry.modelfile.parameters.model_dump(include=set(shown), exclude_none=True)
+    return " ".join(f"{key}={json.dumps(values[key], ensure_ascii=False)}" for key in shown if key in values)
