@@ -26,3 +26,36 @@ def modelfiles(hllama_home: Path) -> Path:
     folder = hllama_home / "modelfiles"
     folder.mkdir(parents=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained tiny chat model as a plain folder, built once per test run."""
+    from .tinymodel import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def tiny_cache(tiny_model_dir: Path, hllama_home: Path) -> Path:
+    """This test's Hub cache holding the tiny model as ``hllama-test/tiny-chat``."""
+    from .tinymodel import install_into_cache
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    install_into_cache(tiny_model_dir, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model loaded once through the same code a user's model goes through, greedy by default."""
+    from hllama.config import Settings
+    from hllama.engine import load_model
+    from hllama.hardware import memory_budget
+    from hllama.registry import Registry
+    from hllama.resolve import Overrides, resolve
+
+    settings = Settings(home=tmp_path_factory.mktemp("tiny-home"))
+    resolved = resolve(str(tiny_model_dir), settings=settings, registry=Registry(settings.modelfiles_dir),
+                       cli=Overrides.model_validate({"parameters": {"temperature": 0}}))
+    return load_model(resolved, budget=memory_budget(settings))

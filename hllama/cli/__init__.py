@@ -30,13 +30,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hllama.cli import aliases, models
+    from hllama.cli import aliases, chat, models
 
     parser = _Parser(prog="hllama", description="Run Hugging Face models the way Ollama runs GGUF.")
     parser.add_argument("-v", "--version", action="version", version=f"hllama {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     aliases.register(commands)
     models.register(commands)
+    chat.register(commands)
     return parser
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from hllama.names import is_local_path
 from hllama.options import LoadOptions
 from hllama.resolve import Resolved
 
-# bitsandbytes' 8-bit matmul on the CPU says this once per layer per token.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+# bitsandbytes on the CPU warns once per layer per token (8-bit casts) or once per load (optional kernels).
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
                                                   trust_remote_code=bool(resolved.load.trust_remote_code))

@@ -1,0 +1,75 @@
+"""A conversation with a loaded model: the live context, its history file, and one streamed turn at a time."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
+from hllama.errors import InvalidOption
+from hllama.fsutil import atomic_write_text
+from hllama.modelfile import Message
+from hllama.resolve import Resolved
+
+_MESSAGES = TypeAdapter(list[Message])
+
+
+def load_history(path: Path) -> list[Message]:
+    """The conversation saved in ``path`` (none if the file does not exist yet)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise InvalidOption(f"cannot read history file {path}: {exc.strerror or exc}") from None
+    try:
+        return _MESSAGES.validate_json(text)
+    except ValidationError as exc:
+        raise InvalidOption(f"{path} is not a conversation (a JSON list of {{role, content}}): "
+                            f"{exc.errors()[0]['msg']}") from None
+
+
+def save_history(path: Path, messages: list[Message]) -> None:
+    data = [message.model_dump() for message in messages]
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class ChatSession:
+    """The context sent with each turn. ``resolved`` may be replaced between turns (``/set``)."""
+
+    def __init__(self, loaded: LoadedModel, resolved: Resolved, *, history_file: Path | None = None) -> None:
+        self.loaded = loaded
+        self.resolved = resolved
+        self.history_file = history_file
+        self.log = load_history(history_file) if history_file else []  # every turn, kept on disk
+        self.messages = list(self.log)  # what the model sees; /clear empties it
+
+    def ask(self, text: str, *, cancel: threading.Event | None = None) -> Iterator[str | Finished]:
+        """Stream one answer. An interrupted answer stays in the context as far as it got."""
+        question = Message(role="user", content=text)
+        prompt = build_prompt(self.loaded.tokenizer, conversation(self.resolved, [*self.messages, question]),
+                              template=self.resolved.template, ctx=self.resolved.parameters.ctx)
+        self.messages.append(question)
+        pieces: list[str] = []
+        answer: str | None = None
+        try:
+            for item in stream(self.loaded, prompt.ids, self.resolved.parameters, stops=prompt.extra_stops,
+                               cancel=cancel):
+                if isinstance(item, Finished):
+                    answer = item.text
+                else:
+                    pieces.append(item)
+                yield item
+        finally:
+            reply = Message(role="assistant", content=answer if answer is not None else "".join(pieces))
+            self.messages.append(reply)
+            self.log += [question, reply]
+            if self.history_file:
+                save_history(self.history_file, self.log)
+
+    def clear(self) -> None:
+        self.messages = []

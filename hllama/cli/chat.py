@@ -1,0 +1,223 @@
+"""``chat`` and ``run``: talk to a model in the terminal, or ask once and print the answer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
+from hllama.cli.table import format_table
+from hllama.config import Settings, load_settings
+from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded
+from hllama.options import SYNONYMS, Parameters
+from hllama.resolve import Overrides, Resolved, resolve
+from hllama.store import AliasStore
+
+HELP = """Commands:
+  /set parameter NAME VALUE   set a generation parameter (stop takes several values)
+  /set system TEXT            set the system prompt
+  /show parameters            show the effective parameters and where each comes from
+  /show system                show the system prompt
+  /clear                      forget the conversation so far
+  /save FILE                  save the conversation (load it again with --history FILE)
+  /bye                        leave (Ctrl+D too)
+  /?, /help                   this help
+Use \"\"\" to begin and end a message of several lines. Ctrl+C stops an answer."""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    for name, summary in (("chat", "chat with a model"), ("run", "ask a model once, or chat (Ollama's habit)")):
+        parser = commands.add_parser(name, help=summary, description=f"{summary.capitalize()}. With a prompt "
+                                     "(or text piped on stdin) it answers once and exits; otherwise it chats.")
+        parser.add_argument("model", help="alias, Hub repo id, local model folder or .gguf file")
+        parser.add_argument("prompt", nargs="*", help="ask this and exit")
+        parser.add_argument("--history", metavar="FILE", type=Path,
+                            help="load the conversation from FILE if it exists, and append every turn to it")
+        parser.add_argument("--input-file", metavar="FILE", type=Path, help="its text is the first user message")
+        parser.add_argument("--force", action="store_true", help="load even when it looks too large for memory")
+        parser.add_argument("-y", "--yes", action="store_true", help="pull without asking, even if it cannot fit")
+        parser.add_argument("--verbose", action="store_true", help="print timings after each answer")
+        add_generation_options(parser)
+        add_load_options(parser)
+        parser.set_defaults(run=run_chat)
+
+
+class _Conversation:
+    """The CLI side of a chat: flags as the CLI layer, re-resolved when ``/set`` changes them."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.name = args.model
+        self.settings = settings
+        self.registry = AliasStore(settings).refresh()
+        self.overrides = overrides_from_args(args)
+
+    def resolve(self) -> Resolved:
+        return resolve(self.name, settings=self.settings, registry=self.registry, cli=self.overrides)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    talk = _Conversation(args, settings)
+    interactive = not args.prompt and sys.stdin.isatty()
+    first = _first_message(args)
+    if first is None and not interactive:
+        first = sys.stdin.read().strip()
+        if not first:
+            raise InvalidOption("nothing to ask: give a prompt, or pipe one on stdin")
+    session = _open_session(talk.resolve(), settings, args)
+    if first is not None:
+        _answer(session, first, verbose=args.verbose)
+    return _repl(session, talk, verbose=args.verbose) if interactive else 0
+
+
+def _first_message(args: argparse.Namespace) -> str | None:
+    prompt = " ".join(args.prompt).strip() or None
+    if args.input_file is None:
+        return prompt
+    try:
+        text = args.input_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidOption(f"cannot read {args.input_file}: {exc.strerror or exc}") from None
+    return f"{prompt}\n\n{text}" if prompt else text
+
+
+def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespace):
+    from hllama.chat import ChatSession
+    from hllama.engine import load_model, locate
+    from hllama.hardware import memory_budget
+
+    try:
+        locate(resolved.model, resolved.revision)
+    except ModelNotDownloaded:  # like `ollama run`: pull on first use
+        from hllama.cli.models import pull_model
+
+        if not pull_model(resolved.model, revision=resolved.revision, settings=settings, yes=args.yes,
+                          load=resolved.load, context=resolved.parameters.ctx):
+            raise ModelNotDownloaded(resolved.model) from None
+    loaded = load_model(resolved, budget=memory_budget(settings), force=args.force)
+    return ChatSession(loaded, resolved, history_file=args.history)
+
+
+def _answer(session, text: str, *, verbose: bool) -> None:
+    """Stream one answer to stdout; Ctrl+C stops it and keeps the chat going."""
+    from hllama.engine import Finished
+
+    cancel = threading.Event()
+    finished = None
+    try:
+        for item in session.ask(text, cancel=cancel):
+            if isinstance(item, Finished):
+                finished = item
+            else:
+                sys.stdout.write(item)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        cancel.set()
+    print()
+    if verbose and finished is not None:
+        _print_stats(finished, session.loaded.load_duration_ns)
+
+
+def _print_stats(finished, load_ns: int) -> None:
+    stats = finished.stats
+    rate = stats.generated_tokens / (stats.eval_ns / 1e9) if stats.eval_ns else 0.0
+    print(f"load duration:        {load_ns / 1e9:.3f}s\n"
+          f"prompt eval count:    {stats.prompt_tokens} token(s)\n"
+          f"prompt eval duration: {stats.prompt_eval_ns / 1e9:.3f}s\n"
+          f"eval count:           {stats.generated_tokens} token(s)\n"
+          f"eval duration:        {stats.eval_ns / 1e9:.3f}s\n"
+          f"eval rate:            {rate:.2f} tokens/s\n"
+          f"done reason:          {stats.done_reason}", file=sys.stderr)
+
+
+def _repl(session, talk: _Conversation, *, verbose: bool) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    while True:
+        try:
+            text = _read_message()
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\nUse Ctrl + d or /bye to exit.")
+            continue
+        if text is None or not text.strip():
+            continue
+        if text.startswith("/"):
+            try:
+                if _command(text, session, talk) == "bye":
+                    return 0
+            except HllamaError as exc:
+                print(f"Error: {exc}")
+            continue
+        try:
+            _answer(session, text, verbose=verbose)
+        except HllamaError as exc:
+            print(f"Error: {exc}")
+        print()
+
+
+def _read_message() -> str | None:
+    line = input(">>> ")
+    if not line.lstrip().startswith('"""'):
+        return line
+    body = line.lstrip()[3:]
+    lines = []
+    while True:
+        if body.rstrip().endswith('"""'):
+            lines.append(body.rstrip()[:-3])
+            return "\n".join(lines).strip("\n")
+        lines.append(body)
+        body = input("... ")
+
+
+def _command(text: str, session, talk: _Conversation) -> str | None:
+    words = text.split()
+    command = words[0].lower()
+    if command in ("/bye", "/exit"):
+        return "bye"
+    if command in ("/?", "/help"):
+        print(HELP)
+    elif command == "/clear":
+        session.clear()
+        print("Cleared session context")
+    elif command == "/save" and len(words) == 2:
+        from hllama.chat import save_history
+
+        save_history(Path(words[1]), session.messages)
+        print(f"Saved the conversation to {words[1]}")
+    elif command == "/set" and len(words) >= 3 and words[1] == "system":
+        talk.overrides = talk.overrides.model_copy(update={"system": text.split(None, 2)[2]})
+        session.resolved = talk.resolve()
+        print("Set system message.")
+    elif command == "/set" and len(words) >= 4 and words[1] == "parameter":
+        _set_parameter(talk, words[2], words[3:])
+        session.resolved = talk.resolve()
+        print(f"Set parameter '{words[2]}' to '{' '.join(words[3:])}'")
+    elif command == "/show" and len(words) == 2 and words[1] == "parameters":
+        rows = [(key.removeprefix("parameters."), "-" if value is None else str(value),
+                 layer.value if layer else "unset")
+                for key, value, layer in session.resolved.explain() if key.startswith("parameters.")]
+        print(format_table(("PARAMETER", "VALUE", "FROM"), rows))
+    elif command == "/show" and len(words) == 2 and words[1] == "system":
+        print(session.resolved.system or "(no system prompt)")
+    else:
+        print(f"Unknown command '{text.strip()}'. Type /? for help")
+    return None
+
+
+def _set_parameter(talk: _Conversation, name: str, values: list[str]) -> None:
+    current = talk.overrides.parameters.model_dump(exclude_none=True)
+    current.pop(SYNONYMS.get(name, name), None)
+    try:
+        updated = Parameters.model_validate({**current, name: values if name == "stop" else " ".join(values)})
+    except ValidationError as exc:
+        raise invalid_option(exc, schema=Overrides) from None
+    talk.overrides = talk.overrides.model_copy(update={"parameters": updated})

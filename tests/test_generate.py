@@ -1,0 +1,114 @@
+import threading
+
+import pytest
+
+from hllama.engine import Finished, build_prompt, stream
+from hllama.errors import PromptTooLong
+from hllama.options import Parameters
+
+from .tinymodel import CHATS
+
+GREEDY = Parameters(temperature=0.0, max_new_tokens=60)
+UNSEEN = "Write something new about rivers and mountains."
+
+
+def _ids(tiny, question: str) -> list[int]:
+    return build_prompt(tiny.tokenizer, [{"role": "user", "content": question}]).ids
+
+
+def _run(tiny, question: str, params: Parameters, **kwargs) -> tuple[list[str], Finished]:
+    items = list(stream(tiny, _ids(tiny, question), params, **kwargs))
+    *pieces, finished = items
+    assert isinstance(finished, Finished) and all(isinstance(piece, str) for piece in pieces)
+    assert "".join(pieces) == finished.text
+    return pieces, finished
+
+
+@pytest.mark.parametrize("question, answer", CHATS)
+def test_greedy_answers_the_trained_chats_word_for_word(tiny, question, answer):
+    _, finished = _run(tiny, question, GREEDY)
+    assert finished.text == answer
+    assert finished.stats.done_reason == "stop"
+    assert finished.stats.prompt_tokens == len(_ids(tiny, question))
+    assert finished.stats.generated_tokens == len(tiny.tokenizer(answer + "<|im_end|>")["input_ids"])
+    assert finished.stats.prompt_eval_ns > 0 and finished.stats.eval_ns > 0
+    assert finished.stats.total_ns >= finished.stats.prompt_eval_ns + finished.stats.eval_ns
+
+
+def test_greedy_is_deterministic(tiny):
+    assert _run(tiny, UNSEEN, GREEDY)[1].text == _run(tiny, UNSEEN, GREEDY)[1].text
+
+
+def test_same_seed_same_output_other_seed_other_output(tiny):
+    params = Parameters(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=30, seed=42)
+    first = _run(tiny, UNSEEN, params)[1].text
+    assert _run(tiny, UNSEEN, params)[1].text == first
+    others = {_run(tiny, UNSEEN, params.model_copy(update={"seed": seed}))[1].text for seed in (1, 2, 3)}
+    assert others - {first}
+
+
+def test_top_k_one_is_greedy(tiny):
+    sampled = Parameters(temperature=1.0, top_k=1, max_new_tokens=30, seed=7)
+    assert _run(tiny, UNSEEN, sampled)[1].text == _run(tiny, UNSEEN, GREEDY.model_copy(update={"max_new_tokens": 30}))[1].text
+
+
+@pytest.mark.parametrize("change", [{"repetition_penalty": 3.0}, {"frequency_penalty": 2.0},
+                                    {"presence_penalty": 2.0}])
+def test_penalties_change_what_greedy_decoding_says(tiny, change):
+    plain = _run(tiny, "hi", GREEDY)[1].text  # babble that repeats itself: penalties must change it
+    assert _run(tiny, "hi", GREEDY.model_copy(update=change))[1].text != plain
+
+
+def test_stop_string_from_the_greedy_output_cuts_it_exactly(tiny):
+    question, answer = CHATS[4]
+    stop = "robot"
+    pieces, finished = _run(tiny, question, GREEDY.model_copy(update={"stop": ["zzz", stop]}))
+    assert finished.text == answer[: answer.index(stop)]
+    assert finished.stats.done_reason == "stop"
+    for piece in pieces:
+        assert not any(piece.endswith(stop[:size]) for size in range(1, len(stop))) or piece.strip() == ""
+
+
+def test_a_stop_string_in_the_prompt_does_not_stop_the_answer(tiny):
+    question, answer = CHATS[0]
+    _, finished = _run(tiny, question, GREEDY.model_copy(update={"stop": ["assistant", "<|im_start|>"]}))
+    assert finished.text == answer
+
+
+def test_max_new_tokens_bounds_the_answer(tiny):
+    _, finished = _run(tiny, CHATS[4][0], GREEDY.model_copy(update={"max_new_tokens": 5}))
+    assert finished.stats.generated_tokens == 5 and finished.stats.done_reason == "length"
+    assert CHATS[4][1].startswith(finished.text)
+
+
+def test_the_context_bounds_the_answer(tiny):
+    ids = _ids(tiny, CHATS[4][0])
+    params = GREEDY.model_copy(update={"max_new_tokens": -1, "ctx": len(ids) + 3})
+    *_, finished = stream(tiny, ids, params)
+    assert finished.stats.generated_tokens == 3 and finished.stats.done_reason == "length"
+    with pytest.raises(PromptTooLong):
+        list(stream(tiny, ids, params.model_copy(update={"ctx": len(ids)})))
+
+
+def test_an_error_in_generation_reaches_the_caller(tiny):
+    with pytest.raises(IndexError):
+        list(stream(tiny, [10**6], GREEDY))
+
+
+def test_cancel_stops_generation(tiny):
+    cancel = threading.Event()
+    items = []
+    for item in stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY, cancel=cancel):
+        items.append(item)
+        cancel.set()
+    finished = items[-1]
+    assert finished.stats.done_reason == "cancel"
+    assert finished.stats.generated_tokens < len(tiny.tokenizer(CHATS[4][1])["input_ids"])
+
+
+def test_abandoning_the_stream_stops_the_worker(tiny):
+    before = {thread.name for thread in threading.enumerate()}
+    generator = stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY)
+    next(generator)
+    generator.close()
+    assert "hllama-generate" not in {thread.name for thread in threading.enumerate()} - before

@@ -1,0 +1,74 @@
+import pytest
+
+from hllama.engine.prompt import JSON_INSTRUCTION, build_prompt, conversation, plain_format
+from hllama.errors import PromptTooLong
+from hllama.modelfile import Message
+from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
+from hllama.resolve import Resolved
+
+TURNS = [Message(role="user", content=f"question number {n}") if n % 2 == 0 else
+         Message(role="assistant", content=f"answer number {n}") for n in range(5)]
+
+
+def _resolved(**changes) -> Resolved:
+    base = dict(name="m", model="org/m", parameters=BUILTIN_PARAMETERS, load=BUILTIN_LOAD, sources={})
+    return Resolved(**{**base, **changes})
+
+
+def test_system_then_seed_messages_then_history():
+    resolved = _resolved(system="Be brief.", messages=[Message(role="user", content="seed q"),
+                                                        Message(role="assistant", content="seed a")])
+    messages = conversation(resolved, [Message(role="user", content="now")])
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "seed q"},
+                        {"role": "assistant", "content": "seed a"}, {"role": "user", "content": "now"}]
+
+
+def test_a_system_message_in_the_history_replaces_the_alias_one():
+    messages = conversation(_resolved(system="alias"), [Message(role="system", content="mine"),
+                                                         Message(role="user", content="q")])
+    assert messages[0] == {"role": "system", "content": "mine"} and len(messages) == 2
+
+
+def test_json_mode_adds_its_instruction_to_the_system_prompt():
+    json_on = BUILTIN_PARAMETERS.model_copy(update={"json_mode": True})
+    assert conversation(_resolved(system="Be brief.", parameters=json_on), [])[0]["content"] == (
+        f"Be brief.\n\n{JSON_INSTRUCTION}")
+    assert conversation(_resolved(parameters=json_on), [])[0] == {"role": "system", "content": JSON_INSTRUCTION}
+
+
+def test_chat_template_renders_the_conversation(tiny):
+    prompt = build_prompt(tiny.tokenizer, [{"role": "user", "content": "Say hello."}])
+    assert prompt.text == "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
+    assert tiny.tokenizer.decode(prompt.ids) == prompt.text
+    assert prompt.extra_stops == ()
+
+
+def test_template_override(tiny):
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}> "
+    prompt = build_prompt(tiny.tokenizer, [{"role": "user", "content": "hi"}], template=template)
+    assert prompt.text == "[user] hi\n> "
+
+
+def test_plain_format_without_a_template():
+    text = plain_format([{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
+                         {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}])
+    assert text == "S\n\nUser: q\nAssistant: a\nUser: q2\nAssistant:"
+
+
+def test_context_trimming_drops_the_oldest_whole_turns_and_keeps_the_system_prompt(tiny):
+    messages = [{"role": "system", "content": "Keep me."}] + [message.model_dump() for message in TURNS]
+    full = build_prompt(tiny.tokenizer, messages)
+    newest_two = build_prompt(tiny.tokenizer, messages[:1] + messages[3:])
+    prompt = build_prompt(tiny.tokenizer, messages, ctx=len(newest_two.ids) + 1)
+    assert prompt.dropped_turns == 1
+    assert prompt.messages == messages[:1] + messages[3:]
+    assert len(prompt.ids) < len(full.ids)
+    last_only = build_prompt(tiny.tokenizer, messages[:1] + messages[5:])
+    prompt = build_prompt(tiny.tokenizer, messages, ctx=len(last_only.ids) + 1)
+    assert prompt.messages == [messages[0], messages[5]] and prompt.dropped_turns == 2
+
+
+def test_a_prompt_that_cannot_fit_is_a_clear_error(tiny):
+    with pytest.raises(PromptTooLong, match="context is 5 tokens"):
+        build_prompt(tiny.tokenizer, [{"role": "system", "content": "long " * 20}, {"role": "user", "content": "q"}],
+                     ctx=5)
