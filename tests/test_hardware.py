@@ -1,0 +1,112 @@
+import gc
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hllama.config import load_settings
+from hllama.footprint import (Footprint, estimate, footprint_from_tensors, local_footprint, plan,
+                              read_safetensors_header)
+from hllama.hardware import Budget, Gpu, Hardware, detect_hardware, format_bytes, memory_budget
+from hllama.options import LoadOptions
+
+CONFIG = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+          "max_position_embeddings": 32768}
+# A 7B-like model: 6.5B parameters in linear layers, 0.5B in embeddings and norms, stored as bf16.
+BIG = Footprint(files_bytes=14 * 10**9, parameters=7 * 10**9, quantizable=int(6.5 * 10**9), config=CONFIG)
+
+
+def test_without_a_gpu_the_budget_is_available_ram():
+    hardware = detect_hardware()
+    assert hardware.gpus == () and hardware.device == "cpu"  # these machines have no GPU (or a CPU torch)
+    budget = memory_budget(load_settings(), hardware)
+    assert budget.device == "cpu" and "system RAM" in budget.source
+    assert 0 < budget.bytes <= psutil.virtual_memory().total
+
+
+def test_gpus_are_the_budget_when_present():
+    hardware = Hardware(gpus=(Gpu(0, "NVIDIA H100", 80 * 2**30, 70 * 2**30), Gpu(1, "NVIDIA H100", 80 * 2**30,
+                                                                                   60 * 2**30)),
+                        ram_total=2**40, ram_available=2**39)
+    budget = memory_budget(load_settings(), hardware)
+    assert (budget.bytes, budget.device) == (130 * 2**30, "cuda")
+    assert "2 GPU(s): NVIDIA H100" in budget.source
+
+
+def test_memory_budget_variable_overrides_detection(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HLLAMA_MEMORY_BUDGET", "6GiB")
+    budget = memory_budget(load_settings())
+    assert (budget.bytes, budget.source) == (6 * 2**30, "HLLAMA_MEMORY_BUDGET")
+
+
+def test_estimates_for_each_precision():
+    full = estimate(BIG, precision="bfloat16", context=4096, device="cuda")
+    assert full.weights == 14 * 10**9
+    assert full.kv_cache == 2 * 32 * 8 * 128 * 4096 * 2  # K and V, layers, KV heads, head size, tokens, bf16
+    assert full.rule_of_thumb == 21 * 10**9
+    assert full.total == full.weights + full.kv_cache + full.overhead
+    eight = estimate(BIG, precision="8bit", context=4096, device="cuda")
+    four = estimate(BIG, precision="4bit", context=4096, device="cuda")
+    assert eight.weights == int(6.5e9 * 1.02 + 0.5e9 * 2)
+    assert four.weights < eight.weights < full.weights
+    cpu = estimate(BIG, precision="float32", context=None, device="cpu")
+    assert cpu.weights == 28 * 10**9 and cpu.context == 4096  # unset ctx: 4096, within the model's own
+
+
+def test_auto_picks_the_best_precision_that_fits():
+    def budget(gib: float) -> Budget:
+        return Budget(int(gib * 2**30), "cuda", "test")
+
+    auto = LoadOptions(quantize="auto")
+    assert plan(BIG, load=auto, context=4096, budget=budget(40)).chosen.precision == "bfloat16"
+    assert plan(BIG, load=auto, context=4096, budget=budget(10)).chosen.precision == "8bit"
+    assert plan(BIG, load=auto, context=4096, budget=budget(6)).chosen.precision == "4bit"
+    refused = plan(BIG, load=auto, context=4096, budget=budget(2))
+    assert not refused.fits and refused.chosen.precision == "4bit"
+    too_big = plan(BIG, load=LoadOptions(), context=4096, budget=budget(10))
+    assert not too_big.fits and too_big.hint() == "fits with --load-in-8bit"
+
+
+def test_footprint_from_safetensors_headers(tiny_model_dir: Path):
+    footprint = local_footprint(tiny_model_dir)
+    tensors = read_safetensors_header(tiny_model_dir / "model.safetensors")
+    assert footprint.parameters == sum(_count(shape) for _, _, shape in tensors)
+    assert 0 < footprint.quantizable < footprint.parameters  # embeddings and norms are not quantized
+    assert footprint.files_bytes == (tiny_model_dir / "model.safetensors").stat().st_size
+    assert footprint.config["num_hidden_layers"] == 2
+
+
+def test_footprint_from_tensor_list_classifies_layers():
+    footprint = footprint_from_tensors(
+        [("model.embed_tokens.weight", "BF16", [100, 8]), ("model.layers.0.mlp.up_proj.weight", "BF16", [16, 8]),
+         ("model.norm.weight", "BF16", [8])], files_bytes=10, config={})
+    assert (footprint.parameters, footprint.quantizable) == (936, 128)
+
+
+def test_estimate_against_measured_memory(tiny_model_dir: Path):
+    """The better estimate's weights match what transformers reports once loaded."""
+    from transformers import AutoModelForCausalLM
+
+    footprint = local_footprint(tiny_model_dir)
+    guess = estimate(footprint, precision="float32", context=256, device="cpu")
+    process = psutil.Process(os.getpid())
+    gc.collect()
+    before = process.memory_info().rss
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    grown = process.memory_info().rss - before
+    measured = model.get_memory_footprint()
+    assert guess.weights == pytest.approx(measured, rel=0.01)
+    assert guess.total >= grown  # the overhead covers what loading really took here
+    del model
+
+
+def test_format_bytes():
+    assert [format_bytes(n) for n in (512, 1500, 2_500_000, 7 * 10**9)] == ["512 B", "1.5 KB", "2.5 MB", "7.0 GB"]
+
+
+def _count(shape: list[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total

