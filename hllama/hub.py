@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ class RemoteModel:
     """A model on the Hub, as far as its metadata tells, before anything big is downloaded."""
 
     repo_id: str
-    revision: str
+    ref: str  # what was asked for (a branch, tag or commit): the cache records it
+    revision: str  # the commit it pointed to
     files: dict[str, int]  # the files a pull downloads, with their sizes
     footprint: Footprint
 
@@ -74,9 +76,11 @@ def inspect_remote(repo_id: str, *, revision: str | None = None) -> RemoteModel:
                  if isinstance(item, RepoFile)}
         files = select_files(sizes)
         config = {}
-        if "config.json" in files:
-            config = json.loads(Path(hf_hub_download(repo_id, "config.json", revision=info.sha,
-                                                            cache_dir=cache_dir(), endpoint=_endpoint())).read_text())
+        if "config.json" in files:  # read outside the cache: a pull that stops here must leave no trace
+            with tempfile.TemporaryDirectory() as scratch:
+                path = hf_hub_download(repo_id, "config.json", revision=info.sha, local_dir=scratch,
+                                       endpoint=_endpoint())
+                config = json.loads(Path(path).read_text(encoding="utf-8"))
         weights = {name: size for name, size in files.items() if name.endswith((".safetensors", ".bin"))}
         if any(name.endswith(".safetensors") for name in weights):
             metadata = api.get_safetensors_metadata(repo_id, revision=info.sha)
@@ -85,7 +89,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None) -> RemoteModel:
             footprint = footprint_from_tensors(tensors, files_bytes=sum(weights.values()), config=config)
         else:
             footprint = Footprint(files_bytes=sum(weights.values()), config=config)
-    return RemoteModel(repo_id=repo_id, revision=info.sha, files=files, footprint=footprint)
+    return RemoteModel(repo_id=repo_id, ref=revision or "main", revision=info.sha, files=files, footprint=footprint)
 
 
 def download(remote: RemoteModel) -> Path:
@@ -93,7 +97,7 @@ def download(remote: RemoteModel) -> Path:
     from huggingface_hub import snapshot_download
 
     with hub_errors(remote.repo_id, remote.revision):
-        return Path(snapshot_download(remote.repo_id, revision=remote.revision, allow_patterns=list(remote.files),
+        return Path(snapshot_download(remote.repo_id, revision=remote.ref, allow_patterns=list(remote.files),
                                       cache_dir=cache_dir(), endpoint=_endpoint()))
 
 
@@ -113,14 +117,16 @@ def _endpoint() -> str | None:
 
 
 def local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The cached snapshot folder of ``repo_id`` at ``revision`` (a ref or a commit), if complete enough to load."""
+    """The cached snapshot of ``repo_id`` at ``revision`` (a ref or a commit), if it has a config and weights."""
     repo = cache_dir() / ("models--" + repo_id.replace("/", "--"))
     ref = revision or "main"
     commit = ref
     if (repo / "refs" / ref).is_file():
         commit = (repo / "refs" / ref).read_text().strip()
     snapshot = repo / "snapshots" / commit
-    return snapshot if (snapshot / "config.json").is_file() or any(snapshot.glob("*.gguf")) else None
+    weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+    complete = ((snapshot / "config.json").is_file() and weights) or any(snapshot.glob("*.gguf"))
+    return snapshot if complete else None
 
 
 def cached_models() -> list[CachedModel]:

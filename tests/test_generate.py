@@ -49,7 +49,8 @@ def test_same_seed_same_output_other_seed_other_output(tiny):
 
 def test_top_k_one_is_greedy(tiny):
     sampled = Parameters(temperature=1.0, top_k=1, max_new_tokens=30, seed=7)
-    assert _run(tiny, UNSEEN, sampled)[1].text == _run(tiny, UNSEEN, GREEDY.model_copy(update={"max_new_tokens": 30}))[1].text
+    greedy = GREEDY.model_copy(update={"max_new_tokens": 30})
+    assert _run(tiny, UNSEEN, sampled)[1].text == _run(tiny, UNSEEN, greedy)[1].text
 
 
 @pytest.mark.parametrize("change", [{"repetition_penalty": 3.0}, {"frequency_penalty": 2.0},

@@ -6,8 +6,7 @@ import psutil
 import pytest
 
 from hllama.config import load_settings
-from hllama.footprint import (Footprint, estimate, footprint_from_tensors, local_footprint, plan,
-                              read_safetensors_header)
+from hllama.footprint import Footprint, estimate, footprint_from_tensors, local_footprint, plan, read_safetensors_header
 from hllama.hardware import Budget, Gpu, Hardware, detect_hardware, format_bytes, memory_budget
 from hllama.options import LoadOptions
 
