@@ -1,0 +1,143 @@
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from hllama.cli import main
+
+from .tinymodel import CHATS, REPO_ID
+
+
+@pytest.fixture
+def tiny_alias(tiny_cache: Path, hllama_home: Path) -> str:
+    """An alias with defaults a flag can override: greedy, a stop string, a token limit."""
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0", "--stop", "friend",
+                 "--max-new-tokens", "40"]) == 0
+    return "tiny"
+
+
+def run(capsys, monkeypatch, *argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    capsys.readouterr()
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_uses_the_alias_defaults(capsys, monkeypatch, tiny_alias):
+    assert run(capsys, monkeypatch, "run", tiny_alias, "Say hello.") == (0, "Hello there, my \n", "")
+
+
+def test_flags_override_the_alias(capsys, monkeypatch, tiny_alias):
+    question, answer = CHATS[4]
+    code, out, _ = run(capsys, monkeypatch, "run", tiny_alias, question, "--stop", "robot", "--max-new-tokens", "60")
+    assert (code, out) == (0, answer[: answer.index("robot")] + "\n")
+    code, out, _ = run(capsys, monkeypatch, "run", tiny_alias, question, "--max-new-tokens", "3")
+    assert len(out.strip()) < len(answer) / 3
+
+
+def test_a_prompt_piped_on_stdin(capsys, monkeypatch, tiny_alias):
+    assert run(capsys, monkeypatch, "run", tiny_alias, stdin="Count to five.\n") == (
+        0, "One, two, three, four, five.\n", "")
+
+
+def test_input_file_is_the_first_message(capsys, monkeypatch, tiny_alias, tmp_path: Path):
+    question = tmp_path / "question.txt"
+    question.write_text("What is the capital of France?")
+    code, out, _ = run(capsys, monkeypatch, "chat", tiny_alias, "--input-file", str(question), stdin="")
+    assert (code, out) == (0, "The capital of France is Paris.\n")
+
+
+def test_history_round_trip(capsys, monkeypatch, tiny_alias, tmp_path: Path):
+    history = tmp_path / "talk.json"
+    first = run(capsys, monkeypatch, "run", tiny_alias, "What is the capital of France?", "--history", str(history),
+                "--verbose")
+    assert first[1] == "The capital of France is Paris.\n"
+    saved = json.loads(history.read_text())
+    assert saved == [{"role": "user", "content": "What is the capital of France?"},
+                     {"role": "assistant", "content": "The capital of France is Paris."}]
+    second = run(capsys, monkeypatch, "run", tiny_alias, "Say hello.", "--history", str(history), "--verbose")
+    assert len(json.loads(history.read_text())) == 4
+    prompt_tokens = [int(line.split()[3]) for result in (first, second) for line in result[2].splitlines()
+                     if line.startswith("prompt eval count")]
+    assert prompt_tokens[1] > prompt_tokens[0] + 15  # the earlier turn went into the prompt
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "nope", "hi"], "Error: model 'nope' not found; run 'hllama list' to see the aliases"),
+    (["run", "tiny", "Say hello.", "--ctx", "5"], "Error: the prompt needs"),
+    (["run", "tiny", "hi", "--temperature", "-1"], "Error: --temperature: input should be greater than or equal"),
+    (["run", "tiny", "hi", "--input-file", "/nonexistent/x.txt"], "Error: cannot read /nonexistent/x.txt"),
+])
+def test_chat_errors_are_one_line(capsys, monkeypatch, tiny_alias, argv, message):
+    code, _, err = run(capsys, monkeypatch, *argv)
+    assert code == 1 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_a_broken_history_file_is_one_line(capsys, monkeypatch, tiny_alias, tmp_path: Path):
+    history = tmp_path / "bad.json"
+    history.write_text('{"not": "a list"}')
+    code, _, err = run(capsys, monkeypatch, "run", tiny_alias, "hi", "--history", str(history))
+    assert code == 1 and err.startswith(f"Error: {history} is not a conversation")
+    assert history.read_text() == '{"not": "a list"}'
+
+
+def test_interactive_chat_in_a_terminal(tiny_alias, tmp_path: Path):
+    saved = tmp_path / "saved.json"
+    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", tiny_alias], env=dict(os.environ),
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline("Say hello.")
+        child.expect_exact("Hello there, my \r\n")
+        child.expect_exact(">>> ")
+        child.sendline("/set parameter stop zzz")
+        child.expect_exact("Set parameter 'stop' to 'zzz'")
+        child.sendline("/show parameters")
+        child.expect(r"stop\s+\['zzz'\]\s+cli")
+        child.expect_exact(">>> ")
+        child.sendline('"""What is the capital')
+        child.expect_exact("... ")
+        child.sendline('of France?"""')
+        child.expect_exact(">>> ")
+        child.sendline("/clear")
+        child.expect_exact("Cleared session context")
+        child.sendline("Count to five.")
+        child.expect_exact("One, two, three, four, five.")
+        child.expect_exact(">>> ")
+        child.sendline(f"/save {saved}")
+        child.expect_exact(f"Saved the conversation to {saved}")
+        child.sendline("/nonsense")
+        child.expect_exact("Unknown command '/nonsense'. Type /? for help")
+        child.sendcontrol("c")
+        child.expect_exact("Use Ctrl + d or /bye to exit.")
+        child.expect_exact(">>> ")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert json.loads(saved.read_text()) == [{"role": "user", "content": "Count to five."},
+                                             {"role": "assistant", "content": "One, two, three, four, five."}]
+
+
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_alias):
+    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", tiny_alias, "--max-new-tokens", "-1",
+                                           "--ctx", "1000000", "--stop", "never"], env=dict(os.environ),
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline("hi")  # babble with no end: minutes of it at this context
+        child.expect(r"\S{3}")
+        child.sendcontrol("c")
+        child.expect_exact(">>> ", timeout=20)
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
