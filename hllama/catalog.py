@@ -42,35 +42,33 @@ def catalog(settings: Settings, registry: Registry, budget: Budget) -> list[Row]
     rows = [_alias_row(entry, settings, registry, budget) for entry in registry]
     aliased = {row.model for row in rows}
     for cached in hub.cached_models():
-        if cached.repo_id in aliased:
-            continue
-        resolved = resolve(cached.repo_id, settings=settings, registry=registry)
-        rows.append(Row(name=cached.repo_id, model=cached.repo_id, source="hub cache", size=cached.size_on_disk,
-                        **_planned(resolved, budget)))
+        if cached.repo_id not in aliased:
+            load_plan, note = _plan_or_note(resolve(cached.repo_id, settings=settings, registry=registry), budget)
+            rows.append(Row(name=cached.repo_id, model=cached.repo_id, source="hub cache",
+                            size=cached.size_on_disk, plan=load_plan, note=note))
     return rows
 
 
 def plan_for(resolved: Resolved, budget: Budget) -> Plan | None:
     """The load plan when the model's files are on this machine, else None."""
-    return _planned(resolved, budget).get("plan")
+    return _plan_or_note(resolved, budget)[0]
 
 
 def _alias_row(entry: RegistryEntry, settings: Settings, registry: Registry, budget: Budget) -> Row:
-    resolved = resolve(entry.name, settings=settings, registry=registry)
-    planned = _planned(resolved, budget)
-    size = planned["plan"].footprint.files_bytes if "plan" in planned else None
+    load_plan, note = _plan_or_note(resolve(entry.name, settings=settings, registry=registry), budget)
     return Row(name=entry.name, model=entry.modelfile.from_, source=entry.path.name,
-               parameters=key_parameters(entry), size=size, quantize=entry.modelfile.load.quantize, **planned)
+               parameters=key_parameters(entry), size=load_plan.footprint.files_bytes if load_plan else None,
+               plan=load_plan, note=note, quantize=entry.modelfile.load.quantize)
 
 
-def _planned(resolved: Resolved, budget: Budget) -> dict:
+def _plan_or_note(resolved: Resolved, budget: Budget) -> tuple[Plan | None, str]:
     try:
         source = locate(resolved.model, resolved.revision)
     except ModelNotDownloaded:
-        return {"note": "not downloaded"}
+        return None, "not downloaded"
     except ModelLoadError:
-        return {"note": "missing"}
-    return {"plan": plan_load(resolved, source, budget)}
+        return None, "missing"
+    return plan_load(resolved, source, budget), ""
 
 
 def key_parameters(entry: RegistryEntry) -> str:

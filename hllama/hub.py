@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hllama.errors import GatedModel, HubUnreachable, RemoteModelNotFound
-from hllama.footprint import Footprint, footprint_from_tensors, local_footprint
+from hllama.footprint import Footprint, footprint_from_tensors
 
 #: Small files transformers may read next to the weights.
 _SUPPORT_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py")
@@ -146,10 +146,6 @@ def cached_models() -> list[CachedModel]:
             refs=tuple(sorted(ref for revision in repo.revisions for ref in revision.refs)),
             size_on_disk=repo.size_on_disk, last_used=repo.last_accessed, snapshot=main.snapshot_path))
     return sorted(models, key=lambda model: model.repo_id)
-
-
-def cached_footprint(model: CachedModel) -> Footprint:
-    return local_footprint(model.snapshot)
 
 
 def clear_cache(repo_ids: list[str]) -> int:

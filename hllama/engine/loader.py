@@ -62,8 +62,10 @@ def locate(model_id: str, revision: str | None = None) -> ModelSource:
     if is_local_path(model_id) or path.exists():
         if path.is_file() and path.suffix.lower() == ".gguf":
             return ModelSource(path.parent, path.name)
-        if path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.gguf"))):
-            return ModelSource(path, None if (path / "config.json").is_file() else sorted(path.glob("*.gguf"))[0].name)
+        if (path / "config.json").is_file():
+            return ModelSource(path)
+        if ggufs := sorted(path.glob("*.gguf")) if path.is_dir() else []:
+            return ModelSource(path, ggufs[0].name)
         raise ModelLoadError(f"no model at '{path}': expected a folder with config.json or a .gguf file")
     snapshot = hub.local_snapshot(model_id, revision)
     if snapshot is None:
