@@ -101,7 +101,7 @@ class ModelNotDownloaded(HllamaError, LookupError):
 
     def __init__(self, repo_id: str) -> None:
         self.repo_id = repo_id
-        super().__init__(f"model '{repo_id}' is not downloaded")
+        super().__init__(f"model '{repo_id}' not found, try pulling it first")
 
 
 class ModelTooLarge(HllamaError, MemoryError):
@@ -127,3 +127,8 @@ class PromptTooLong(HllamaError, ValueError):
         self.needed, self.context = needed, context
         super().__init__(f"the prompt needs {needed} tokens even with older turns dropped, "
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
+
+
+class ServerBusy(HllamaError, RuntimeError):
+    def __init__(self, reason: str = "maximum pending requests exceeded") -> None:
+        super().__init__(f"server busy, please try again. {reason}")

@@ -69,7 +69,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None) -> RemoteModel:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=_endpoint())
+    api = HfApi(endpoint=endpoint())
     with hub_errors(repo_id, revision):
         info = api.repo_info(repo_id, revision=revision)
         sizes = {item.path: item.size for item in api.list_repo_tree(repo_id, revision=info.sha, recursive=True)
@@ -79,7 +79,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None) -> RemoteModel:
         if "config.json" in files:  # read outside the cache: a pull that stops here must leave no trace
             with tempfile.TemporaryDirectory() as scratch:
                 path = hf_hub_download(repo_id, "config.json", revision=info.sha, local_dir=scratch,
-                                       endpoint=_endpoint())
+                                       endpoint=endpoint())
                 config = json.loads(Path(path).read_text(encoding="utf-8"))
         weights = {name: size for name, size in files.items() if name.endswith((".safetensors", ".bin"))}
         if any(name.endswith(".safetensors") for name in weights):
@@ -98,7 +98,7 @@ def download(remote: RemoteModel) -> Path:
 
     with hub_errors(remote.repo_id, remote.revision):
         return Path(snapshot_download(remote.repo_id, revision=remote.ref, allow_patterns=list(remote.files),
-                                      cache_dir=cache_dir(), endpoint=_endpoint()))
+                                      cache_dir=cache_dir(), endpoint=endpoint()))
 
 
 def cache_dir() -> Path:
@@ -112,7 +112,7 @@ def cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _endpoint() -> str | None:
+def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 

@@ -7,6 +7,7 @@ message``. Adding a format means writing one parser, nothing else.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -402,3 +403,34 @@ def _closing_quote(text: str, quote: str) -> int | None:
 
 
 _PARSERS = {"yaml": _parse_yaml, "toml": _parse_toml, "ollama": _parse_ollama}
+
+
+def dump_ollama(modelfile: Modelfile, *, header: str = "") -> str:
+    """The alias in Ollama's Modelfile syntax, as ``ollama show --modelfile`` prints one.
+
+    Only what Ollama's syntax can say: load options have no instruction there.
+    """
+    lines = [header] if header else []
+    lines.append(f"FROM {modelfile.from_}")
+    if modelfile.template is not None:
+        lines.append(f'TEMPLATE """{modelfile.template}"""')
+    if modelfile.system is not None:
+        lines.append(f'SYSTEM """{modelfile.system}"""')
+    ollama_names = {canonical: synonym for synonym, canonical in SYNONYMS.items()}
+    for name, value in modelfile.parameters.model_dump(exclude_none=True).items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {ollama_names.get(name, name)} {_ollama_value(item)}")
+    for message in modelfile.messages or []:
+        lines.append(f'MESSAGE {message.role} """{message.content}"""')
+    if modelfile.license is not None:
+        lines.append(f'LICENSE """{modelfile.license}"""')
+    return "\n".join(lines) + "\n"
+
+
+def _ollama_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False) if (not value or value != value.strip() or '"' in value
+                                                         or " " in value) else value
+    return str(value)

@@ -77,8 +77,8 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
         layers.append((Layer.MODELFILE, _values(modelfile.model_dump(
             include={"revision", "system", "template", "messages", "parameters", "load"}))
             | {"model": modelfile.from_}))
-    elif looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name) or hub.local_snapshot(name):
-        layers.append((Layer.NAME, {"model": name}))
+    elif _names_a_model(bare := name.removesuffix(":latest")):  # Ollama clients add the tag to every name
+        layers.append((Layer.NAME, {"model": bare}))
     else:
         raise AliasNotFound(name)
     layers += [(layer, _values(overrides.model_dump())) for layer, overrides in
@@ -90,6 +90,12 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
         merged.update(values)
         sources.update(dict.fromkeys(values, layer))
     return Resolved(name=name, alias=entry.name if entry else None, sources=sources, **_nest(merged))
+
+
+def _names_a_model(name: str) -> bool:
+    """A Hub repo id, a local model path, or a model already in the Hub cache."""
+    return looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name) or \
+        hub.local_snapshot(name) is not None
 
 
 def _values(data: BaseModel | dict[str, Any]) -> dict[str, Any]:

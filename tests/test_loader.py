@@ -37,7 +37,7 @@ def test_loads_a_hub_model_from_the_cache(tiny_cache: Path):
 
 def test_locate(tiny_model_dir: Path, tmp_path: Path):
     assert locate(str(tiny_model_dir)).folder == tiny_model_dir
-    with pytest.raises(ModelNotDownloaded, match="'org/not-here' is not downloaded"):
+    with pytest.raises(ModelNotDownloaded, match="'org/not-here' not found, try pulling it first"):
         locate("org/not-here")
     with pytest.raises(ModelLoadError, match="no model at"):
         locate(str(tmp_path / "nothing"))

@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hllama.cli import aliases, chat, models
+    from hllama.cli import aliases, chat, models, server
 
     parser = _Parser(prog="hllama", description="Run Hugging Face models the way Ollama runs GGUF.")
     parser.add_argument("-v", "--version", action="version", version=f"hllama {__version__}")
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     aliases.register(commands)
     models.register(commands)
     chat.register(commands)
+    server.register(commands)
     return parser
 
 

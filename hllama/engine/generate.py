@@ -38,6 +38,7 @@ class Stats:
 class Finished:
     text: str  # the whole answer, cut before any stop string
     stats: Stats
+    generated_ids: list[int]
 
 
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
@@ -81,8 +82,8 @@ def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, st
         thread.join()
     ended = time.perf_counter_ns()
     first = worker.first_token_at or ended
-    yield Finished(text=worker.matcher.text, stats=Stats(
-        prompt_tokens=len(prompt_ids), generated_tokens=worker.generated, prompt_eval_ns=first - started,
+    yield Finished(text=worker.matcher.text, generated_ids=worker.ids, stats=Stats(
+        prompt_tokens=len(prompt_ids), generated_tokens=len(worker.ids), prompt_eval_ns=first - started,
         eval_ns=ended - first, total_ns=ended - started, done_reason=reason))
 
 
@@ -91,7 +92,7 @@ def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
         return "stop"
     if cancelled:
         return "cancel"
-    return "length" if worker.generated >= limit else "stop"
+    return "length" if len(worker.ids) >= limit else "stop"
 
 
 _END = object()
@@ -106,7 +107,7 @@ class _Worker:
         self.events: queue.Queue[Any] = queue.Queue()
         self.decoder = _IncrementalDecoder(tokenizer)
         self.eos_ids = set(eos_ids)
-        self.generated = 0
+        self.ids: list[int] = []
         self.saw_eos = False
         self.first_token_at: int | None = None
         self._prompt_seen = False
@@ -129,7 +130,7 @@ class _Worker:
         if self.cancel.is_set():
             return
         token = int(value.reshape(-1)[0])
-        self.generated += 1
+        self.ids.append(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter_ns()
         if token in self.eos_ids:

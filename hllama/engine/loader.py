@@ -46,6 +46,11 @@ class LoadedModel:
     def precision(self) -> str:
         return self.plan.chosen.precision
 
+    @property
+    def reserved_bytes(self) -> int:
+        """What the scheduler counts against the budget: the planned total, KV cache and overhead included."""
+        return self.plan.chosen.total
+
     def close(self) -> None:
         """Drop the weights now rather than at the next garbage collection."""
         import torch

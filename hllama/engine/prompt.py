@@ -9,6 +9,7 @@ user message always stay.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,16 +33,27 @@ class Prompt:
     extra_stops: tuple[str, ...] = field(default_factory=tuple)
 
 
-def conversation(resolved: Resolved, history: Sequence[Message]) -> list[dict[str, str]]:
-    """System prompt, seed messages, then the history; a system message in the history wins."""
+def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema: Any = None
+                 ) -> list[dict[str, str]]:
+    """System prompt, seed messages, then the history; a system message in the history wins.
+
+    JSON mode (or a JSON schema, from an API's ``format``) adds its instruction to the system prompt.
+    """
     messages = [message.model_dump() for message in [*resolved.messages, *history]]
     system = None if messages and messages[0]["role"] == "system" else resolved.system
-    if resolved.parameters.json_mode:
+    instruction = _json_instruction(json_schema) if resolved.parameters.json_mode or json_schema else None
+    if instruction:
         if system is None and messages and messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{JSON_INSTRUCTION}"}
+            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
         else:
-            system = f"{system}\n\n{JSON_INSTRUCTION}" if system else JSON_INSTRUCTION
+            system = f"{system}\n\n{instruction}" if system else instruction
     return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def _json_instruction(schema: Any) -> str:
+    if not isinstance(schema, dict):
+        return JSON_INSTRUCTION
+    return f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema, ensure_ascii=False)}"
 
 
 def build_prompt(tokenizer: Any, messages: list[dict[str, str]], *, template: str | None = None,

@@ -1,0 +1,188 @@
+"""Which models are loaded: load on first use, share, expire after keep_alive, evict to stay in budget.
+
+The scheduler knows nothing of transformers: it is given a ``load`` function, a ``size`` function
+(the bytes a model will take, estimated before loading) and a clock, so tests drive it with fakes.
+Loading and unloading run in worker threads; the event loop never waits on them. Each loaded model
+runs ``parallel`` requests at once; the rest wait in a bounded queue (full: :class:`ServerBusy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hllama.errors import ModelTooLarge, ServerBusy
+from hllama.resolve import Resolved
+
+log = logging.getLogger(__name__)
+
+
+class Loaded(Protocol):
+    """What the scheduler needs of a loaded model (the engine's LoadedModel is one)."""
+
+    @property
+    def reserved_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+LoadFn = Callable[[Resolved, int], Loaded]  # (what to load, bytes it may use) -> loaded model
+SizeFn = Callable[[Resolved, int], int]  # (what to load, bytes it may use) -> bytes it will take
+
+
+def load_key(resolved: Resolved) -> tuple:
+    """Two requests share a loaded model when these agree; anything else means loading again."""
+    return resolved.model, resolved.revision, tuple(sorted(resolved.load.model_dump().items()))
+
+
+@dataclass(eq=False)
+class Runner:
+    key: tuple
+    name: str
+    model: Loaded
+    size: int
+    parallel: int
+    keep_alive: float = 300.0
+    active: int = 0
+    waiting: int = 0
+    last_used: float = 0.0
+    expires_at: float = math.inf  # on the scheduler's clock; inf: never (or in use)
+    slots: asyncio.Semaphore = field(init=False)
+    _timer: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.parallel)
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.waiting == 0
+
+
+class Scheduler:
+    def __init__(self, *, load: LoadFn, size: SizeFn, budget: int, max_loaded: int = 3, max_queue: int = 512,
+                 parallel: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self._load = load
+        self._size = size
+        self.budget = budget
+        self.max_loaded = max_loaded
+        self.max_queue = max_queue
+        self.parallel = parallel
+        self.clock = clock
+        self.runners: list[Runner] = []
+        self._load_lock = asyncio.Lock()  # one load at a time, as Ollama does
+
+    @property
+    def used(self) -> int:
+        return sum(runner.size for runner in self.runners)
+
+    @asynccontextmanager
+    async def use(self, resolved: Resolved) -> AsyncIterator[Runner]:
+        """Hold a loaded model for one request; its keep_alive (0: unload now; negative: never) starts after."""
+        runner = await self._runner_for(resolved)
+        if runner.waiting >= self.max_queue:
+            raise ServerBusy()
+        runner.waiting += 1
+        try:
+            await runner.slots.acquire()
+        finally:
+            runner.waiting -= 1
+        runner.active += 1
+        self._cancel_timer(runner)
+        try:
+            yield runner
+        finally:
+            runner.active -= 1
+            runner.slots.release()
+            runner.last_used = self.clock()
+            runner.keep_alive = resolved.parameters.keep_alive
+            if runner.idle:
+                await self._arm(runner)
+
+    async def load(self, resolved: Resolved) -> Runner:
+        """Load without generating (Ollama's empty prompt); keep_alive 0 unloads at once."""
+        async with self.use(resolved) as runner:
+            return runner
+
+    async def unload(self, runner: Runner) -> None:
+        if runner in self.runners:
+            self.runners.remove(runner)
+            self._cancel_timer(runner)
+            log.info("unloading %s", runner.name)
+            await asyncio.to_thread(runner.model.close)
+
+    async def unload_matching(self, key: tuple) -> None:
+        for runner in [runner for runner in self.runners if runner.key == key and runner.idle]:
+            await self.unload(runner)
+
+    async def close(self) -> None:
+        for runner in list(self.runners):
+            await self.unload(runner)
+
+    def find(self, resolved: Resolved) -> Runner | None:
+        key = load_key(resolved)
+        return next((runner for runner in self.runners if runner.key == key), None)
+
+    async def _runner_for(self, resolved: Resolved) -> Runner:
+        if (runner := self.find(resolved)) is not None:
+            return runner
+        async with self._load_lock:
+            if (runner := self.find(resolved)) is not None:  # loaded while this request waited
+                return runner
+            for stale in [runner for runner in self.runners if runner.key[:2] == load_key(resolved)[:2]]:
+                if stale.idle:  # same model, other load settings: this request replaces it
+                    await self.unload(stale)
+            needed = await asyncio.to_thread(self._size, resolved, self.budget)
+            await self._make_room(resolved, needed)
+            started = self.clock()
+            model = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
+            runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
+                            size=model.reserved_bytes, parallel=self.parallel,
+                            keep_alive=resolved.parameters.keep_alive, last_used=started)
+            self.runners.append(runner)
+            log.info("loaded %s (%d bytes) in %.2fs", runner.name, runner.size, self.clock() - started)
+            return runner
+
+    async def _make_room(self, resolved: Resolved, needed: int) -> None:
+        """Unload idle models, least recently used first, until ``needed`` fits and the count allows one more."""
+        while len(self.runners) >= self.max_loaded or self.used + needed > self.budget:
+            idle = sorted((runner for runner in self.runners if runner.idle), key=lambda runner: runner.last_used)
+            if not idle:
+                if len(self.runners) >= self.max_loaded:
+                    raise ServerBusy(f"{len(self.runners)} models are loaded and busy (max_loaded_models)")
+                raise ModelTooLarge(resolved.model, needed, self.budget - self.used, "memory left by busy models",
+                                    None)
+            await self.unload(idle[0])
+        if needed > self.budget:
+            raise ModelTooLarge(resolved.model, needed, self.budget, "the server's memory budget", None)
+
+    async def _arm(self, runner: Runner) -> None:
+        """Start the keep_alive countdown of a model nobody is using."""
+        if runner.keep_alive == 0:
+            await self.unload(runner)
+            return
+        if runner.keep_alive < 0:
+            runner.expires_at = math.inf
+            return
+        runner.expires_at = self.clock() + runner.keep_alive
+        loop = asyncio.get_running_loop()
+        runner._timer = loop.call_later(runner.keep_alive, lambda: asyncio.ensure_future(self._expire(runner)))
+
+    async def _expire(self, runner: Runner) -> None:
+        if runner.idle and self.clock() >= runner.expires_at - 1e-3:
+            await self.unload(runner)
+
+    def _cancel_timer(self, runner: Runner) -> None:
+        if runner._timer is not None:
+            runner._timer.cancel()
+            runner._timer = None
+        runner.expires_at = math.inf
+
+    def expires_in(self, runner: Runner) -> float:
+        """Seconds until ``runner`` unloads; inf while in use or kept forever."""
+        return runner.expires_at - self.clock()

@@ -1,0 +1,112 @@
+"""``create_app``: the FastAPI application, its state, and the one place errors become statuses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hllama import __version__
+from hllama.config import Settings
+from hllama.errors import (
+    AliasExists,
+    AliasNotFound,
+    ConfigError,
+    GatedModel,
+    HllamaError,
+    HubUnreachable,
+    InvalidAliasName,
+    InvalidOption,
+    ModelfileError,
+    ModelLoadError,
+    ModelNotDownloaded,
+    ModelTooLarge,
+    PromptTooLong,
+    QuantizationUnavailable,
+    RemoteModelNotFound,
+    ServerBusy,
+)
+from hllama.hardware import Budget, memory_budget
+from hllama.scheduler import Scheduler
+from hllama.server.service import Service
+from hllama.store import AliasStore
+
+log = logging.getLogger("hllama.server")
+
+#: Error class -> HTTP status, applied by a single handler (the first class in the MRO that is listed wins).
+HTTP_STATUS: dict[type[HllamaError], int] = {
+    InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
+    AliasNotFound: 404, ModelNotDownloaded: 404, RemoteModelNotFound: 404,
+    GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
+    ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
+}
+
+_OPENAI_TYPE = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def status_of(error: HllamaError) -> int:
+    return next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
+
+
+def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.scheduler.close()
+
+    app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(HllamaError)
+    async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
+        return _error(request, status_of(exc), str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(request, 500, f"{type(exc).__name__}: {exc}")
+
+    from hllama.server import ollama_models, ollama_routes, openai_routes
+
+    app.include_router(ollama_models.router)
+    app.include_router(ollama_routes.router)
+    app.include_router(openai_routes.router)
+    return app
+
+
+def _error(request: Request, status: int, message: str) -> JSONResponse:
+    """Ollama's ``{"error": "..."}``, or OpenAI's error object under ``/v1``."""
+    if request.url.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": _OPENAI_TYPE.get(status, "api_error"), "param": None,
+                          "code": None}}
+        return JSONResponse(body, status_code=status)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_service(settings: Settings, *, budget: Budget | None = None) -> Service:
+    """The real thing: the engine behind the scheduler, the budget detected once at start."""
+    from hllama.engine import load_model, locate, plan_load
+
+    budget = budget or memory_budget(settings)
+
+    def size(resolved, available: int) -> int:
+        source = locate(resolved.model, resolved.revision)
+        return plan_load(resolved, source, Budget(available, budget.device, budget.source)).chosen.total
+
+    def load(resolved, available: int):
+        return load_model(resolved, budget=Budget(available, budget.device, "memory left for models"))
+
+    scheduler = Scheduler(load=load, size=size, budget=budget.bytes, max_loaded=settings.max_loaded_models,
+                          max_queue=settings.max_queue)
+    return Service(settings=settings, store=AliasStore(settings), scheduler=scheduler, budget=budget)
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    import uvicorn
+
+    service = build_service(settings)
+    log.info("memory budget %d bytes (%s)", service.budget.bytes, service.budget.source)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="info")

@@ -1,0 +1,152 @@
+"""Ollama's generation routes: ``/api/chat`` and ``/api/generate``, streamed as NDJSON or whole."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from hllama.engine import build_prompt, conversation
+from hllama.errors import HllamaError, InvalidOption
+from hllama.modelfile import Message
+from hllama.resolve import Resolved
+from hllama.server.ollama_types import ChatRequest, GenerateRequest, messages_from, now_rfc3339, overrides, parse_body
+from hllama.server.service import Result, Service, effective_settings
+from hllama.server.views import wire_name
+
+router = APIRouter()
+
+NDJSON = "application/x-ndjson"
+EFFECTIVE_HEADER = "X-Hllama-Effective"
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    body: ChatRequest = parse_body(ChatRequest, await request.body())
+    service: Service = request.app.state.service
+    api, schema = overrides(body)
+    resolved = _resolve(service, body.model, api)
+    name = wire_name(body.model)
+    if not body.messages:
+        return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
+    events = service.chat(resolved, messages_from(body.messages), json_schema=schema)
+
+    def chunk(piece: str) -> dict[str, Any]:
+        return {"model": name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": piece},
+                "done": False}
+
+    def final(result: Result, text: str) -> dict[str, Any]:
+        return {"model": name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": text},
+                "done": True, **_stats(result)}
+
+    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
+
+
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    body: GenerateRequest = parse_body(GenerateRequest, await request.body())
+    service: Service = request.app.state.service
+    if body.raw and (body.template or body.system or body.context):
+        raise InvalidOption("raw mode does not support template, system, or context")
+    api, schema = overrides(body, system=body.system, template=body.template)
+    resolved = _resolve(service, body.model, api)
+    name = wire_name(body.model)
+    if not body.prompt:
+        return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=False)
+    if body.raw:
+        events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
+                                  ["input_ids"])
+    elif body.context:
+        events = _continue(service, resolved, body, schema)
+    else:
+        events = service.chat(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
+
+    def chunk(piece: str) -> dict[str, Any]:
+        return {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
+
+    def final(result: Result, text: str) -> dict[str, Any]:
+        document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result)}
+        if not body.raw:
+            document["context"] = result.prompt_ids + result.finished.generated_ids
+        return document
+
+    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
+
+
+def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:
+    """``context`` (the tokens of an earlier exchange) followed by the new turn."""
+    def prompt_ids(loaded: Any) -> list[int]:
+        turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
+        return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
+
+    return service.complete(resolved, prompt_ids)
+
+
+def _resolve(service: Service, model: str, api: Any) -> Resolved:
+    if not model:
+        raise InvalidOption("model is required")
+    return service.resolve(model, api)
+
+
+async def _load_or_unload(service: Service, resolved: Resolved, name: str, *, unload: bool, chat: bool) -> Response:
+    """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it."""
+    if unload:
+        runner = service.scheduler.find(resolved)
+        if runner is not None and runner.idle:
+            await service.scheduler.unload(runner)
+        reason = "unload"
+    else:
+        await service.scheduler.load(resolved)
+        reason = "load"
+    document: dict[str, Any] = {"model": name, "created_at": now_rfc3339(), "done": True, "done_reason": reason}
+    if chat:
+        document["message"] = {"role": "assistant", "content": ""}
+    else:
+        document["response"] = ""
+    return JSONResponse(document)
+
+
+def _stats(result: Result) -> dict[str, Any]:
+    stats = result.finished.stats
+    return {"done_reason": stats.done_reason if stats.done_reason != "cancel" else "stop",
+            "total_duration": result.total_ns, "load_duration": result.load_ns,
+            "prompt_eval_count": stats.prompt_tokens, "prompt_eval_duration": stats.prompt_eval_ns,
+            "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns}
+
+
+async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: bool, resolved: Resolved) -> Response:
+    """Stream NDJSON, or collect one object. Errors before the first byte are HTTP errors; after, a last line."""
+    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
+    first = await anext(events)  # loading, prompt building and the first token: failures here get a status
+    if not stream:
+        pieces = []
+        item = first
+        while not isinstance(item, Result):
+            pieces.append(item)
+            item = await anext(events)
+        return JSONResponse(final(item, "".join(pieces)), headers=headers)
+
+    async def lines() -> AsyncIterator[bytes]:
+        item = first
+        try:
+            while True:
+                if isinstance(item, Result):
+                    yield _line(final(item, ""))
+                    return
+                yield _line(chunk(item))
+                item = await anext(events)
+        except HllamaError as exc:
+            yield _line({"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be a line, not a status
+            yield _line({"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
+
+
+def _line(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,161 @@
+"""Ollama's wire format: request bodies (lenient, as Ollama's Go decoder is) and the settings they carry.
+
+Unknown fields are ignored; unknown ``options`` keys are logged and ignored, as Ollama does. Values
+of the wrong type or out of range are a 400 with the option's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hllama.errors import InvalidOption
+from hllama.modelfile import Message
+from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
+from hllama.resolve import Overrides
+from hllama.validation import describe
+
+log = logging.getLogger("hllama.server")
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class OllamaMessage(_Lenient):
+    role: str
+    content: str = ""
+
+
+class _Generation(_Lenient):
+    model: str = ""
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    stream: bool = True
+    keep_alive: float | str | None = None
+
+
+class ChatRequest(_Generation):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+
+
+class GenerateRequest(_Generation):
+    prompt: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+
+
+class NameRequest(_Lenient):
+    """``/api/show``, ``/api/delete``, ``/api/pull``: ``model``, or the deprecated ``name``."""
+
+    model: str = ""
+    name: str = ""
+    stream: bool = True
+    verbose: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.model or self.name
+
+
+class CopyRequest(_Lenient):
+    source: str = ""
+    destination: str = ""
+
+
+class CreateRequest(_Lenient):
+    model: str = ""
+    name: str = ""
+    from_: str | None = Field(None, alias="from")
+    system: str | None = None
+    template: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[OllamaMessage] | None = None
+    quantize: str | None = None
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    stream: bool = True
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    if not raw.strip():
+        raise InvalidOption("missing request body")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidOption(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidOption("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidOption(f"invalid {where}: {error['msg'][:1].lower() + error['msg'][1:]}") from None
+
+
+def parameters_from_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``options`` hllama understands; anything else is logged and dropped."""
+    known = set(Parameters.model_fields) | set(SYNONYMS)
+    kept = {}
+    for key, value in (options or {}).items():
+        if key in known:
+            kept[key] = value
+        elif key not in OLLAMA_IGNORED_OPTIONS:
+            log.warning("invalid option provided: %s", key)
+    return kept
+
+
+def overrides(request: _Generation, *, system: str | None = None, template: str | None = None,
+              extra: dict[str, Any] | None = None) -> tuple[Overrides, dict[str, Any] | None]:
+    """The API layer of a request's settings, and the JSON schema its ``format`` asks for (if any)."""
+    parameters = {**parameters_from_options(request.options), **(extra or {})}
+    schema = None
+    if request.format == "json":
+        parameters["json_mode"] = True
+    elif isinstance(request.format, dict):
+        parameters["json_mode"] = True
+        schema = request.format
+    elif request.format not in (None, ""):
+        raise InvalidOption("invalid format: use \"json\" or a JSON schema object")
+    if request.keep_alive is not None:
+        try:
+            parameters["keep_alive"] = parse_duration(request.keep_alive)
+        except ValueError as exc:
+            raise InvalidOption(f"invalid keep_alive: {exc}") from None
+    try:
+        return Overrides.model_validate({"system": system, "template": template, "parameters": parameters}), schema
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "options")
+        raise InvalidOption(f"option \"{name}\": {describe(error, schema=Overrides)}") from None
+
+
+def messages_from(request_messages: list[OllamaMessage]) -> list[Message]:
+    messages = []
+    for message in request_messages:
+        role = message.role.lower()
+        if role not in ("system", "user", "assistant"):
+            raise InvalidOption(f"messages with role '{message.role}' are not supported")
+        messages.append(Message(role=role, content=message.content))  # type: ignore[arg-type]
+    return messages
+
+
+def now_rfc3339() -> str:
+    """UTC with a ``Z``, as Ollama writes ``created_at``."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def local_rfc3339(timestamp: float) -> str:
+    """Local time with its offset, as Ollama writes ``modified_at`` and ``expires_at``."""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="microseconds")
+
+
+DoneReason = Literal["stop", "length", "load", "unload"]

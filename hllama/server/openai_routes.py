@@ -1,0 +1,169 @@
+"""OpenAI-compatible routes: translated into the same resolver and service as Ollama's, then framed as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from hllama.catalog import catalog
+from hllama.errors import AliasNotFound, HllamaError, InvalidOption
+from hllama.modelfile import Message
+from hllama.resolve import Overrides, Resolved
+from hllama.server.ollama_types import parse_body
+from hllama.server.service import Result, Service, effective_settings
+from hllama.server.views import wire_name
+from hllama.validation import describe
+
+from .openai_types import ChatCompletionRequest, CompletionRequest
+
+router = APIRouter(prefix="/v1")
+
+EFFECTIVE_HEADER = "X-Hllama-Effective"
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await request.body())
+    if not body.messages:
+        raise InvalidOption("messages must not be empty")
+    schema = None
+    parameters = body.parameters()
+    if body.response_format is not None and body.response_format.type != "text":
+        parameters["json_mode"] = True
+        if body.response_format.type == "json_schema":
+            schema = (body.response_format.json_schema or {}).get("schema") or {}
+    service: Service = request.app.state.service
+    resolved = _resolve(service, body.model, parameters)
+    history = []
+    for message in body.messages:
+        role = message.role.lower().replace("developer", "system")
+        if role not in ("system", "user", "assistant"):
+            raise InvalidOption(f"messages with role '{message.role}' are not supported")
+        history.append(Message(role=role, content=message.text))  # type: ignore[arg-type]
+    events = service.chat(resolved, history, json_schema=schema)
+    return await _respond(events, body, resolved, kind="chat")
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    body: CompletionRequest = parse_body(CompletionRequest, await request.body())
+    prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
+    if not prompt:
+        raise InvalidOption("prompt must not be empty")
+    service: Service = request.app.state.service
+    resolved = _resolve(service, body.model, body.parameters())
+    events = service.complete(resolved, lambda loaded: loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return await _respond(events, body, resolved, kind="text")
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    rows = await asyncio.to_thread(catalog, service.settings, service.refresh(), service.budget)
+    return {"object": "list", "data": [_model_object(row.name) for row in rows]}
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    rows = await asyncio.to_thread(catalog, service.settings, service.refresh(), service.budget)
+    names = {wire_name(row.name): row.name for row in rows}
+    if wire_name(model_id) not in names:
+        raise AliasNotFound(model_id)
+    return _model_object(names[wire_name(model_id)])
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    owner = name.split("/", 1)[0] if "/" in name else "library"
+    return {"id": wire_name(name), "object": "model", "created": int(time.time()), "owned_by": owner}
+
+
+def _resolve(service: Service, model: str, parameters: dict[str, Any]) -> Resolved:
+    if not model:
+        raise InvalidOption("model is required")
+    try:
+        api = Overrides.model_validate({"parameters": parameters})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "parameters")
+        raise InvalidOption(f"{name}: {describe(error, schema=Overrides)}") from None
+    return service.resolve(model, api)
+
+
+async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind: str) -> Response:
+    ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    base = {"id": ident, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+            "model": body.model, "system_fingerprint": "fp_hllama"}
+    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
+    first = await anext(events)  # failures before the first token keep their HTTP status
+    if not body.stream:
+        pieces = []
+        item = first
+        while not isinstance(item, Result):
+            pieces.append(item)
+            item = await anext(events)
+        text = "".join(pieces)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
+        return JSONResponse({**base, "choices": [choice], "usage": _usage(item)}, headers=headers)
+
+    chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: dict[str, Any] | str | None, finish: str | None = None) -> bytes:
+        if kind == "chat":
+            choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+        return _event({**base, "object": chunk_object, "choices": [choice]})
+
+    async def stream() -> AsyncIterator[bytes]:
+        item = first
+        started = False
+        try:
+            while not isinstance(item, Result):
+                if kind == "chat":
+                    delta = {"role": "assistant", "content": item} if not started else {"content": item}
+                else:
+                    delta = item
+                started = True
+                yield chunk(delta)
+                item = await anext(events)
+            if kind == "chat" and not started:
+                yield chunk({"role": "assistant", "content": ""})
+            yield chunk(None, _finish_reason(item))
+            if include_usage:
+                yield _event({**base, "object": chunk_object, "choices": [], "usage": _usage(item)})
+        except HllamaError as exc:
+            yield _event({"error": {"message": str(exc), "type": "api_error", "param": None, "code": None}})
+        finally:
+            await events.aclose()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _finish_reason(result: Result) -> str:
+    return "length" if result.finished.stats.done_reason == "length" else "stop"
+
+
+def _usage(result: Result) -> dict[str, int]:
+    stats = result.finished.stats
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
+            "total_tokens": stats.prompt_tokens + stats.generated_tokens}
+
+
+def _event(document: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,73 @@
+"""OpenAI's wire format for chat and text completions, as far as hllama honours it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str = ""
+
+
+class ChatMessage(_Lenient):
+    role: str
+    content: str | list[ContentPart] | None = ""
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content if part.type == "text")
+        return self.content or ""
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _Sampling(_Lenient):
+    model: str = ""
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """Ollama's rule: temperature and top_p default to 1.0 when a request leaves them out."""
+        values = {"temperature": 1.0 if self.temperature is None else self.temperature,
+                  "top_p": 1.0 if self.top_p is None else self.top_p, "max_new_tokens": self.max_tokens,
+                  "stop": self.stop, "seed": self.seed, "presence_penalty": self.presence_penalty,
+                  "frequency_penalty": self.frequency_penalty}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(default_factory=list)
+    max_completion_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        values = super().parameters()
+        if self.max_completion_tokens is not None:
+            values["max_new_tokens"] = self.max_completion_tokens
+        return values
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = ""

@@ -1,0 +1,150 @@
+"""What both APIs share: resolving a request's model and settings, and streaming its answer.
+
+The routes translate their wire format into a :class:`Resolved` plus messages (or a raw prompt) and
+iterate :meth:`Service.chat` / :meth:`Service.complete`; all model work runs in threads so the
+event loop stays free for other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hllama.config import Settings
+from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
+from hllama.hardware import Budget
+from hllama.modelfile import Message
+from hllama.registry import Registry
+from hllama.resolve import Overrides, Resolved, resolve
+from hllama.scheduler import Scheduler
+from hllama.store import AliasStore
+
+log = logging.getLogger("hllama.server")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The end of one answer: the engine's statistics, plus what only the server measures."""
+
+    finished: Finished
+    prompt_ids: list[int]
+    load_ns: int
+    total_ns: int
+
+
+class Service:
+    def __init__(self, *, settings: Settings, store: AliasStore, scheduler: Scheduler, budget: Budget) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.budget = budget
+        self.registry: Registry = store.refresh()
+
+    def refresh(self) -> Registry:
+        self.registry = self.store.refresh()
+        return self.registry
+
+    def resolve(self, name: str, api: Overrides | None = None) -> Resolved:
+        return resolve(name, settings=self.settings, registry=self.registry, api=api)
+
+    async def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None
+                   ) -> AsyncIterator[str | Result]:
+        def prompt_for(loaded: LoadedModel):
+            messages = conversation(resolved, history, json_schema=json_schema)
+            return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx)
+
+        async for item in self._generate(resolved, prompt_for):
+            yield item
+
+    async def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
+                       ) -> AsyncIterator[str | Result]:
+        """Generate from tokens the caller builds (raw prompts, ``context`` continuations)."""
+        async for item in self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded))):
+            yield item
+
+    async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any]
+                        ) -> AsyncIterator[str | Result]:
+        started = time.perf_counter_ns()
+        async with self.scheduler.use(resolved) as runner:
+            acquired = time.perf_counter_ns()
+            loaded: LoadedModel = runner.model  # type: ignore[assignment]
+            prompt = await asyncio.to_thread(prompt_for, loaded)
+            log.debug("generating with %s", effective_settings(resolved, loaded))
+
+            def generation(cancel: threading.Event) -> Iterator[str | Finished]:
+                return stream(loaded, prompt.ids, resolved.parameters, stops=prompt.extra_stops, cancel=cancel)
+
+            async for item in iterate_in_thread(generation):
+                if isinstance(item, Finished):
+                    yield Result(finished=item, prompt_ids=list(prompt.ids), load_ns=acquired - started,
+                                 total_ns=time.perf_counter_ns() - started)
+                else:
+                    yield item
+
+
+@dataclass(frozen=True)
+class _RawPrompt:
+    ids: list[int]
+    extra_stops: tuple[str, ...] = ()
+
+
+def effective_settings(resolved: Resolved, loaded: LoadedModel | None = None) -> str:
+    """The settings a request runs with, as one line of JSON (the ``X-Hllama-Effective`` header)."""
+    document = {
+        "model": resolved.model, "alias": resolved.alias, "system": resolved.system,
+        "parameters": resolved.parameters.model_dump(exclude_none=True),
+        "load": resolved.load.model_dump(exclude_none=True),
+        "sources": {key: layer.value for key, layer in resolved.sources.items()},
+    }
+    if loaded is not None:
+        document["precision"] = loaded.precision
+    return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    """Iterate a blocking iterator in a thread. Leaving early (a closed client) sets its cancel event."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def hand_over(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone: the server is shutting down
+            cancel.set()
+
+    def pump() -> None:
+        try:
+            for item in make(cancel):
+                hand_over(item)
+        except BaseException as exc:
+            hand_over(_Failure(exc))
+        finally:
+            hand_over(_DONE)
+
+    thread = threading.Thread(target=pump, daemon=True, name="hllama-pump")
+    thread.start()
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        cancel.set()
+        await asyncio.shield(asyncio.to_thread(thread.join))
