@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
+from hllama.errors import AliasNotFound
 from hllama.hardware import Budget
 from hllama.modelfile import Message
 from hllama.registry import Registry
@@ -53,7 +54,11 @@ class Service:
         return self.registry
 
     def resolve(self, name: str, api: Overrides | None = None) -> Resolved:
-        return resolve(name, settings=self.settings, registry=self.registry, api=api)
+        """Resolve ``name``; an unknown one is looked for again after compiling the folder (a new modelfile)."""
+        try:
+            return resolve(name, settings=self.settings, registry=self.registry, api=api)
+        except AliasNotFound:
+            return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
     async def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None
                    ) -> AsyncIterator[str | Result]:

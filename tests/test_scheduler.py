@@ -1,0 +1,213 @@
+import asyncio
+import gc
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hllama.errors import ModelTooLarge, ServerBusy
+from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
+from hllama.resolve import Resolved
+from hllama.scheduler import Scheduler
+
+
+class FakeModel:
+    def __init__(self, name: str, size: int, log: list[str]) -> None:
+        self.name, self.reserved_bytes, self.log = name, size, log
+
+    def close(self) -> None:
+        self.log.append(f"unload {self.name}")
+
+
+def _resolved(model: str, *, keep_alive: float = 300, quantize: str = "none") -> Resolved:
+    return Resolved(name=model, model=model, parameters=BUILTIN_PARAMETERS.model_copy(update={"keep_alive": keep_alive}),
+                    load=BUILTIN_LOAD.model_copy(update={"quantize": quantize}), sources={})
+
+
+def _scheduler(log: list[str], *, budget: int = 100, sizes: dict[str, int] | None = None, **kwargs) -> Scheduler:
+    sizes = sizes or {}
+
+    def load(resolved: Resolved, available: int) -> FakeModel:
+        log.append(f"load {resolved.model}")
+        return FakeModel(resolved.model, sizes.get(resolved.model, 10), log)
+
+    return Scheduler(load=load, size=lambda resolved, _: sizes.get(resolved.model, 10), budget=budget, **kwargs)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_loads_once_and_reuses():
+    log: list[str] = []
+
+    async def scenario():
+        scheduler = _scheduler(log)
+        for _ in range(3):
+            async with scheduler.use(_resolved("a")):
+                pass
+        return scheduler
+
+    scheduler = run(scenario())
+    assert log == ["load a"] and len(scheduler.runners) == 1
+
+
+def test_other_load_settings_replace_the_loaded_model():
+    log: list[str] = []
+
+    async def scenario():
+        scheduler = _scheduler(log)
+        await scheduler.load(_resolved("a"))
+        await scheduler.load(_resolved("a", quantize="8bit"))
+        await scheduler.load(_resolved("a", quantize="8bit"))
+        return scheduler
+
+    scheduler = run(scenario())
+    assert log == ["load a", "unload a", "load a"]
+    assert scheduler.runners[0].key[2] == tuple(sorted(BUILTIN_LOAD.model_copy(update={"quantize": "8bit"})
+                                                        .model_dump().items()))
+
+
+def test_least_recently_used_idle_model_is_evicted_to_fit():
+    log: list[str] = []
+    clock = iter(range(100))
+
+    async def scenario():
+        scheduler = _scheduler(log, budget=100, sizes={"a": 40, "b": 40, "c": 40}, clock=lambda: next(clock))
+        await scheduler.load(_resolved("a"))
+        await scheduler.load(_resolved("b"))
+        await scheduler.load(_resolved("a"))  # a is now the more recently used
+        await scheduler.load(_resolved("c"))
+        return scheduler
+
+    scheduler = run(scenario())
+    assert log == ["load a", "load b", "unload b", "load c"]
+    assert sorted(runner.name for runner in scheduler.runners) == ["a", "c"]
+
+
+def test_max_loaded_models():
+    log: list[str] = []
+
+    async def scenario():
+        scheduler = _scheduler(log, budget=1000, max_loaded=2)
+        for name in "abc":
+            await scheduler.load(_resolved(name))
+        return scheduler
+
+    assert [runner.name for runner in run(scenario()).runners] == ["b", "c"]
+
+
+def test_a_model_larger_than_the_budget_is_refused():
+    async def scenario():
+        await _scheduler([], budget=100, sizes={"huge": 500}).load(_resolved("huge"))
+
+    with pytest.raises(ModelTooLarge, match="'huge' needs about 500 B"):
+        run(scenario())
+
+
+def test_busy_models_are_not_evicted():
+    log: list[str] = []
+
+    async def scenario():
+        scheduler = _scheduler(log, budget=50, sizes={"a": 40, "b": 40})
+        async with scheduler.use(_resolved("a")):
+            with pytest.raises(ModelTooLarge, match="memory left by busy models"):
+                await scheduler.load(_resolved("b"))
+        await scheduler.load(_resolved("b"))
+
+    run(scenario())
+    assert log == ["load a", "unload a", "load b"]
+
+
+def test_keep_alive_zero_unloads_after_the_request_and_expiry_unloads_later():
+    log: list[str] = []
+
+    async def scenario():
+        scheduler = _scheduler(log)
+        await scheduler.load(_resolved("now", keep_alive=0))
+        assert log == ["load now", "unload now"]
+        await scheduler.load(_resolved("soon", keep_alive=0.05))
+        assert [runner.name for runner in scheduler.runners] == ["soon"]
+        await asyncio.sleep(0.2)
+        assert scheduler.runners == []
+        await scheduler.load(_resolved("never", keep_alive=-1))
+        await asyncio.sleep(0.1)
+        assert [runner.name for runner in scheduler.runners] == ["never"]
+
+    run(scenario())
+
+
+def test_a_new_request_cancels_the_expiry():
+    async def scenario():
+        scheduler = _scheduler([])
+        await scheduler.load(_resolved("a", keep_alive=0.1))
+        async with scheduler.use(_resolved("a", keep_alive=0.1)):
+            await asyncio.sleep(0.2)  # in use past the first expiry
+            assert len(scheduler.runners) == 1
+        assert len(scheduler.runners) == 1
+
+    run(scenario())
+
+
+def test_the_queue_is_bounded():
+    async def scenario():
+        scheduler = _scheduler([], max_queue=1)
+        release = asyncio.Event()
+
+        async def hold():
+            async with scheduler.use(_resolved("a")):
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(hold())  # waits for the one slot
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServerBusy, match="server busy"):
+            async with scheduler.use(_resolved("a")):
+                pass
+        release.set()
+        await asyncio.gather(first, second)
+
+    run(scenario())
+
+
+def test_unloading_really_frees_memory(tmp_path: Path):
+    """A 35M-parameter model (140 MB in float32): RSS grows by about that once used, and drops on unload."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hllama.config import Settings
+    from hllama.engine import load_model
+    from hllama.hardware import memory_budget
+    from hllama.registry import Registry
+    from hllama.resolve import resolve
+
+    config = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "big")
+    from .tinymodel import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path / "big")
+    settings = Settings(home=tmp_path / "home")
+    resolved = resolve(str(tmp_path / "big"), settings=settings, registry=Registry(tmp_path))
+    process = psutil.Process(os.getpid())
+
+    async def scenario():
+        scheduler = Scheduler(load=lambda r, available: load_model(r, budget=memory_budget(settings)),
+                              size=lambda r, available: 0, budget=2**40)
+        gc.collect()
+        before = process.memory_info().rss
+        runner = await scheduler.load(resolved)
+        with torch.no_grad():  # a forward pass touches every weight (safetensors are memory-mapped)
+            runner.model.model(torch.tensor([[1, 2, 3]]))
+        loaded = process.memory_info().rss
+        await scheduler.unload(runner)
+        del runner
+        gc.collect()
+        return before, loaded, process.memory_info().rss
+
+    before, loaded, after = run(scenario())
+    weights = 8000 * 512 * 2 * 4 + 8 * (4 * 512 * 512 + 3 * 512 * 1536) * 4
+    assert loaded - before > 0.8 * weights
+    assert after - before < 0.25 * weights, (before, loaded, after)
