@@ -36,6 +36,7 @@ OLLAMA_ENV = {
     "keep_alive": "OLLAMA_KEEP_ALIVE",
     "max_loaded_models": "OLLAMA_MAX_LOADED_MODELS",
     "max_queue": "OLLAMA_MAX_QUEUE",
+    "num_parallel": "OLLAMA_NUM_PARALLEL",
 }
 
 
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     keep_alive: Duration = Field(None, description="default time a model stays loaded (built-in: 5m)")
     max_loaded_models: int = Field(3, ge=1, description="most models loaded at once")
     max_queue: int = Field(512, ge=1, description="requests waiting per model before 503")
+    num_parallel: int = Field(1, ge=1, description="requests one loaded model serves at the same time")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")
     parameters: GenerationParameters = Field(
         default_factory=GenerationParameters, description="default generation parameters")

@@ -149,3 +149,18 @@ def install_into_cache(model_dir: Path, cache_dir: Path, *, repo_id: str = REPO_
 
 if __name__ == "__main__":
     print(build_model(Path(sys.argv[1])))
+
+
+def endless_variant(model_dir: Path, out_dir: Path) -> Path:
+    """The same model told that its end token is one it never writes: it talks until a limit stops it.
+
+    For tests of what happens while a generation is long (queues, disconnects, a free event loop).
+    """
+    import json
+
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    path = out_dir / "generation_config.json"
+    config = json.loads(path.read_text())
+    config["eos_token_id"] = config["pad_token_id"]
+    path.write_text(json.dumps(config, indent=2))
+    return out_dir

@@ -100,7 +100,7 @@ def build_service(settings: Settings, *, budget: Budget | None = None) -> Servic
         return load_model(resolved, budget=Budget(available, budget.device, "memory left for models"))
 
     scheduler = Scheduler(load=load, size=size, budget=budget.bytes, max_loaded=settings.max_loaded_models,
-                          max_queue=settings.max_queue)
+                          max_queue=settings.max_queue, parallel=settings.num_parallel)
     return Service(settings=settings, store=AliasStore(settings), scheduler=scheduler, budget=budget)
 
 

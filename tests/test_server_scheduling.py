@@ -1,0 +1,142 @@
+"""The scheduler behind the real server: budget, queue, disconnects, and a free event loop."""
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hllama.cli import main
+from hllama.config import load_settings
+
+from .liveserver import live_server
+from .tinymodel import CHATS, REPO_ID, endless_variant, install_into_cache
+
+ENDLESS = {"num_predict": 20000, "num_ctx": 1000000, "temperature": 0}  # long enough to outlast any test
+
+
+@pytest.fixture
+def url(tiny_model_dir: Path, tiny_cache: Path, hllama_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    install_into_cache(endless_variant(tiny_model_dir, tmp_path / "endless"), tiny_cache,
+                       repo_id="hllama-test/tiny-endless")
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
+    assert main(["create", "--alias", "endless", "--model", "hllama-test/tiny-endless"]) == 0
+    monkeypatch.setenv("HLLAMA_MAX_QUEUE", "1")
+    with live_server(load_settings()) as base:
+        yield base
+
+
+def _endless(url: str, client: httpx.Client) -> tuple[httpx.Response, Iterator[str]]:
+    """Start a long streamed answer and read its first line (keep the line iterator: dropping it closes)."""
+    request = client.build_request("POST", f"{url}/api/generate",
+                                   json={"model": "endless", "prompt": "hi", "options": ENDLESS})
+    response = client.send(request, stream=True)
+    lines = response.iter_lines()
+    first = json.loads(next(lines))
+    assert first["done"] is False, first
+    return response, lines
+
+
+def test_other_routes_answer_while_a_long_generation_runs(url: str):
+    with httpx.Client(timeout=60) as client:
+        response, lines = _endless(url, client)
+        started = time.monotonic()
+        assert httpx.get(f"{url}/api/version").status_code == 200
+        assert {model["name"] for model in httpx.get(f"{url}/api/tags").json()["models"]} == {
+            "tiny:latest", "endless:latest"}
+        assert httpx.get(f"{url}/api/ps").json()["models"][0]["name"] == "endless:latest"
+        tiny = httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": CHATS[3][0], "stream": False})
+        assert tiny.json()["response"] == CHATS[3][1]  # another model answers meanwhile
+        assert time.monotonic() - started < 5
+        assert json.loads(next(lines))["done"] is False  # and the long one is still going
+        response.close()
+
+
+def test_a_full_queue_answers_503_and_a_disconnect_frees_the_model(url: str):
+    with httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor() as pool:
+        running, _lines = _endless(url, client)
+        waiting = pool.submit(httpx.post, f"{url}/api/generate", timeout=60,
+                              json={"model": "endless", "prompt": CHATS[2][0], "stream": False,
+                                    "options": {"temperature": 0, "num_predict": 10}})
+        time.sleep(0.5)  # the second request is now queued behind the first
+        busy = httpx.post(f"{url}/api/generate", json={"model": "endless", "prompt": "x", "stream": False})
+        assert busy.status_code == 503
+        assert busy.json() == {"error": "server busy, please try again. maximum pending requests exceeded"}
+        disconnected = time.monotonic()
+        running.close()  # the client goes away mid-stream: its generation must stop
+        answer = waiting.result()
+        assert time.monotonic() - disconnected < 3  # far less than the thousands of tokens left
+        assert answer.status_code == 200 and answer.json()["eval_count"] == 10
+
+
+def test_a_seed_reproduces_while_other_requests_run(tiny_cache: Path, hllama_home: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HLLAMA_NUM_PARALLEL", "3")
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID]) == 0
+    seeded = {"model": "tiny", "prompt": "hi", "stream": False,
+              "options": {"seed": 1234, "temperature": 1.2, "top_k": 0, "top_p": 1.0, "num_predict": 40}}
+    with live_server(load_settings()) as url:
+        alone = httpx.post(f"{url}/api/generate", json=seeded, timeout=60).json()["response"]
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            noise = [pool.submit(httpx.post, f"{url}/api/generate", timeout=60,
+                                 json={**seeded, "options": {**seeded["options"], "seed": seed}})
+                     for seed in (1, 2)]
+            together = pool.submit(httpx.post, f"{url}/api/generate", json=seeded, timeout=60)
+            assert together.result().json()["response"] == alone
+            assert all(future.result().status_code == 200 for future in noise)
+
+
+def test_models_are_evicted_to_stay_in_budget(tiny_model_dir: Path, tiny_cache: Path, hllama_home: Path,
+                                              monkeypatch: pytest.MonkeyPatch):
+    install_into_cache(tiny_model_dir, tiny_cache, repo_id="hllama-test/tiny-two")
+    monkeypatch.setenv("HLLAMA_MEMORY_BUDGET", "100MB")  # each needs about 68 MB
+    with live_server(load_settings()) as url:
+        for model in (REPO_ID, "hllama-test/tiny-two", REPO_ID):
+            reply = httpx.post(f"{url}/api/chat", timeout=60, json={
+                "model": model, "stream": False, "options": {"temperature": 0},
+                "messages": [{"role": "user", "content": CHATS[0][0]}]})
+            assert reply.json()["message"]["content"] == CHATS[0][1]
+            assert [entry["name"] for entry in httpx.get(f"{url}/api/ps").json()["models"]] == [f"{model}:latest"]
+
+
+def test_a_model_larger_than_the_budget_is_a_clear_error(tiny_cache: Path, hllama_home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HLLAMA_MEMORY_BUDGET", "10MB")
+    with live_server(load_settings()) as url:
+        response = httpx.post(f"{url}/api/generate", json={"model": REPO_ID, "prompt": "x"})
+    assert response.status_code == 500
+    assert response.json()["error"].startswith(f"'{REPO_ID}' needs about 67.7 MB but the budget is 10.0 MB")
+
+
+def test_an_error_after_streaming_began_is_the_last_line():
+    import asyncio
+
+    from hllama.errors import ModelLoadError
+    from hllama.server import ollama_routes
+
+    async def events():
+        yield "partial"
+        raise ModelLoadError("the model went away")
+
+    async def body():
+        response = await ollama_routes._respond(events(), lambda piece: {"piece": piece}, None, stream=True,
+                                                resolved=_any_resolved())
+        return [json.loads(line) async for line in _lines(response)]
+
+    assert asyncio.run(body()) == [{"piece": "partial"}, {"error": "the model went away"}]
+
+
+def _any_resolved():
+    from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
+    from hllama.resolve import Resolved
+
+    return Resolved(name="m", model="o/m", parameters=BUILTIN_PARAMETERS, load=BUILTIN_LOAD, sources={})
+
+
+async def _lines(response):
+    async for chunk in response.body_iterator:
+        for line in chunk.decode().splitlines():
+            yield line
