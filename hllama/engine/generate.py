@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,50 +41,82 @@ class Finished:
     generated_ids: list[int]
 
 
+#: What a :class:`Generation` hands its sink last.
+END = object()
+
+
+class Generation:
+    """One generation in its own thread. Its sink receives ``str`` pieces, possibly an exception, then :data:`END`.
+
+    The sink is called from the generating thread: a queue's ``put`` for :func:`stream`, or anything that
+    hands items to another thread or an event loop.
+    """
+
+    def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
+                 sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None
+                 ) -> None:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        from hllama.engine.sampling import logits_processors
+
+        self.started = time.perf_counter_ns()
+        self.cancel = cancel or threading.Event()
+        self.prompt_length = len(prompt_ids)
+        self.limit = _token_limit(loaded, len(prompt_ids), params)
+        model = loaded.model
+        eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
+        self.worker = worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
+                                       eos_ids, sink)
+        cancel_event = self.cancel
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                halt = worker.matcher.stopped or cancel_event.is_set()
+                return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+        config = GenerationConfig(max_new_tokens=self.limit, do_sample=False, eos_token_id=eos_ids,
+                                  pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
+        input_ids = torch.tensor([prompt_ids], device=model.device)
+        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                      logits_processor=logits_processors(params, prompt_length=len(prompt_ids)),
+                      stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
+        self.thread = threading.Thread(target=worker.run, args=(model.generate, kwargs), daemon=True,
+                                       name="hllama-generate")
+
+    def start(self) -> Generation:
+        self.thread.start()
+        return self
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def finished(self) -> Finished:
+        """The result, once the sink has received :data:`END` (call before setting ``cancel`` yourself)."""
+        worker = self.worker
+        ended = worker.ended_at or time.perf_counter_ns()
+        first = worker.first_token_at or ended
+        return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), stats=Stats(
+            prompt_tokens=self.prompt_length, generated_tokens=len(worker.ids), prompt_eval_ns=first - self.started,
+            eval_ns=ended - first, total_ns=ended - self.started,
+            done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
+
+
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
            cancel: threading.Event | None = None) -> Iterator[str | Finished]:
     """Generate from ``prompt_ids``; yields ``str`` pieces, then a :class:`Finished`."""
-    import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    started = time.perf_counter_ns()
-    cancel = cancel or threading.Event()
-    limit = _token_limit(loaded, len(prompt_ids), params)
-    model = loaded.model
-    eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
-    worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), cancel, eos_ids)
-
-    class _StopWhenAsked(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            halt = worker.matcher.stopped or cancel.is_set()
-            return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
-
-    from hllama.engine.sampling import logits_processors
-
-    generation_config = GenerationConfig(
-        max_new_tokens=limit, do_sample=False, eos_token_id=eos_ids,
-        pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
-    input_ids = torch.tensor([prompt_ids], device=model.device)
-    kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config,
-                  logits_processor=logits_processors(params, prompt_length=len(prompt_ids)),
-                  stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-    thread = threading.Thread(target=worker.run, args=(model.generate, kwargs), daemon=True,
-                              name="hllama-generate")
-    thread.start()
+    events: queue.Queue[Any] = queue.Queue()
+    generation = Generation(loaded, prompt_ids, params, sink=events.put, stops=stops, cancel=cancel).start()
     try:
-        while (item := worker.events.get()) is not _END:
+        while (item := events.get()) is not END:
             if isinstance(item, BaseException):
                 raise item
             yield item
-        reason = _done_reason(worker, limit, cancelled=cancel.is_set())
+        finished = generation.finished()
     finally:
-        cancel.set()
-        thread.join()
-    ended = time.perf_counter_ns()
-    first = worker.first_token_at or ended
-    yield Finished(text=worker.matcher.text, generated_ids=worker.ids, stats=Stats(
-        prompt_tokens=len(prompt_ids), generated_tokens=len(worker.ids), prompt_eval_ns=first - started,
-        eval_ns=ended - first, total_ns=ended - started, done_reason=reason))
+        generation.cancel.set()
+        generation.join()
+    yield finished
 
 
 def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
@@ -95,16 +127,15 @@ def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
     return "length" if len(worker.ids) >= limit else "stop"
 
 
-_END = object()
-
-
 class _Worker:
     """The streamer ``generate`` calls (``put``/``end``), and the thread body that runs it."""
 
-    def __init__(self, tokenizer: Any, matcher: StopMatcher, cancel: threading.Event, eos_ids: list[int]) -> None:
+    def __init__(self, tokenizer: Any, matcher: StopMatcher, cancel: threading.Event, eos_ids: list[int],
+                 sink: Callable[[Any], None]) -> None:
         self.matcher = matcher
         self.cancel = cancel
-        self.events: queue.Queue[Any] = queue.Queue()
+        self.sink = sink
+        self.ended_at: int | None = None
         self.decoder = _IncrementalDecoder(tokenizer)
         self.eos_ids = set(eos_ids)
         self.ids: list[int] = []
@@ -117,11 +148,12 @@ class _Worker:
             generate(**kwargs)
             if not self.matcher.stopped:
                 if piece := self.matcher.flush(self.decoder.text):
-                    self.events.put(piece)
+                    self.sink(piece)
         except BaseException as exc:  # handed to the consumer, never lost in this thread
-            self.events.put(exc)
+            self.sink(exc)
         finally:
-            self.events.put(_END)
+            self.ended_at = time.perf_counter_ns()
+            self.sink(END)
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate first hands over the prompt itself
@@ -137,7 +169,7 @@ class _Worker:
             self.saw_eos = True
         text = self.decoder.add(token)
         if piece := self.matcher.feed(text.rstrip("\ufffd")):  # an incomplete character waits
-            self.events.put(piece)
+            self.sink(piece)
 
     def end(self) -> None:
         pass

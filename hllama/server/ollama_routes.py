@@ -14,7 +14,7 @@ from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 from hllama.server.ollama_types import ChatRequest, GenerateRequest, messages_from, now_rfc3339, overrides, parse_body
-from hllama.server.service import Result, Service, effective_settings
+from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
 
 router = APIRouter()
@@ -122,11 +122,7 @@ async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: boo
     headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
     first = await anext(events)  # loading, prompt building and the first token: failures here get a status
     if not stream:
-        pieces = []
-        item = first
-        while not isinstance(item, Result):
-            pieces.append(item)
-            item = await anext(events)
+        pieces, item = await collect(first, events)
         return JSONResponse(final(item, "".join(pieces)), headers=headers)
 
     async def lines() -> AsyncIterator[bytes]:

@@ -18,7 +18,7 @@ from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
 from hllama.server.ollama_types import parse_body
-from hllama.server.service import Result, Service, effective_settings
+from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
 from hllama.validation import describe
 
@@ -106,11 +106,7 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
     headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
     first = await anext(events)  # failures before the first token keep their HTTP status
     if not body.stream:
-        pieces = []
-        item = first
-        while not isinstance(item, Result):
-            pieces.append(item)
-            item = await anext(events)
+        pieces, item = await collect(first, events)
         text = "".join(pieces)
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
         if kind == "chat":

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hllama.config import Settings
-from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
+from hllama.engine import Finished, LoadedModel, build_prompt, conversation
+from hllama.engine.generate import END, Generation
 from hllama.errors import AliasNotFound
 from hllama.hardware import Budget
 from hllama.modelfile import Message
@@ -60,20 +61,19 @@ class Service:
         except AliasNotFound:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
-    async def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None
-                   ) -> AsyncIterator[str | Result]:
+    def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None
+             ) -> AsyncIterator[str | Result]:
+        """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model."""
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=json_schema)
             return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx)
 
-        async for item in self._generate(resolved, prompt_for):
-            yield item
+        return self._generate(resolved, prompt_for)
 
-    async def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
-                       ) -> AsyncIterator[str | Result]:
+    def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
+                 ) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations)."""
-        async for item in self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded))):
-            yield item
+        return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)))
 
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any]
                         ) -> AsyncIterator[str | Result]:
@@ -82,17 +82,69 @@ class Service:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             prompt = await asyncio.to_thread(prompt_for, loaded)
-            log.debug("generating with %s", effective_settings(resolved, loaded))
+            sink = LoopSink(asyncio.get_running_loop())
+            generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops)
+            generation.start()
+            try:
+                while True:
+                    for item in await sink.take():
+                        if item is END:
+                            yield Result(finished=generation.finished(), prompt_ids=list(prompt.ids),
+                                         load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
+                            return
+                        if isinstance(item, BaseException):
+                            raise item
+                        yield item
+            finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
+                generation.cancel.set()
+                await asyncio.shield(asyncio.to_thread(generation.join))
 
-            def generation(cancel: threading.Event) -> Iterator[str | Finished]:
-                return stream(loaded, prompt.ids, resolved.parameters, stops=prompt.extra_stops, cancel=cancel)
 
-            async for item in iterate_in_thread(generation):
-                if isinstance(item, Finished):
-                    yield Result(finished=item, prompt_ids=list(prompt.ids), load_ns=acquired - started,
-                                 total_ns=time.perf_counter_ns() - started)
-                else:
-                    yield item
+class LoopSink:
+    """Hands items from a generating thread to the event loop, waking it once per batch.
+
+    While the loop is busy, items pile up and are taken together, so a slow consumer costs one
+    wake-up per batch rather than one per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[Any] = []
+        self._ready = asyncio.Event()
+        self._wake_pending = False
+
+    def __call__(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the loop is closed: the server is going away
+            pass
+
+    async def take(self) -> list[Any]:
+        await self._ready.wait()
+        with self._lock:
+            items, self._items = self._items, []
+            self._wake_pending = False
+            self._ready.clear()
+        return items
+
+
+async def collect(first: str | Result, events: AsyncIterator[str | Result]) -> tuple[list[str], Result]:
+    """A whole answer, for clients that do not stream. Closing the stream gives the model back at once."""
+    pieces: list[str] = []
+    item = first
+    try:
+        while not isinstance(item, Result):
+            pieces.append(item)
+            item = await anext(events)
+    finally:
+        await events.aclose()
+    return pieces, item
 
 
 @dataclass(frozen=True)
