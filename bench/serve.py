@@ -33,17 +33,21 @@ def main() -> None:
     parser.add_argument("--model", help="local model folder or cached Hub repo id (default: the tiny model)")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--parallel", type=int, default=1, help="the server's HLLAMA_NUM_PARALLEL (default 1)")
+    parser.add_argument("--wide", action="store_true",
+                        help="use a wider random model (35M parameters) instead of the tiny one")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
-    model = args.model or str(_tiny_endless(work))
+    model = args.model or str(_wide_endless(work) if args.wide else _tiny_endless(work))
     prompt = "Tell me a story."
 
     direct_rate, direct_ttft = _direct(model, prompt, args.tokens, args.runs)
-    with _server(work, model) as url:
+    with _server(work, model, args.parallel) as url:
         server_rate, server_ttft = _through_server(url, prompt, args.tokens, args.runs)
         aggregate = {clients: _concurrent(url, prompt, args.tokens, clients) for clients in (1, 2, 4, 8)}
 
-    print(f"model: {model}   tokens per answer: {args.tokens}   runs: {args.runs} (medians)")
+    print(f"model: {model}   tokens per answer: {args.tokens}   runs: {args.runs} (medians)   "
+          f"num_parallel: {args.parallel}")
     print(f"{'':32}{'direct':>12}{'server':>12}{'ratio':>10}")
     print(f"{'tokens/s':32}{direct_rate:12.1f}{server_rate:12.1f}{server_rate / direct_rate:10.3f}")
     print(f"{'time to first token (ms)':32}{direct_ttft * 1e3:12.1f}{server_ttft * 1e3:12.1f}"
@@ -57,6 +61,22 @@ def _tiny_endless(work: Path) -> Path:
     from tests.tinymodel import build_model, endless_variant
 
     return endless_variant(build_model(work / "tiny"), work / "tiny-endless")
+
+
+def _wide_endless(work: Path) -> Path:
+    """Random weights, 8 layers of width 512: per-token work closer to a real model's, on this CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tinymodel import build_tokenizer, endless_variant
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(work / "wide")
+    tokenizer.save_pretrained(work / "wide")
+    return endless_variant(work / "wide", work / "wide-endless")
 
 
 def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, float]:
@@ -98,11 +118,11 @@ def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, flo
 
 
 class _server:
-    def __init__(self, work: Path, model: str) -> None:
+    def __init__(self, work: Path, model: str, parallel: int) -> None:
         from tests.liveserver import free_port
 
         self.port = free_port()
-        env = {**os.environ, "HLLAMA_HOME": str(work / "home"), "HLLAMA_NUM_PARALLEL": "8"}
+        env = {**os.environ, "HLLAMA_HOME": str(work / "home"), "HLLAMA_NUM_PARALLEL": str(parallel)}
         self.process = subprocess.Popen([sys.executable, "-m", "hllama", "serve", "--port", str(self.port)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.model = model

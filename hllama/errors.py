@@ -132,3 +132,7 @@ class PromptTooLong(HllamaError, ValueError):
 class ServerBusy(HllamaError, RuntimeError):
     def __init__(self, reason: str = "maximum pending requests exceeded") -> None:
         super().__init__(f"server busy, please try again. {reason}")
+
+
+class ServerUnreachable(HllamaError, ConnectionError):
+    """A client command (``ps``, ``stop``) could not talk to ``hllama serve``, or it said no."""

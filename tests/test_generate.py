@@ -108,11 +108,12 @@ def test_cancel_stops_generation(tiny):
 
 
 def test_abandoning_the_stream_stops_the_worker(tiny):
-    before = {thread.name for thread in threading.enumerate()}
-    generator = stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY)
+    cancel = threading.Event()
+    generator = stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY, cancel=cancel)
     next(generator)
-    generator.close()
-    assert "hllama-generate" not in {thread.name for thread in threading.enumerate()} - before
+    generator.close()  # returns once the worker has stopped
+    assert cancel.is_set()
+    assert _run(tiny, CHATS[0][0], GREEDY)[1].text == CHATS[0][1]  # and the model is free for the next one
 
 
 @pytest.mark.parametrize("narrow", [{"top_p": 0.001}, {"min_p": 1.0}])

@@ -21,7 +21,8 @@ class FakeModel:
 
 
 def _resolved(model: str, *, keep_alive: float = 300, quantize: str = "none") -> Resolved:
-    return Resolved(name=model, model=model, parameters=BUILTIN_PARAMETERS.model_copy(update={"keep_alive": keep_alive}),
+    parameters = BUILTIN_PARAMETERS.model_copy(update={"keep_alive": keep_alive})
+    return Resolved(name=model, model=model, parameters=parameters,
                     load=BUILTIN_LOAD.model_copy(update={"quantize": quantize}), sources={})
 
 

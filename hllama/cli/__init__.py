@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.register(commands)
     chat.register(commands)
     server.register(commands)
+    server.register_client(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from hllama.config import OLLAMA_ENV, Settings, load_settings, parse_host
+from hllama.errors import ServerUnreachable
 
 _ENVIRONMENT = "\n".join(
     [f"  HLLAMA_{name.upper():<22} {info.description}" for name, info in Settings.model_fields.items()]
@@ -35,3 +36,59 @@ def run_serve(args: argparse.Namespace) -> int:
 
     serve(settings, host=host, port=port)
     return 0
+
+
+def register_client(commands: argparse._SubParsersAction) -> None:
+    ps = commands.add_parser("ps", help="list the models a running server has loaded")
+    ps.set_defaults(run=run_ps)
+    stop = commands.add_parser("stop", help="unload a model from a running server")
+    stop.add_argument("model")
+    stop.set_defaults(run=run_stop)
+
+
+def run_ps(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from hllama.cli.table import format_table
+    from hllama.hardware import format_bytes
+
+    rows = []
+    for model in _call("GET", "/api/ps")["models"]:
+        until = datetime.fromisoformat(model["expires_at"])
+        seconds = (until - datetime.now(until.tzinfo)).total_seconds()
+        rows.append((model["name"], model["digest"][:12], format_bytes(model["size"]),
+                     "100% GPU" if model["size_vram"] else "100% CPU", str(model.get("context_length") or "-"),
+                     "Forever" if seconds > 3 * 365 * 86400 else f"{max(0, int(seconds))} seconds from now"))
+    print(format_table(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"), rows))
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    _call("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+    return 0
+
+
+def _call(method: str, path: str, body: dict | None = None) -> dict:
+    """One request to the server at HLLAMA_HOST / OLLAMA_HOST; its errors as one line."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    host, port = load_settings().bind
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise ServerUnreachable(str(message)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServerUnreachable(f"could not connect to hllama at {url.rsplit(path, 1)[0]} ({reason}); "
+                                "is 'hllama serve' running?") from None

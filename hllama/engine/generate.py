@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,10 +47,12 @@ END = object()
 
 
 class Generation:
-    """One generation in its own thread. Its sink receives ``str`` pieces, possibly an exception, then :data:`END`.
+    """One generation, run on the model's own threads. Its sink receives ``str`` pieces, maybe an exception, then
+    :data:`END`.
 
     The sink is called from the generating thread: a queue's ``put`` for :func:`stream`, or anything that
-    hands items to another thread or an event loop.
+    hands items to another thread or an event loop. The threads belong to the loaded model and are reused,
+    so torch's per-thread state (its CPU thread pool) stays warm from one request to the next.
     """
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
@@ -81,15 +84,17 @@ class Generation:
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=logits_processors(params, prompt_length=len(prompt_ids)),
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-        self.thread = threading.Thread(target=worker.run, args=(model.generate, kwargs), daemon=True,
-                                       name="hllama-generate")
+        self._run = lambda: worker.run(model.generate, kwargs)
+        self._executor = loaded.executor
+        self._future: Future[None] | None = None
 
     def start(self) -> Generation:
-        self.thread.start()
+        self._future = self._executor.submit(self._run)
         return self
 
     def join(self) -> None:
-        self.thread.join()
+        if self._future is not None:
+            self._future.result()
 
     def finished(self) -> Finished:
         """The result, once the sink has received :data:`END` (call before setting ``cancel`` yourself)."""

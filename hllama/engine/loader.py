@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class LoadedModel:
     memory_bytes: int
     load_duration_ns: int
     context_length: int | None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
 
     @property
     def precision(self) -> str:
@@ -55,6 +58,7 @@ class LoadedModel:
         """Drop the weights now rather than at the next garbage collection."""
         import torch
 
+        self.executor.shutdown(wait=True, cancel_futures=True)
         self.model = self.tokenizer = None
         gc.collect()
         if torch.cuda.is_available():
