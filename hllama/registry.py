@@ -185,3 +185,23 @@ def read_mirror(path: Path) -> Registry | None:
         except (KeyError, TypeError, ValidationError):
             log.debug("dropping unreadable registry entry %r", name)
     return Registry(Path(document.get("folder", "")), entries)
+
+
+@dataclass(frozen=True)
+class Changes:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    new_problems: tuple[ModelfileError, ...]
+
+
+def changes(old: Registry, new: Registry) -> Changes:
+    """What a recompile changed: aliases added, removed or edited (content or file), and new problems."""
+    def version(registry: Registry, name: str) -> tuple[str, Path]:
+        return registry.entries[name].digest, registry.entries[name].path
+
+    edited = [name for name in set(old.entries) & set(new.entries) if version(old, name) != version(new, name)]
+    reported = {str(error) for error in old.problems}
+    return Changes(added=tuple(sorted(set(new.entries) - set(old.entries))),
+                   removed=tuple(sorted(set(old.entries) - set(new.entries))), changed=tuple(sorted(edited)),
+                   new_problems=tuple(error for error in new.problems if str(error) not in reported))

@@ -53,6 +53,7 @@ class Runner:
     waiting: int = 0
     last_used: float = 0.0
     expires_at: float = math.inf  # on the scheduler's clock; inf: never (or in use)
+    retiring: bool = False  # unload as soon as the requests using it finish
     slots: asyncio.Semaphore = field(init=False)
     _timer: asyncio.TimerHandle | None = None
 
@@ -102,7 +103,7 @@ class Scheduler:
             runner.last_used = self.clock()
             runner.keep_alive = resolved.parameters.keep_alive
             if runner.idle:
-                await self._arm(runner)
+                await (self.unload(runner) if runner.retiring else self._arm(runner))
 
     async def load(self, resolved: Resolved) -> Runner:
         """Load without generating (Ollama's empty prompt); keep_alive 0 unloads at once."""
@@ -116,9 +117,12 @@ class Scheduler:
             log.info("unloading %s", runner.name)
             await asyncio.to_thread(runner.model.close)
 
-    async def unload_matching(self, key: tuple) -> None:
-        for runner in [runner for runner in self.runners if runner.key == key and runner.idle]:
-            await self.unload(runner)
+    async def retire(self, key: tuple) -> None:
+        """Unload the model loaded under ``key`` now if idle, else when its running requests finish."""
+        for runner in [runner for runner in self.runners if runner.key == key]:
+            runner.retiring = True
+            if runner.idle:
+                await self.unload(runner)
 
     async def close(self) -> None:
         for runner in list(self.runners):
@@ -126,7 +130,7 @@ class Scheduler:
 
     def find(self, resolved: Resolved) -> Runner | None:
         key = load_key(resolved)
-        return next((runner for runner in self.runners if runner.key == key), None)
+        return next((runner for runner in self.runners if runner.key == key and not runner.retiring), None)
 
     async def _runner_for(self, resolved: Resolved) -> Runner:
         if (runner := self.find(resolved)) is not None:

@@ -15,6 +15,7 @@ from hllama.config import Settings, load_settings
 from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded
 from hllama.options import SYNONYMS, Parameters
 from hllama.resolve import Overrides, Resolved, resolve
+from hllama.scheduler import load_key
 from hllama.store import AliasStore
 
 HELP = """Commands:
@@ -57,6 +58,29 @@ class _Conversation:
 
     def resolve(self) -> Resolved:
         return resolve(self.name, settings=self.settings, registry=self.registry, cli=self.overrides)
+
+    def follow_edits(self, session) -> str | None:
+        """Pick up an edit of the alias's modelfile between turns; a line saying what happened, if anything."""
+        before = self.registry.get(self.name)
+        if before is None:
+            return None
+        self.registry = AliasStore(self.settings).refresh()
+        after = self.registry.get(self.name)
+        if after is None:
+            return f"(the modelfile of '{self.name}' was removed; keeping the settings in use)"
+        if after.error is not None and (before.error is None or str(before.error) != str(after.error)):
+            return f"(modelfile changed but is invalid, keeping its last good version: {after.error})"
+        if after.digest == before.digest and after.path == before.path:
+            return None
+        resolved = self.resolve()
+        if load_key(resolved) != load_key(session.resolved):
+            from hllama.engine import load_model
+            from hllama.hardware import memory_budget
+
+            session.loaded.close()
+            session.loaded = load_model(resolved, budget=memory_budget(self.settings))
+        session.resolved = resolved
+        return f"(modelfile {after.path.name} changed: now using its new settings)"
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -158,6 +182,8 @@ def _repl(session, talk: _Conversation, *, verbose: bool) -> int:
                 print(f"Error: {exc}")
             continue
         try:
+            if note := talk.follow_edits(session):
+                print(note)
             _answer(session, text, verbose=verbose)
         except HllamaError as exc:
             print(f"Error: {exc}")

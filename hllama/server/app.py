@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
 from hllama.server.service import Service
 from hllama.store import AliasStore
+from hllama.watch import ModelfileWatcher
 
 log = logging.getLogger("hllama.server")
 
@@ -51,10 +53,21 @@ def status_of(error: HllamaError) -> int:
     return next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, *, watch: bool = True) -> FastAPI:
+    """The app over ``service``; with ``watch``, edits in the modelfiles folder apply without a restart."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = ModelfileWatcher(service) if watch else None
+        task = None
+        if watcher is not None:
+            ready = asyncio.Event()
+            task = asyncio.create_task(watcher.run(ready))
+            await asyncio.wait_for(ready.wait(), timeout=30)
         yield
+        if watcher and task:
+            watcher.stop()
+            await asyncio.gather(task, return_exceptions=True)
         await service.scheduler.close()
 
     app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -47,7 +47,7 @@ async def version() -> dict[str, str]:
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
-    rows = await asyncio.to_thread(catalog, service.settings, service.refresh(), service.budget)
+    rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
     return {"models": [_tag(service, row) for row in rows]}
 
 

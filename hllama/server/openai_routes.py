@@ -67,14 +67,14 @@ async def completions(request: Request) -> Response:
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
-    rows = await asyncio.to_thread(catalog, service.settings, service.refresh(), service.budget)
+    rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
     return {"object": "list", "data": [_model_object(row.name) for row in rows]}
 
 
 @router.get("/models/{model_id:path}")
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
-    rows = await asyncio.to_thread(catalog, service.settings, service.refresh(), service.budget)
+    rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
     names = {wire_name(row.name): row.name for row in rows}
     if wire_name(model_id) not in names:
         raise AliasNotFound(model_id)

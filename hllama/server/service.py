@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.generate import END, Generation
-from hllama.errors import AliasNotFound
+from hllama.errors import AliasNotFound, HllamaError
 from hllama.hardware import Budget
 from hllama.modelfile import Message
-from hllama.registry import Registry
+from hllama.registry import Registry, changes
 from hllama.resolve import Overrides, Resolved, resolve
-from hllama.scheduler import Scheduler
+from hllama.scheduler import Scheduler, load_key
 from hllama.store import AliasStore
 
 log = logging.getLogger("hllama.server")
@@ -49,10 +49,36 @@ class Service:
         self.scheduler = scheduler
         self.budget = budget
         self.registry: Registry = store.refresh()
+        self._replaced: set[tuple | None] = set()
 
     def refresh(self) -> Registry:
-        self.registry = self.store.refresh()
-        return self.registry
+        """Recompile the modelfiles and swap the registry; note models whose alias now loads differently."""
+        old, new = self.registry, self.store.refresh()
+        self.registry = new
+        diff = changes(old, new)
+        for verb, names in (("added", diff.added), ("removed", diff.removed), ("changed", diff.changed)):
+            for name in names:
+                log.info("alias '%s' %s", name, verb)
+        for error in diff.new_problems:
+            log.warning("%s", error)
+        log.info("modelfiles reloaded: %d added, %d removed, %d changed, %d aliases", len(diff.added),
+                 len(diff.removed), len(diff.changed), len(new.entries))
+        still_used = {self._key(name, new) for name in new.entries}
+        self._replaced |= {key for name in diff.changed if (key := self._key(name, old)) not in still_used}
+        return new
+
+    async def retire_replaced(self) -> None:
+        """Unload models an edit replaced, once their running requests finish (a deleted alias's model simply
+        expires at its keep_alive)."""
+        replaced, self._replaced = self._replaced, set()
+        for key in replaced - {None}:
+            await self.scheduler.retire(key)
+
+    def _key(self, name: str, registry: Registry) -> tuple | None:
+        try:
+            return load_key(resolve(name, settings=self.settings, registry=registry))
+        except HllamaError:
+            return None
 
     def resolve(self, name: str, api: Overrides | None = None) -> Resolved:
         """Resolve ``name``; an unknown one is looked for again after compiling the folder (a new modelfile)."""
@@ -78,6 +104,7 @@ class Service:
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any]
                         ) -> AsyncIterator[str | Result]:
         started = time.perf_counter_ns()
+        await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
