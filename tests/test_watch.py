@@ -56,7 +56,8 @@ def test_an_edit_shows_at_once(served):
     for temperature in (0.2, 0.3, 0.4):
         started = time.monotonic()
         _write(folder, "tiny.yaml", f"from: {REPO_ID}\nparameters:\n  temperature: {temperature}\n")
-        assert _until(lambda: f"temperature                    {temperature}" in (_parameters(url, "tiny") or ""))
+        wanted = f"temperature                    {temperature}"
+        assert _until(lambda wanted=wanted: wanted in (_parameters(url, "tiny") or ""))
         latencies.append(time.monotonic() - started)
     assert max(latencies) < 0.5, latencies
     assert json.loads(load_settings().registry_file.read_text())["aliases"]["tiny"]["modelfile"]["parameters"] == {
