@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -117,30 +118,14 @@ def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, flo
     return statistics.median(rates[1:]), statistics.median(ttfts[1:])  # the first run warms up
 
 
-class _server:
-    def __init__(self, work: Path, model: str, parallel: int) -> None:
-        from tests.liveserver import free_port
+@contextmanager
+def _server(work: Path, model: str, parallel: int) -> Iterator[str]:
+    from tests.liveserver import serve_process
 
-        self.port = free_port()
-        env = {**os.environ, "HLLAMA_HOME": str(work / "home"), "HLLAMA_NUM_PARALLEL": str(parallel)}
-        self.process = subprocess.Popen([sys.executable, "-m", "hllama", "serve", "--port", str(self.port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.model = model
-
-    def __enter__(self) -> str:
-        url = f"http://127.0.0.1:{self.port}"
-        for _ in range(300):
-            try:
-                httpx.get(url)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        httpx.post(f"{url}/api/generate", json={"model": self.model, "prompt": ""}, timeout=300)  # load
-        return url
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+    env = {**os.environ, "HLLAMA_HOME": str(work / "home"), "HLLAMA_NUM_PARALLEL": str(parallel)}
+    with serve_process(env) as (_, url):
+        httpx.post(f"{url}/api/generate", json={"model": model, "prompt": ""}, timeout=300)  # load it first
+        yield url
 
 
 def _request(url: str, model: str, prompt: str, tokens: int) -> dict:

@@ -1,4 +1,8 @@
+import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,27 @@ def tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     resolved = resolve(str(tiny_model_dir), settings=settings, registry=Registry(settings.modelfiles_dir),
                        cli=Overrides.model_validate({"parameters": {"temperature": 0}}))
     return load_model(resolved, budget=memory_budget(settings))
+
+
+@contextmanager
+def read_json_throughout(path: Path) -> Iterator[list[str]]:
+    """Read ``path`` as JSON in a loop while the block runs; yields the list of parse errors seen."""
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                json.loads(path.read_text())
+            except FileNotFoundError:
+                pass
+            except ValueError as exc:
+                errors.append(str(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        reader.join()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from hllama.config import Settings
@@ -38,3 +41,27 @@ def live_server(settings: Settings, **service_options) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serve_process(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``hllama serve`` as its own process on a free port; yields it and its URL once it answers."""
+    port = free_port()
+    env = {**env, "HLLAMA_HOST": f"127.0.0.1:{port}"}
+    process = subprocess.Popen([sys.executable, "-m", "hllama", "serve", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("hllama serve did not start") from None
+                time.sleep(0.1)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -1,9 +1,6 @@
 """``hllama serve``, ``ps`` and ``stop`` as separate processes, the way a user runs them."""
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -12,29 +9,16 @@ import pytest
 
 from hllama.cli import main
 
-from .liveserver import free_port
+from .liveserver import free_port, serve_process
 from .tinymodel import REPO_ID
 
 
 @pytest.fixture
 def served(tiny_cache: Path, hllama_home: Path, monkeypatch: pytest.MonkeyPatch):
     assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
-    port = free_port()
-    monkeypatch.setenv("HLLAMA_HOST", f"127.0.0.1:{port}")
-    process = subprocess.Popen([sys.executable, "-m", "hllama", "serve"], env=dict(os.environ),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(url)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    try:
+    with serve_process(dict(os.environ)) as (process, url):
+        monkeypatch.setenv("HLLAMA_HOST", url.removeprefix("http://"))  # where ps and stop look for it
         yield process, url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def test_serve_binds_to_loopback_only(served):

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from hllama.errors import AliasExists, AliasNotFound, InvalidAliasName, Modelfil
 from hllama.modelfile import Modelfile, load_modelfile
 from hllama.store import AliasStore
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, read_json_throughout
 
 
 @pytest.fixture
@@ -118,27 +117,10 @@ def test_two_writer_processes_lose_nothing(store: AliasStore):
     """Real processes creating aliases at once; registry.json is always complete and valid."""
     count = 12
     store.refresh()
-    seen_invalid: list[str] = []
-    stop = threading.Event()
-
-    def read_mirror_continuously() -> None:
-        while not stop.is_set():
-            try:
-                json.loads(store.mirror.read_text())
-            except FileNotFoundError:
-                pass
-            except ValueError as exc:
-                seen_invalid.append(str(exc))
-
-    reader = threading.Thread(target=read_mirror_continuously)
-    reader.start()
-    try:
+    with read_json_throughout(store.mirror) as seen_invalid:
         writers = [subprocess.Popen([sys.executable, "-c", WRITER, name, str(count)])
                    for name in ("left", "right")]
         assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
-    finally:
-        stop.set()
-        reader.join()
     assert seen_invalid == []
     aliases = json.loads(store.mirror.read_text())["aliases"]
     assert sorted(aliases) == sorted(f"{side}-{i}" for side in ("left", "right") for i in range(count))

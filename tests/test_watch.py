@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hllama.cli import main
 from hllama.config import load_settings
 from hllama.modelfile import load_modelfile
 
+from .conftest import read_json_throughout
 from .liveserver import live_server
 from .tinymodel import CHATS, REPO_ID
 
@@ -134,29 +134,12 @@ def test_a_load_setting_change_reloads_once_and_waits_for_running_requests(serve
 def test_two_writers_and_a_server_lose_nothing(served):
     url, folder = served
     registry = load_settings().registry_file
-    invalid: list[str] = []
-    stop = threading.Event()
-
-    def read_registry() -> None:
-        while not stop.is_set():
-            try:
-                json.loads(registry.read_text())
-            except FileNotFoundError:
-                pass
-            except ValueError as exc:
-                invalid.append(str(exc))
-
-    reader = threading.Thread(target=read_registry)
-    reader.start()
     writer = ("import sys\nfrom hllama.cli import main\nfor i in range(8):\n"
               f"    assert main(['create', '--alias', f'{{sys.argv[1]}}{{i}}', '--model', '{REPO_ID}']) == 0\n")
-    try:
+    with read_json_throughout(registry) as invalid:
         processes = [subprocess.Popen([sys.executable, "-c", writer, side], env=dict(os.environ))
                      for side in ("left", "right")]
         assert [process.wait(timeout=120) for process in processes] == [0, 0]
-    finally:
-        stop.set()
-        reader.join()
     assert invalid == []
     expected = {f"{side}{i}" for side in ("left", "right") for i in range(8)} | {"tiny"}
     assert _until(lambda: {m["name"].removesuffix(":latest") for m in httpx.get(f"{url}/api/tags").json()["models"]}
