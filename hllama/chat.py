@@ -41,11 +41,12 @@ def save_history(path: Path, messages: list[Message]) -> None:
 class ChatSession:
     """The context sent with each turn. ``resolved`` may be replaced between turns (``/set``)."""
 
-    def __init__(self, loaded: LoadedModel, resolved: Resolved, *, history_file: Path | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, resolved: Resolved, *, history: list[Message] | None = None,
+                 history_file: Path | None = None) -> None:
         self.loaded = loaded
         self.resolved = resolved
         self.history_file = history_file
-        self.log = load_history(history_file) if history_file else []  # every turn, kept on disk
+        self.log = list(history or [])  # every turn, kept in history_file
         self.messages = list(self.log)  # what the model sees; /clear empties it
 
     def ask(self, text: str, *, cancel: threading.Event | None = None) -> Iterator[str | Finished]:

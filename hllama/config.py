@@ -58,6 +58,8 @@ def parse_host(value: str) -> tuple[str, int]:
         port = parts.port
     except ValueError:
         raise ValueError(f"invalid host {value!r}: use HOST, HOST:PORT or http://HOST:PORT") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"invalid host {value!r}: the port must be between 1 and 65535")
     return parts.hostname or "127.0.0.1", port if port is not None else default_port
 
 

@@ -72,6 +72,12 @@ def test_host_forms(value, bind):
     assert parse_host(value) == bind
 
 
+@pytest.mark.parametrize("value", ["h:70000", ":0", "a:b:c", "http://x:port"])
+def test_bad_hosts(value):
+    with pytest.raises(ValueError, match="invalid host"):
+        parse_host(value)
+
+
 @pytest.mark.parametrize("text, words", [
     ("[parameters]\ntemprature = 1\n", "parameters.temprature"),
     ("[parameters]\ntop_p = 3\n", "less than or equal to 1"),

@@ -45,3 +45,17 @@ def test_client_commands_without_a_server(capsys, monkeypatch: pytest.MonkeyPatc
     assert main(["ps"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: could not connect to hllama at http://127.0.0.1:") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "99999"], "Error: argument --port: invalid port '99999'"),
+    (["serve", "--host", "a:b:c"], "Error: invalid host 'a:b:c'"),
+])
+def test_serve_refuses_bad_addresses(capsys, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1

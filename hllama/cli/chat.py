@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = commands.add_parser(name, help=summary, description=f"{summary.capitalize()}. With a prompt "
                                      "(or text piped on stdin) it answers once and exits; otherwise it chats.")
         parser.add_argument("model", help="alias, Hub repo id, local model folder or .gguf file")
-        parser.add_argument("prompt", nargs="*", help="ask this and exit")
+        parser.add_argument("prompt", nargs="*", default=[], help="ask this and exit")
         parser.add_argument("--history", metavar="FILE", type=Path,
                             help="load the conversation from FILE if it exists, and append every turn to it")
         parser.add_argument("--input-file", metavar="FILE", type=Path, help="its text is the first user message")
@@ -92,7 +92,10 @@ def run_chat(args: argparse.Namespace) -> int:
         first = sys.stdin.read().strip()
         if not first:
             raise InvalidOption("nothing to ask: give a prompt, or pipe one on stdin")
-    session = _open_session(talk.resolve(), settings, args)
+    from hllama.chat import load_history
+
+    history = load_history(args.history) if args.history else []  # a bad file fails before any download
+    session = _open_session(talk.resolve(), settings, args, history)
     if first is not None:
         _answer(session, first, verbose=args.verbose)
     return _repl(session, talk, verbose=args.verbose) if interactive else 0
@@ -109,7 +112,7 @@ def _first_message(args: argparse.Namespace) -> str | None:
     return f"{prompt}\n\n{text}" if prompt else text
 
 
-def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespace):
+def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespace, history: list):
     from hllama.chat import ChatSession
     from hllama.engine import load_model, locate
     from hllama.hardware import memory_budget
@@ -123,7 +126,7 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
                           load=resolved.load, context=resolved.parameters.ctx):
             raise ModelNotDownloaded(resolved.model) from None
     loaded = load_model(resolved, budget=memory_budget(settings), force=args.force)
-    return ChatSession(loaded, resolved, history_file=args.history)
+    return ChatSession(loaded, resolved, history=history, history_file=args.history)
 
 
 def _answer(session, text: str, *, verbose: bool) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from hllama.config import OLLAMA_ENV, Settings, load_settings, parse_host
-from hllama.errors import ServerUnreachable
+from hllama.errors import InvalidOption, ServerUnreachable
 
 _ENVIRONMENT = "\n".join(
     [f"  HLLAMA_{name.upper():<22} {info.description}" for name, info in Settings.model_fields.items()]
@@ -19,16 +19,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Serve Ollama's native API (/api/*) and OpenAI's (/v1/*). Models load on first use.",
         epilog=f"environment:\n{_ENVIRONMENT}", formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="address to bind, or HOST:PORT (default 127.0.0.1; HLLAMA_HOST, OLLAMA_HOST)")
-    serve.add_argument("--port", type=int, help="port (default 11434)")
+    serve.add_argument("--port", type=_port, help="port (default 11434)")
     serve.add_argument("--modelfiles", type=Path, metavar="DIR", help="the modelfiles folder to serve")
     serve.set_defaults(run=run_serve)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number from 1 to 65535")
+    return int(text)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = load_settings(**({"modelfiles": args.modelfiles} if args.modelfiles else {}))
     host, port = settings.bind
     if args.host:
-        host, given_port = parse_host(args.host)
+        try:
+            host, given_port = parse_host(args.host)
+        except ValueError as exc:
+            raise InvalidOption(str(exc)) from None
         port = given_port if ":" in args.host.split("]")[-1] else port
     if args.port:
         port = args.port
