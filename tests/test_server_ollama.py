@@ -174,6 +174,8 @@ ERRORS = [
     ("POST", "/api/create", b'{"model": "x", "from": "tiny", "files": {"a": "sha256:1"}}', 400,
      "creating from uploaded files or adapters is not supported"),
     ("POST", "/api/copy", b'{"source": "tiny"}', 400, "source and destination are required"),
+    ("POST", "/api/create", b'{"model": "x", "from": "tiny", "parameters": {"top_k": -1}}', 400,
+     "parameters.top_k: input should be greater than or equal to 0"),
 ]
 
 

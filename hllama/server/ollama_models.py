@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from hllama import __version__, hub
 from hllama.catalog import Row, catalog, plan_for
-from hllama.errors import AliasNotFound, HllamaError, InvalidOption, ModelfileError
+from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
 from hllama.names import looks_like_repo_id
 from hllama.server.ollama_types import (
@@ -28,6 +29,7 @@ from hllama.server.ollama_types import (
 )
 from hllama.server.service import Service, iterate_in_thread
 from hllama.server.views import details, digest, model_info, tag_entry, wire_name
+from hllama.validation import describe, field_name
 
 router = APIRouter()
 
@@ -200,8 +202,9 @@ def _created_modelfile(service: Service, body: CreateRequest) -> Modelfile:
             "4bit" if quantize.startswith("q4") else quantize
     try:
         return Modelfile.model_validate(data)
-    except Exception as exc:  # pydantic's error, said as a modelfile error
-        raise ModelfileError(str(exc).splitlines()[-1].strip() if str(exc) else "invalid model") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidOption(f"{field_name(tuple(error['loc']))}: {describe(error, schema=Modelfile)}") from None
 
 
 @router.post("/api/pull")
