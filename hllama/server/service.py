@@ -114,14 +114,16 @@ class Service:
             generation.start()
             try:
                 while True:
-                    for item in await sink.take():
+                    batch = await sink.take()
+                    if text := "".join(item for item in batch if isinstance(item, str)):
+                        yield text  # pieces that arrived together leave together: one chunk, one write
+                    for item in batch:
+                        if isinstance(item, BaseException):
+                            raise item
                         if item is END:
                             yield Result(finished=generation.finished(), prompt_ids=list(prompt.ids),
                                          load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
                             return
-                        if isinstance(item, BaseException):
-                            raise item
-                        yield item
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()
                 await asyncio.shield(asyncio.to_thread(generation.join))
