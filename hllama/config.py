@@ -11,12 +11,18 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from hllama.errors import ConfigError
 from hllama.options import SYNONYMS, Duration, GenerationParameters, LoadOptions
@@ -37,6 +43,7 @@ OLLAMA_ENV = {
     "max_loaded_models": "OLLAMA_MAX_LOADED_MODELS",
     "max_queue": "OLLAMA_MAX_QUEUE",
     "num_parallel": "OLLAMA_NUM_PARALLEL",
+    "origins": "OLLAMA_ORIGINS",
 }
 
 
@@ -86,6 +93,8 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(3, ge=1, description="most models loaded at once")
     max_queue: int = Field(512, ge=1, description="requests waiting per model before 503")
     num_parallel: int = Field(1, ge=1, description="requests one loaded model serves at the same time")
+    origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")
     parameters: GenerationParameters = Field(
         default_factory=GenerationParameters, description="default generation parameters")
@@ -95,6 +104,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
+
+    @field_validator("origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("host")
     @classmethod

@@ -32,6 +32,7 @@ from hllama.errors import (
 )
 from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
+from hllama.server.security import add_browser_safety
 from hllama.server.service import Service
 from hllama.store import AliasStore
 from hllama.watch import ModelfileWatcher
@@ -53,8 +54,11 @@ def status_of(error: HllamaError) -> int:
     return next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
 
 
-def create_app(service: Service, *, watch: bool = True) -> FastAPI:
-    """The app over ``service``; with ``watch``, edits in the modelfiles folder apply without a restart."""
+def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.0.1") -> FastAPI:
+    """The app over ``service``; with ``watch``, edits in the modelfiles folder apply without a restart.
+
+    ``bind_host`` is where it will listen: on loopback, requests naming another host are refused.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +76,7 @@ def create_app(service: Service, *, watch: bool = True) -> FastAPI:
 
     app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    add_browser_safety(app, bind_host=bind_host, origins=service.settings.origins)
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
@@ -122,4 +127,4 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
 
     service = build_service(settings)
     log.info("memory budget %d bytes (%s)", service.budget.bytes, service.budget.source)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(service, bind_host=host), host=host, port=port, log_level="info")

@@ -1,0 +1,62 @@
+"""Browser-facing safety, as Ollama has it: CORS for local origins only, and Host checks on loopback.
+
+A page on any website can make a browser send requests to ``127.0.0.1:11434``. CORS keeps other
+origins from reading the answers; the Host check stops DNS rebinding (a hostile name that resolves
+to 127.0.0.1) from reaching a server bound to loopback at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+#: Ollama's defaults: local web pages on any port, and desktop or editor webviews.
+DEFAULT_ORIGINS = ("http://localhost", "https://localhost", "http://127.0.0.1", "https://127.0.0.1",
+                   "http://0.0.0.0", "https://0.0.0.0", "app://*", "file://*", "tauri://*", "vscode-webview://*")
+
+
+def origin_pattern(extra: list[str]) -> str:
+    """One regular expression for every allowed origin; ``*`` is a wildcard, a bare host allows any port."""
+    parts = []
+    for origin in (*DEFAULT_ORIGINS, *extra):
+        pattern = re.escape(origin).replace(r"\*", ".*")
+        parts.append(pattern if "*" in origin else f"{pattern}(:[0-9]+)?")
+    return "^(" + "|".join(parts) + ")$"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHostOnly:
+    """On a loopback bind, answer 403 to a request whose Host names anything but this machine."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if host and not is_loopback(name.strip("[]")):
+                response = JSONResponse({"error": "forbidden: this server only answers requests for localhost"},
+                                        status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def add_browser_safety(app, *, bind_host: str, origins: list[str]) -> None:
+    app.add_middleware(CORSMiddleware, allow_origin_regex=origin_pattern(origins), allow_methods=["*"],
+                       allow_headers=["*"], expose_headers=["X-Hllama-Effective"])
+    if is_loopback(bind_host):
+        app.add_middleware(LoopbackHostOnly)
