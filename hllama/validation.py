@@ -6,7 +6,7 @@ import difflib
 import typing
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 KeyPath = tuple[str | int, ...]
 
@@ -17,6 +17,13 @@ def field_name(loc: KeyPath) -> str:
     for part in loc:
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
     return name
+
+
+def first_problem(exc: ValidationError, *, schema: type[BaseModel]) -> tuple[str, str]:
+    """(the innermost key named, what is wrong with it) for the first error: how flags and API options say it."""
+    error = exc.errors()[0]
+    key = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "")
+    return key, describe(error, schema=schema)
 
 
 def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from hllama.errors import InvalidOption
 from hllama.options import SYNONYMS, Parameters
 from hllama.resolve import Overrides
-from hllama.validation import describe
+from hllama.validation import first_problem
 
 _OLLAMA_FLAGS = {canonical: synonym for synonym, canonical in SYNONYMS.items()}
 
@@ -73,10 +73,8 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
 
 def invalid_option(exc: ValidationError, *, schema: type[BaseModel]) -> InvalidOption:
     """The first complaint about flag values, named by its flag."""
-    error = exc.errors()[0]
-    key = next((part for part in reversed(error["loc"]) if isinstance(part, str)), "")
-    flag = "--model" if key == "from" else _flag(key)
-    return InvalidOption(f"{flag}: {describe(error, schema=schema)}")
+    key, problem = first_problem(exc, schema=schema)
+    return InvalidOption(f"{'--model' if key == 'from' else _flag(key)}: {problem}")
 
 
 def _given(values: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.resolve import Overrides
-from hllama.validation import describe
+from hllama.validation import first_problem
 
 log = logging.getLogger("hllama.server")
 
@@ -133,9 +133,8 @@ def overrides(request: _Generation, *, system: str | None = None, template: str 
     try:
         return Overrides.model_validate({"system": system, "template": template, "parameters": parameters}), schema
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "options")
-        raise InvalidOption(f"option \"{name}\": {describe(error, schema=Overrides)}") from None
+        name, problem = first_problem(exc, schema=Overrides)
+        raise InvalidOption(f"option \"{name or 'options'}\": {problem}") from None
 
 
 def messages_from(request_messages: list[OllamaMessage]) -> list[Message]:

@@ -20,7 +20,7 @@ from hllama.resolve import Overrides, Resolved
 from hllama.server.ollama_types import parse_body
 from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
-from hllama.validation import describe
+from hllama.validation import first_problem
 
 from .openai_types import ChatCompletionRequest, CompletionRequest
 
@@ -92,9 +92,8 @@ def _resolve(service: Service, model: str, parameters: dict[str, Any]) -> Resolv
     try:
         api = Overrides.model_validate({"parameters": parameters})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "parameters")
-        raise InvalidOption(f"{name}: {describe(error, schema=Overrides)}") from None
+        name, problem = first_problem(exc, schema=Overrides)
+        raise InvalidOption(f"{name or 'parameters'}: {problem}") from None
     return service.resolve(model, api)
 
 
