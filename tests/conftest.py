@@ -4,6 +4,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,18 @@ def read_json_throughout(path: Path) -> Iterator[list[str]]:
     finally:
         stop.set()
         reader.join()
+
+
+@contextmanager
+def chat_in_terminal(*args: str) -> Iterator[Any]:
+    """``hllama chat ARGS...`` in a pseudo-terminal, as a person would run it; closed on exit."""
+    import sys
+
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", *args], env=dict(os.environ), encoding="utf-8",
+                          timeout=120)
+    try:
+        yield child
+    finally:
+        child.close()

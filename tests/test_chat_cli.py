@@ -1,6 +1,5 @@
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 
 from hllama.cli import main
 
+from .conftest import chat_in_terminal
 from .tinymodel import CHATS, REPO_ID
 
 
@@ -89,9 +89,7 @@ def test_a_broken_history_file_is_one_line(capsys, monkeypatch, tiny_alias, tmp_
 
 def test_interactive_chat_in_a_terminal(tiny_alias, tmp_path: Path):
     saved = tmp_path / "saved.json"
-    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", tiny_alias], env=dict(os.environ),
-                          encoding="utf-8", timeout=120)
-    try:
+    with chat_in_terminal(tiny_alias) as child:
         child.expect_exact(">>> ")
         child.sendline("Say hello.")
         child.expect_exact("Hello there, my \r\n")
@@ -119,18 +117,13 @@ def test_interactive_chat_in_a_terminal(tiny_alias, tmp_path: Path):
         child.expect_exact(">>> ")
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
-    finally:
-        child.close()
     assert child.exitstatus == 0
     assert json.loads(saved.read_text()) == [{"role": "user", "content": "Count to five."},
                                              {"role": "assistant", "content": "One, two, three, four, five."}]
 
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_alias):
-    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", tiny_alias, "--max-new-tokens", "-1",
-                                           "--ctx", "1000000", "--stop", "never"], env=dict(os.environ),
-                          encoding="utf-8", timeout=120)
-    try:
+    with chat_in_terminal(tiny_alias, "--max-new-tokens", "-1", "--ctx", "1000000", "--stop", "never") as child:
         child.expect_exact(">>> ")
         child.sendline("hi")  # babble with no end: minutes of it at this context
         child.expect(r"\S{3}")
@@ -138,6 +131,4 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_alias):
         child.expect_exact(">>> ", timeout=20)
         child.sendline("/bye")
         child.expect(pexpect.EOF)
-    finally:
-        child.close()
     assert child.exitstatus == 0

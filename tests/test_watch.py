@@ -18,7 +18,7 @@ from hllama.cli import main
 from hllama.config import load_settings
 from hllama.modelfile import load_modelfile
 
-from .conftest import read_json_throughout
+from .conftest import chat_in_terminal, read_json_throughout
 from .liveserver import live_server
 from .tinymodel import CHATS, REPO_ID
 
@@ -179,9 +179,7 @@ def test_sigkill_during_writes_leaves_nothing_corrupt(tiny_cache: Path, hllama_h
 def test_chat_picks_up_an_edit_between_turns(tiny_cache: Path, hllama_home: Path):
     assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
     path = hllama_home / "modelfiles" / "tiny.yaml"
-    child = pexpect.spawn(sys.executable, ["-m", "hllama", "chat", "tiny"], env=dict(os.environ),
-                          encoding="utf-8", timeout=120)
-    try:
+    with chat_in_terminal("tiny") as child:
         child.expect_exact(">>> ")
         child.sendline("Say hello.")
         child.expect_exact("Hello there, my friend! How are you today?")
@@ -201,5 +199,3 @@ def test_chat_picks_up_an_edit_between_turns(tiny_cache: Path, hllama_home: Path
         child.expect_exact("Hello there, my \r\n")
         child.sendline("/bye")
         child.expect(pexpect.EOF)
-    finally:
-        child.close()
