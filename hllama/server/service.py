@@ -49,7 +49,7 @@ class Service:
         self.scheduler = scheduler
         self.budget = budget
         self.registry: Registry = store.refresh()
-        self._replaced: set[tuple | None] = set()
+        self._replaced: set[tuple] = set()
 
     def refresh(self) -> Registry:
         """Recompile the modelfiles and swap the registry; note models whose alias now loads differently."""
@@ -61,17 +61,19 @@ class Service:
                 log.info("alias '%s' %s", name, verb)
         for error in diff.new_problems:
             log.warning("%s", error)
-        log.info("modelfiles reloaded: %d added, %d removed, %d changed, %d aliases", len(diff.added),
-                 len(diff.removed), len(diff.changed), len(new.entries))
+        if diff.added or diff.removed or diff.changed:
+            log.info("modelfiles reloaded: %d added, %d removed, %d changed, %d aliases", len(diff.added),
+                     len(diff.removed), len(diff.changed), len(new.entries))
         still_used = {self._key(name, new) for name in new.entries}
-        self._replaced |= {key for name in diff.changed if (key := self._key(name, old)) not in still_used}
+        self._replaced |= {key for name in diff.changed
+                           if (key := self._key(name, old)) is not None and key not in still_used}
         return new
 
     async def retire_replaced(self) -> None:
         """Unload models an edit replaced, once their running requests finish (a deleted alias's model simply
         expires at its keep_alive)."""
         replaced, self._replaced = self._replaced, set()
-        for key in replaced - {None}:
+        for key in replaced:
             await self.scheduler.retire(key)
 
     def _key(self, name: str, registry: Registry) -> tuple | None:
