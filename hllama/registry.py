@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -31,13 +31,16 @@ SCHEMA_VERSION = 1
 class RegistryEntry:
     """One alias and the file it came from.
 
-    ``error`` is set when the file no longer validates and this is its last good version.
+    ``modified`` is the file's mtime when it was read, so readers of a snapshot never touch a file
+    that may be gone by now. ``error`` is set when the file no longer validates and this is its last
+    good version.
     """
 
     name: str
     modelfile: Modelfile
     path: Path
     digest: str
+    modified: float = 0.0
     error: ModelfileError | None = None
 
 
@@ -98,7 +101,7 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
             problems.append(error)
             if (good := last_good.get(path)) is None:
                 continue
-            entry = RegistryEntry(good.name, good.modelfile, path, good.digest, error)
+            entry = replace(good, path=path, error=error)
         candidates.setdefault(entry.name, []).append(entry)
     entries = {}
     for name, claimants in candidates.items():
@@ -112,9 +115,13 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
 
 
 def read_entry(path: Path) -> RegistryEntry:
+    try:
+        modified = path.stat().st_mtime
+    except OSError as exc:
+        raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
     text = read_modelfile_text(path)
     modelfile = parse_modelfile(text, path=path)
-    return RegistryEntry(alias_name(modelfile, path), modelfile, path, _digest(text))
+    return RegistryEntry(alias_name(modelfile, path), modelfile, path, _digest(text), modified)
 
 
 def _pick_claimant(claimants: list[RegistryEntry], last_good: Mapping[Path, RegistryEntry]) -> RegistryEntry:
@@ -141,6 +148,7 @@ def to_json(registry: Registry) -> str:
             entry.name: {
                 "source": str(entry.path),
                 "digest": entry.digest,
+                "modified": entry.modified,
                 "modelfile": entry.modelfile.model_dump(mode="json", by_alias=True, exclude_none=True),
                 "error": str(entry.error) if entry.error else None,
             }
@@ -181,8 +189,9 @@ def read_mirror(path: Path) -> Registry | None:
     for name, item in (document.get("aliases") or {}).items():
         try:
             entries[name] = RegistryEntry(name, Modelfile.model_validate(item["modelfile"]),
-                                          Path(item["source"]), str(item["digest"]))
-        except (KeyError, TypeError, ValidationError):
+                                          Path(item["source"]), str(item["digest"]),
+                                          float(item.get("modified", 0.0)))
+        except (AttributeError, KeyError, TypeError, ValueError, ValidationError):
             log.debug("dropping unreadable registry entry %r", name)
     return Registry(Path(document.get("folder", "")), entries)
 

@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings, **service_options) -> Iterator[str]:
+def live_server(settings: Settings, *, watch: bool = True, **service_options) -> Iterator[str]:
     """Yields the base URL; stops the server (and unloads its models) on exit."""
     service = build_service(settings, **service_options)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(service, watch=watch)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -112,8 +112,9 @@ def test_mirror_round_trip(modelfiles: Path, tmp_path: Path):
     assert document["problems"][0]["path"] == str(modelfiles / "broken.toml")
     assert document["problems"][0]["line"] == 1
     again = read_mirror(mirror)
-    assert {name: entry.modelfile for name, entry in again.entries.items()} == {
-        name: entry.modelfile for name, entry in registry.entries.items()}
+    assert {name: (entry.modelfile, entry.modified) for name, entry in again.entries.items()} == {
+        name: (entry.modelfile, entry.modified) for name, entry in registry.entries.items()}
+    assert registry.get("qwen-helper").modified == (modelfiles / "qwen-helper.yaml").stat().st_mtime
 
 
 def test_unreadable_or_foreign_mirror_is_rebuilt(modelfiles: Path, tmp_path: Path):

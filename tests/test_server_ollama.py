@@ -37,10 +37,21 @@ def test_root_and_version(url: str):
 def test_list(client: ollama.Client):
     [model] = client.list().models
     assert model.model == "tiny:latest"
-    assert model.size == 396560 or model.size > 0
+    assert model.size == 396560
     assert len(model.digest) == 64
     assert model.details.family == "llama" and model.details.parameter_size == "98.6K"
     assert model.details.quantization_level == "F32" and model.modified_at is not None
+
+
+def test_a_file_deleted_before_the_registry_follows_still_lists(tiny_cache: Path, hllama_home: Path):
+    """Listing reads the registry snapshot, never the folder, which may change under it at any time."""
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID]) == 0
+    with live_server(load_settings(), watch=False) as url:
+        listed = httpx.get(f"{url}/api/tags").json()["models"]
+        (hllama_home / "modelfiles" / "tiny.yaml").unlink()
+        assert httpx.get(f"{url}/api/tags").json()["models"] == listed
+        shown = httpx.post(f"{url}/api/show", json={"model": "tiny"}).json()
+        assert shown["modified_at"] == listed[0]["modified_at"]
 
 
 def test_show(client: ollama.Client):

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from hllama.catalog import Row, catalog, plan_for
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
 from hllama.names import looks_like_repo_id
+from hllama.registry import Registry
 from hllama.server.ollama_types import (
     CopyRequest,
     CreateRequest,
@@ -49,17 +51,26 @@ async def version() -> dict[str, str]:
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
-    rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
-    return {"models": [_tag(service, row) for row in rows]}
+    registry = service.registry  # one snapshot: a reload may swap service.registry while we list
+    rows = await asyncio.to_thread(catalog, service.settings, registry, service.budget)
+    return {"models": [_tag(registry, row) for row in rows]}
 
 
-def _tag(service: Service, row: Row) -> dict[str, Any]:
-    entry = service.registry.get(row.name)
+def _tag(registry: Registry, row: Row) -> dict[str, Any]:
+    entry = registry.get(row.name)
     if entry is not None:
-        return tag_entry(row, modified_at=local_rfc3339(entry.path.stat().st_mtime), digest_text=entry.digest)
+        return tag_entry(row, modified_at=local_rfc3339(entry.modified), digest_text=entry.digest)
     snapshot = hub.local_snapshot(row.model)
-    modified = snapshot.stat().st_mtime if snapshot else time.time()
+    modified = _mtime(snapshot) if snapshot else time.time()
     return tag_entry(row, modified_at=local_rfc3339(modified), digest_text=f"{row.model}@{snapshot}")
+
+
+def _mtime(path: Path) -> float:
+    """A cache folder may be cleared while we list it; then it is simply new."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 @router.post("/api/show")
@@ -85,7 +96,7 @@ async def show(request: Request) -> dict[str, Any]:
         "messages": [message.model_dump() for message in resolved.messages],
         "model_info": model_info(load_plan),
         "capabilities": ["completion"],
-        "modified_at": local_rfc3339(entry.path.stat().st_mtime if entry else time.time()),
+        "modified_at": local_rfc3339(entry.modified if entry else time.time()),
     }
     if entry is not None and entry.error is not None:
         document["error"] = str(entry.error)  # an extra field: the file is broken, this is its last good version
