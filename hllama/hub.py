@@ -11,11 +11,14 @@ import fnmatch
 import json
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hllama.errors import GatedModel, HubUnreachable, RemoteModelNotFound
 from hllama.footprint import Footprint, footprint_from_tensors
@@ -99,6 +102,68 @@ def download(remote: RemoteModel) -> Path:
     with hub_errors(remote.repo_id, remote.revision):
         return Path(snapshot_download(remote.repo_id, revision=remote.ref, allow_patterns=list(remote.files),
                                       cache_dir=cache_dir(), endpoint=endpoint()))
+
+
+def download_file(remote: RemoteModel, filename: str, *, stop: threading.Event,
+                  every: float = 0.1) -> Iterator[int]:
+    """Fetch one file into the Hub cache, yielding how many of its bytes are down (at most every ``every`` s).
+
+    The download runs in a worker thread and reports through huggingface_hub's own progress hook, so
+    plain HTTP and Xet downloads are measured alike. Setting ``stop`` aborts it at the next chunk;
+    huggingface_hub then deletes the partial file.
+    """
+    from huggingface_hub import hf_hub_download
+
+    done = [0]
+
+    def heard(total: int) -> None:
+        if stop.is_set():
+            raise DownloadStopped
+        done[0] = total
+
+    def fetch() -> None:
+        with hub_errors(remote.repo_id, remote.ref):
+            hf_hub_download(remote.repo_id, filename, revision=remote.ref, cache_dir=cache_dir(),
+                            endpoint=endpoint(), tqdm_class=_progress_hook(heard))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hllama-download") as pool:
+        future = pool.submit(fetch)
+        told = -1
+        while not wait([future], timeout=every).done:
+            if done[0] != told and not stop.is_set():
+                told = done[0]
+                yield told
+        try:
+            future.result()
+        except DownloadStopped:
+            return
+    yield remote.files.get(filename, done[0])
+
+
+class DownloadStopped(Exception):
+    """Raised inside the download thread to abort it."""
+
+
+def _progress_hook(heard: Callable[[int], None]) -> type:
+    """A silent progress bar class for huggingface_hub that passes on the bytes downloaded so far."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class Progress(hub_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.downloaded = int(kwargs.get("initial") or 0)  # a resumed download starts part way
+            heard(self.downloaded)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.downloaded += int(n or 0)
+            heard(self.downloaded)
+            return super().update(n)
+
+        def update_transfer(self, n: float | None = 1) -> None:
+            """Network bytes of a Xet download; ``update`` already counts the file's bytes."""
+
+    return Progress
 
 
 def cache_dir() -> Path:

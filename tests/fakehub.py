@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,10 +34,14 @@ class FakeRepo:
 
 
 class FakeHub:
-    """``with FakeHub({"org/name": FakeRepo(...)}) as hub:`` then ``HF_ENDPOINT=hub.url``."""
+    """``with FakeHub({"org/name": FakeRepo(...)}) as hub:`` then ``HF_ENDPOINT=hub.url``.
 
-    def __init__(self, repos: dict[str, FakeRepo]) -> None:
+    ``rate`` (bytes per second) makes file downloads as slow as a real network, to watch progress.
+    """
+
+    def __init__(self, repos: dict[str, FakeRepo], *, rate: int | None = None) -> None:
         self.repos = repos
+        self.rate = rate
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -121,7 +126,18 @@ class FakeHub:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
                 if not head:
-                    self.wfile.write(body)
+                    self._send_slowly(body)
+
+            def _send_slowly(self, body: bytes) -> None:
+                piece = 16 * 1024 if hub.rate else len(body) or 1
+                try:
+                    for start in range(0, len(body), piece):
+                        self.wfile.write(body[start:start + piece])
+                        if hub.rate:
+                            self.wfile.flush()
+                            time.sleep(piece / hub.rate)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
 
             def _json(self, document: object, *, head: bool) -> None:
                 body = json.dumps(document).encode()

@@ -163,6 +163,39 @@ def test_pull(tiny_model_dir: Path, client: ollama.Client, monkeypatch: pytest.M
                        options={"temperature": 0}).message.content == CHATS[2][1]
 
 
+def test_pull_reports_bytes_as_they_arrive_and_stops_with_the_client(
+        tiny_model_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)  # a network's pace, not one 10 MB read
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "fresh-cache"))
+    weights = (tiny_model_dir / "model.safetensors").stat().st_size
+    with FakeHub({"org/tiny": FakeRepo(tiny_model_dir, REVISION)}, rate=weights * 2) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        progress = [item for item in ollama.Client(host=url).pull("org/tiny", stream=True) if item.total == weights]
+    completed = [item.completed for item in progress if item.completed is not None]
+    assert len(completed) >= 3 and completed == sorted(completed) and completed[-1] == weights
+    assert 0 < completed[1] < weights
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "second-cache"))
+    with FakeHub({"org/tiny": FakeRepo(tiny_model_dir, REVISION)}, rate=weights // 4) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with httpx.stream("POST", f"{url}/api/pull", json={"model": "org/tiny"}, timeout=30) as response:
+            for line in response.iter_lines():
+                item = json.loads(line)
+                if item.get("total") == weights and item.get("completed", 0) > 0:
+                    break
+        cache = tmp_path / "second-cache"
+        deadline = time.monotonic() + 2  # the whole file would take 4 s
+        while any(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(cache.rglob("*.incomplete")), "the download did not stop with its client"
+        assert not any(cache.rglob("model.safetensors"))
+        hub.rate = None
+        assert ollama.Client(host=url).pull("org/tiny").status == "success"
+    assert any(cache.rglob("model.safetensors"))
+
+
 # (method, path, body, status, error message start)
 ERRORS = [
     ("POST", "/api/chat", b"", 400, "missing request body"),

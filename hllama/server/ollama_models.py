@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -249,22 +250,18 @@ async def pull(request: Request) -> Response:
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-def _pull_progress(repo_id: str, cancel: Any) -> Iterator[dict[str, Any]]:
-    """Ollama's pull statuses, one file at a time, through huggingface_hub."""
-    from huggingface_hub import hf_hub_download
-
+def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[dict[str, Any]]:
+    """Ollama's pull statuses, one file at a time, with its bytes as they arrive."""
     remote = hub.inspect_remote(repo_id)
     yield {"status": "pulling manifest"}
     for filename, size in remote.files.items():
-        if cancel.is_set():
-            return
         file_digest = "sha256:" + digest(f"{repo_id}@{remote.revision}/{filename}")
         status = {"status": f"pulling {file_digest[7:19]}", "digest": file_digest, "total": size}
         yield status
-        with hub.hub_errors(repo_id, remote.ref):
-            hf_hub_download(repo_id, filename, revision=remote.ref, cache_dir=hub.cache_dir(),
-                            endpoint=hub.endpoint())
-        yield {**status, "completed": size}
+        for completed in hub.download_file(remote, filename, stop=cancel):
+            yield {**status, "completed": completed}
+        if cancel.is_set():
+            return
     yield {"status": "verifying sha256 digest"}
     yield {"status": "writing manifest"}
     yield {"status": "success"}
