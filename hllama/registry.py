@@ -54,12 +54,15 @@ class Registry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", MappingProxyType(dict(sorted(self.entries.items()))))
+        object.__setattr__(self, "_by_folded", {name.casefold(): entry for name, entry in self.entries.items()})
 
     def get(self, name: str) -> RegistryEntry | None:
+        """The alias ``name``, spelled in any case (as Ollama's names are)."""
         try:
-            return self.entries.get(normalize_alias(name))
+            name = normalize_alias(name)
         except InvalidAliasName:
             return None
+        return self.entries.get(name) or self._by_folded.get(name.casefold())
 
     def __iter__(self) -> Iterator[RegistryEntry]:
         return iter(self.entries.values())
@@ -102,15 +105,15 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
             if (good := last_good.get(path)) is None:
                 continue
             entry = replace(good, path=path, error=error)
-        candidates.setdefault(entry.name, []).append(entry)
+        candidates.setdefault(entry.name.casefold(), []).append(entry)  # names differing in case only clash
     entries = {}
-    for name, claimants in candidates.items():
+    for claimants in candidates.values():
         keep = _pick_claimant(claimants, last_good)
-        entries[name] = keep
+        entries[keep.name] = keep
         for other in claimants:
             if other is not keep:
                 problems.append(DuplicateAlias(
-                    f"alias '{name}' is already declared in {keep.path}; rename one of them", path=other.path))
+                    f"alias '{keep.name}' is already declared in {keep.path}; rename one of them", path=other.path))
     return Registry(folder, entries, tuple(problems))
 
 

@@ -83,7 +83,7 @@ class AliasStore:
             if occupant is not None:  # never overwrite another alias's file, --force or not
                 raise AliasExists(occupant.name, target)
             if (existing is not None or target.exists()) and not force:
-                raise AliasExists(name, existing.path if existing else target)
+                raise AliasExists(existing.name if existing else name, existing.path if existing else target)
             atomic_write_text(target, text)
             if existing is not None and existing.path != target:
                 existing.path.unlink(missing_ok=True)

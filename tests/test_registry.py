@@ -91,6 +91,16 @@ def test_duplicate_alias_names_both_files(modelfiles: Path):
     assert str(modelfiles / "a.yaml") in str(problem)
 
 
+def test_names_are_found_in_any_case_and_clash_when_they_differ_only_in_case(modelfiles: Path):
+    (modelfiles / "Mario.yaml").write_text("from: a/b\n")
+    (modelfiles / "mario.toml").write_text('from = "c/d"\n')
+    registry = compile_folder(modelfiles)
+    assert list(registry.entries) == ["Mario"]
+    assert registry.get("MARIO:latest").path == modelfiles / "Mario.yaml"
+    [problem] = registry.problems
+    assert isinstance(problem, DuplicateAlias) and problem.path == modelfiles / "mario.toml"
+
+
 def test_the_file_that_already_held_a_name_keeps_it(modelfiles: Path):
     (modelfiles / "z.yaml").write_text("name: same\nfrom: a/b\n")
     before = compile_folder(modelfiles)

@@ -63,6 +63,7 @@ def test_show(client: ollama.Client):
     assert shown.modelinfo["general.parameter_count"] == 98624
     assert shown.capabilities == ["completion"]
     assert "<|im_start|>" in shown.template
+    assert client.show("TINY:latest").modelfile == shown.modelfile  # names are case-insensitive, as Ollama's
     with pytest.raises(ollama.ResponseError) as caught:
         client.show("nope")
     assert caught.value.status_code == 404

@@ -36,6 +36,15 @@ def test_existing_alias_needs_force(store: AliasStore):
     assert store.refresh().get("helper").modelfile.from_ == "c/d"
 
 
+def test_a_name_differing_only_in_case_is_the_same_alias(store: AliasStore):
+    store.create("helper", Modelfile.model_validate({"from": "a/b"}))
+    with pytest.raises(AliasExists, match="alias 'helper' already exists"):
+        store.create("Helper", Modelfile.model_validate({"from": "c/d"}))
+    entry = store.create("Helper", Modelfile.model_validate({"from": "c/d"}), force=True)
+    assert entry.path == store.folder / "Helper.yaml" and not (store.folder / "helper.yaml").exists()
+    assert store.remove(["HELPER"]) == ["Helper"]
+
+
 def test_force_replaces_an_alias_held_by_another_format(store: AliasStore):
     store.install(EXAMPLES / "mario.modelfile")
     store.create("mario", Modelfile.model_validate({"from": "c/d"}), force=True)
