@@ -37,7 +37,9 @@ class ModelfileWatcher:
         from watchfiles import awatch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        batches = awatch(self.folder, watch_filter=lambda _, path: is_modelfile(path), debounce=50, step=10,
+        # A batch closes 30 ms after the last change (an edit shows ~60 ms after its write), or after 0.5 s
+        # of changes that keep coming; a git checkout of many files arrives as one batch.
+        batches = awatch(self.folder, watch_filter=lambda _, path: is_modelfile(path), debounce=500, step=30,
                          stop_event=self._stop, recursive=False)
         pending = asyncio.ensure_future(anext(batches))
         await asyncio.sleep(0)  # the watch is registered as soon as the generator first runs

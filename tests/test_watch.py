@@ -50,16 +50,13 @@ def served(tiny_cache: Path, hllama_home: Path):
         yield url, folder
 
 
-def test_an_edit_shows_at_once(served):
+def test_each_edit_shows_without_a_restart(served):
+    """How fast is bench/reload.py's job; here, only that every edit arrives."""
     url, folder = served
-    latencies = []
     for temperature in (0.2, 0.3, 0.4):
-        started = time.monotonic()
         _write(folder, "tiny.yaml", f"from: {REPO_ID}\nparameters:\n  temperature: {temperature}\n")
         wanted = f"temperature                    {temperature}"
         assert _until(lambda wanted=wanted: wanted in (_parameters(url, "tiny") or ""))
-        latencies.append(time.monotonic() - started)
-    assert max(latencies) < 0.5, latencies
     assert json.loads(load_settings().registry_file.read_text())["aliases"]["tiny"]["modelfile"]["parameters"] == {
         "temperature": 0.4}
 
