@@ -123,8 +123,12 @@ def test_load_unload_and_ps(client: ollama.Client):
 
 def test_keep_alive_expires(client: ollama.Client):
     client.generate("tiny", "Say hello.", keep_alive=1)
-    assert len(client.ps().models) == 1
-    time.sleep(1.6)
+    assert [model.name for model in client.ps().models] == ["tiny:latest"]
+    time.sleep(0.5)
+    assert [model.name for model in client.ps().models] == ["tiny:latest"]  # kept for a second
+    deadline = time.monotonic() + 5
+    while client.ps().models and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.ps().models == []
     client.generate("tiny", "Say hello.", keep_alive="0s")
     assert client.ps().models == []
