@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")
+    api_key: SecretStr | None = Field(
+        None, description="when set, `serve` answers only requests with 'Authorization: Bearer <key>'")
     parameters: GenerationParameters = Field(
         default_factory=GenerationParameters, description="default generation parameters")
     load: LoadOptions = Field(default_factory=LoadOptions, description="default load options")
@@ -109,6 +111,13 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("the API key must not be empty")
+        return value
 
     @field_validator("host")
     @classmethod

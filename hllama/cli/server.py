@@ -83,11 +83,15 @@ def _call(method: str, path: str, body: dict | None = None) -> dict:
     import urllib.error
     import urllib.request
 
-    host, port = load_settings().bind
+    settings = load_settings()
+    host, port = settings.bind
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if settings.api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")

@@ -32,7 +32,7 @@ from hllama.errors import (
 )
 from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
-from hllama.server.security import add_browser_safety
+from hllama.server.security import add_access_control
 from hllama.server.service import Service
 from hllama.store import AliasStore
 from hllama.watch import ModelfileWatcher
@@ -76,7 +76,9 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
 
     app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    add_browser_safety(app, bind_host=bind_host, origins=service.settings.origins)
+    key = service.settings.api_key
+    add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
+                       api_key=key.get_secret_value() if key else None)
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
@@ -125,6 +127,10 @@ def build_service(settings: Settings, *, budget: Budget | None = None) -> Servic
 def serve(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
+    from hllama.server.security import exposure_warning
+
     service = build_service(settings)
     log.info("memory budget %d bytes (%s)", service.budget.bytes, service.budget.source)
+    if warning := exposure_warning(host, has_key=settings.api_key is not None):
+        log.warning("%s", warning)
     uvicorn.run(create_app(service, bind_host=host), host=host, port=port, log_level="info")

@@ -1,12 +1,14 @@
-"""Browser-facing safety, as Ollama has it: CORS for local origins only, and Host checks on loopback.
+"""Who may talk to the server: CORS for local origins only, Host checks on loopback, an optional API key.
 
 A page on any website can make a browser send requests to ``127.0.0.1:11434``. CORS keeps other
 origins from reading the answers; the Host check stops DNS rebinding (a hostile name that resolves
-to 127.0.0.1) from reaching a server bound to loopback at all.
+to 127.0.0.1) from reaching a server bound to loopback at all. The API key is for a server others
+can reach: every route but the health check ``/`` then needs ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
 
@@ -37,6 +39,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(bind_host: str, *, has_key: bool) -> str | None:
+    if is_loopback(bind_host) or has_key:
+        return None
+    return (f"serving on {bind_host} without an API key: anyone who can reach this address can use it "
+            "(set HLLAMA_API_KEY)")
+
+
 class LoopbackHostOnly:
     """On a loopback bind, answer 403 to a request whose Host names anything but this machine."""
 
@@ -55,7 +64,32 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
-def add_browser_safety(app, *, bind_host: str, origins: list[str]) -> None:
+class RequireApiKey:
+    """401 for a request without the key; CORS preflights and ``/`` (clients probe it) stay open."""
+
+    def __init__(self, app: ASGIApp, *, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != "/":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "unauthorized: send the server's API key as 'Authorization: Bearer <key>'"
+                body: dict = {"error": message}
+                if scope["path"].startswith("/v1/"):
+                    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                      "code": "invalid_api_key"}}
+                response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None) -> None:
+    """Outermost first: the Host check, then CORS (so even a 401 carries its headers), then the key."""
+    if api_key is not None:
+        app.add_middleware(RequireApiKey, key=api_key)
     app.add_middleware(CORSMiddleware, allow_origin_regex=origin_pattern(origins), allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Hllama-Effective"])
     if is_loopback(bind_host):
