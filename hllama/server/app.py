@@ -47,7 +47,7 @@ HTTP_STATUS: dict[type[HllamaError], int] = {
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }
 
-_OPENAI_TYPE = {400: "invalid_request_error", 404: "not_found_error"}
+_OPENAI_TYPE = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error"}
 
 
 def status_of(error: HllamaError) -> int:
@@ -78,16 +78,16 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     app.state.service = service
     key = service.settings.api_key
     add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
-                       api_key=key.get_secret_value() if key else None)
+                       api_key=key.get_secret_value() if key else None, refuse=error_response)
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
-        return _error(request, status_of(exc), str(exc))
+        return error_response(request.url.path, status_of(exc), str(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        return _error(request, 500, f"{type(exc).__name__}: {exc}")
+        return error_response(request.url.path, 500, f"{type(exc).__name__}: {exc}")
 
     from hllama.server import ollama_models, ollama_routes, openai_routes
 
@@ -97,13 +97,14 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     return app
 
 
-def _error(request: Request, status: int, message: str) -> JSONResponse:
+def error_response(path: str, status: int, message: str, *, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """Ollama's ``{"error": "..."}``, or OpenAI's error object under ``/v1``."""
-    if request.url.path.startswith("/v1/"):
+    if path.startswith("/v1/"):
         body = {"error": {"message": message, "type": _OPENAI_TYPE.get(status, "api_error"), "param": None,
-                          "code": None}}
-        return JSONResponse(body, status_code=status)
-    return JSONResponse({"error": message}, status_code=status)
+                          "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def build_service(settings: Settings, *, budget: Budget | None = None) -> Service:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Callable
 
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Ollama's defaults: local web pages on any port, and desktop or editor webviews.
@@ -46,19 +47,23 @@ def exposure_warning(bind_host: str, *, has_key: bool) -> str | None:
             "(set HLLAMA_API_KEY)")
 
 
+#: Makes the error response for a path, in the shape that path's API uses: (path, status, message, **extra).
+Refuse = Callable[..., Response]
+
+
 class LoopbackHostOnly:
     """On a loopback bind, answer 403 to a request whose Host names anything but this machine."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, refuse: Refuse) -> None:
         self.app = app
+        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if host and not is_loopback(name.strip("[]")):
-                response = JSONResponse({"error": "forbidden: this server only answers requests for localhost"},
-                                        status_code=403)
+                response = self.refuse(scope["path"], 403, "forbidden: this server only answers requests for localhost")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -67,30 +72,28 @@ class LoopbackHostOnly:
 class RequireApiKey:
     """401 for a request without the key; CORS preflights and ``/`` (clients probe it) stay open."""
 
-    def __init__(self, app: ASGIApp, *, key: str) -> None:
+    def __init__(self, app: ASGIApp, *, key: str, refuse: Refuse) -> None:
         self.app = app
         self.expected = f"Bearer {key}".encode()
+        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != "/":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                message = "unauthorized: send the server's API key as 'Authorization: Bearer <key>'"
-                body: dict = {"error": message}
-                if scope["path"].startswith("/v1/"):
-                    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                      "code": "invalid_api_key"}}
-                response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                response = self.refuse(
+                    scope["path"], 401, "unauthorized: send the server's API key as 'Authorization: Bearer <key>'",
+                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None) -> None:
+def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None, refuse: Refuse) -> None:
     """Outermost first: the Host check, then CORS (so even a 401 carries its headers), then the key."""
     if api_key is not None:
-        app.add_middleware(RequireApiKey, key=api_key)
+        app.add_middleware(RequireApiKey, key=api_key, refuse=refuse)
     app.add_middleware(CORSMiddleware, allow_origin_regex=origin_pattern(origins), allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Hllama-Effective"])
     if is_loopback(bind_host):
-        app.add_middleware(LoopbackHostOnly)
+        app.add_middleware(LoopbackHostOnly, refuse=refuse)
