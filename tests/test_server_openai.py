@@ -78,7 +78,7 @@ def test_completions(client: openai.OpenAI):
 
 def test_models(client: openai.OpenAI):
     assert [model.id for model in client.models.list()] == ["tiny:latest"]
-    assert client.models.retrieve("tiny").id == "tiny:latest"
+    assert client.models.retrieve("tiny").id == client.models.retrieve("Tiny:latest").id == "tiny:latest"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
 

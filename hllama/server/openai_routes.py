@@ -75,10 +75,10 @@ async def models(request: Request) -> dict[str, Any]:
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
     rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
-    names = {wire_name(row.name): row.name for row in rows}
-    if wire_name(model_id) not in names:
+    names = {wire_name(row.name).casefold(): row.name for row in rows}  # any case, as Ollama's names
+    if (name := names.get(wire_name(model_id).casefold())) is None:
         raise AliasNotFound(model_id)
-    return _model_object(names[wire_name(model_id)])
+    return _model_object(name)
 
 
 def _model_object(name: str) -> dict[str, Any]:
