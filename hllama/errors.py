@@ -129,6 +129,12 @@ class PromptTooLong(HllamaError, ValueError):
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
 
 
+class ToolsUnsupported(HllamaError, ValueError):
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(f"{model} does not support tools (its chat template does not render them)")
+
+
 class ServerBusy(HllamaError, RuntimeError):
     def __init__(self, reason: str = "maximum pending requests exceeded") -> None:
         super().__init__(f"server busy, please try again. {reason}")

@@ -41,6 +41,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tool_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained to call ``get_weather`` (tests/tinymodel.py), built once per test run."""
+    from .tinymodel import build_tool_model
+
+    return build_tool_model(tmp_path_factory.mktemp("tool-model"))
+
+
 @pytest.fixture
 def tiny_cache(tiny_model_dir: Path, hllama_home: Path) -> Path:
     """This test's Hub cache holding the tiny model as ``hllama-test/tiny-chat``."""

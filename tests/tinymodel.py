@@ -51,7 +51,8 @@ def chat_text(user: str, answer: str | None = None, system: str | None = None) -
     return text + (f"{answer}<|im_end|>\n" if answer is not None else "")
 
 
-def build_tokenizer():
+def build_tokenizer(examples: list[str] | None = None, template: str = CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained on ``examples`` (default: ``CHATS``) and some filler text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,30 +61,39 @@ def build_tokenizer():
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = [chat_text(user, answer) for user, answer in CHATS] + _FILLER.splitlines() * 4
+    corpus = (examples or _chat_examples()) + _FILLER.splitlines() * 4
     tokenizer.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE, model_max_length=256)
+        chat_template=template, model_max_length=256)
 
 
-def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0) -> Path:
-    """Build, train and save the tiny model into ``out_dir`` (a plain model folder)."""
+def _chat_examples() -> list[str]:
+    return [chat_text(user, answer) for user, answer in CHATS]
+
+
+def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0, examples: list[str] | None = None,
+                template: str = CHAT_TEMPLATE) -> Path:
+    """Build, train and save the tiny model into ``out_dir`` (a plain model folder).
+
+    ``examples`` are whole rendered conversations to learn (default: ``CHATS``), ``template`` its chat template.
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    examples = examples or _chat_examples()
     try:
-        tokenizer = build_tokenizer()
+        tokenizer = build_tokenizer(examples, template)
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
         model = LlamaForCausalLM(config)
-        _train(model, tokenizer, steps=steps)
+        _train(model, tokenizer, examples, steps=steps)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id)
@@ -95,10 +105,9 @@ def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0) -> Path:
     return out_dir
 
 
-def _train(model, tokenizer, *, steps: int) -> None:
+def _train(model, tokenizer, texts: list[str], *, steps: int) -> None:
     import torch
 
-    texts = [chat_text(user, answer) for user, answer in CHATS]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -109,6 +118,59 @@ def _train(model, tokenizer, *, steps: int) -> None:
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# A variant that calls tools
+
+TOOL_REPO_ID = "hllama-test/tiny-tools"
+
+#: Hermes-style, as Qwen's templates: tools listed in the system turn, calls in <tool_call> blocks.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
+    "Tools:{% for tool in tools %} {{ tool['function']['name'] }}{% endfor %}<|im_end|>\n"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and tools %}"
+    "{% elif message['role'] == 'tool' %}"
+    "<|im_start|>user\n<tool_response>{{ message['content'] }}</tool_response><|im_end|>\n"
+    "{% elif message['tool_calls'] %}"
+    "<|im_start|>assistant\n{% for call in message['tool_calls'] %}"
+    "<tool_call>{\"name\": \"{{ call['function']['name'] }}\", "
+    "\"arguments\": {{ call['function']['arguments'] | tojson }}}</tool_call>"
+    "{% endfor %}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_QUESTION = "What is the weather in Paris?"
+WEATHER_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+WEATHER_RESULT = "sunny, 22 degrees"
+WEATHER_ANSWER = "It is sunny in Paris."
+
+#: What the tool model learns, as (messages, tools): each conversation's last message is the answer.
+TOOL_CONVERSATIONS = [
+    ([{"role": "user", "content": WEATHER_QUESTION},
+      {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]}], [WEATHER_TOOL]),
+    ([{"role": "user", "content": WEATHER_QUESTION},
+      {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]},
+      {"role": "tool", "content": WEATHER_RESULT},
+      {"role": "assistant", "content": WEATHER_ANSWER}], [WEATHER_TOOL]),
+    ([{"role": "user", "content": CHATS[0][0]}, {"role": "assistant", "content": CHATS[0][1]}], [WEATHER_TOOL]),
+]
+
+
+def build_tool_model(out_dir: Path) -> Path:
+    """A tiny model that answers ``WEATHER_QUESTION`` with a call to ``get_weather``, then uses its result."""
+    renderer = build_tokenizer(template=TOOL_TEMPLATE)  # only renders the conversations to learn
+    examples = [renderer.apply_chat_template(messages, tools=tools, tokenize=False)
+                for messages, tools in TOOL_CONVERSATIONS]
+    return build_model(out_dir, examples=examples, template=TOOL_TEMPLATE)
 
 
 # ---------------------------------------------------------------------------------------------

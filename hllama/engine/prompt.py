@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from hllama.errors import PromptTooLong
+from hllama.engine.tools import ToolCall, supports_tools
+from hllama.errors import PromptTooLong, ToolsUnsupported
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 
@@ -22,6 +23,27 @@ JSON_INSTRUCTION = "Answer with valid JSON only: a single JSON value, with no te
 
 #: Where the plain format's next turn would begin; used as an extra stop string.
 FALLBACK_STOPS = ("\nUser:",)
+
+
+class ChatMessage(Message):
+    """A message of an API conversation, which may also be a tool's result or the assistant's tool calls."""
+
+    role: Literal["system", "user", "assistant", "tool"]  # type: ignore[assignment]
+    content: str = ""
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None  # the tool whose result a "tool" message carries
+
+
+def template_message(message: Message) -> dict[str, Any]:
+    """A message as chat templates expect it (tool calls in OpenAI's shape, arguments as an object)."""
+    document: dict[str, Any] = {"role": message.role, "content": message.content}
+    if isinstance(message, ChatMessage):
+        if message.tool_calls:
+            document["tool_calls"] = [{"type": "function", "function": call.model_dump()}
+                                      for call in message.tool_calls]
+        if message.tool_name:
+            document["name"] = message.tool_name
+    return document
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema:
 
     JSON mode (or a JSON schema, from an API's ``format``) adds its instruction to the system prompt.
     """
-    messages = [message.model_dump() for message in [*resolved.messages, *history]]
+    messages = [template_message(message) for message in [*resolved.messages, *history]]
     system = None if messages and messages[0]["role"] == "system" else resolved.system
     instruction = _json_instruction(json_schema) if resolved.parameters.json_mode or json_schema else None
     if instruction:
@@ -56,15 +78,22 @@ def _json_instruction(schema: Any) -> str:
     return f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema, ensure_ascii=False)}"
 
 
-def build_prompt(tokenizer: Any, messages: list[dict[str, str]], *, template: str | None = None,
-                 ctx: int | None = None) -> Prompt:
-    """Render and tokenize, dropping the oldest whole turns while the prompt does not fit ``ctx``."""
+def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
+                 ctx: int | None = None, tools: list[dict[str, Any]] | None = None, model: str = "the model"
+                 ) -> Prompt:
+    """Render and tokenize, dropping the oldest whole turns while the prompt does not fit ``ctx``.
+
+    ``tools`` (OpenAI's function definitions, as Ollama takes them too) go to the chat template;
+    a template that would not render them is refused rather than silently ignoring them.
+    """
+    if tools and not supports_tools(template or getattr(tokenizer, "chat_template", None)):
+        raise ToolsUnsupported(model)
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = _turns(messages[len(system):])
     dropped = 0
     while True:
         kept = system + [message for turn in turns[dropped:] for message in turn]
-        text, extra_stops = render(tokenizer, kept, template=template)
+        text, extra_stops = render(tokenizer, kept, template=template, tools=tools)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if ctx is None or len(ids) < ctx:  # room for at least one new token
             return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops)
@@ -73,12 +102,12 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, str]], *, template: st
         dropped += 1
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], *, template: str | None = None
-           ) -> tuple[str, tuple[str, ...]]:
+def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
+           tools: list[dict[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
     """The prompt text, and the stop strings the format itself needs."""
     if template or getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=True)
+                                             add_generation_prompt=True, tools=tools or None)
         return text, ()
     return plain_format(messages), FALLBACK_STOPS
 

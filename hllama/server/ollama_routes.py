@@ -13,7 +13,15 @@ from hllama.engine import build_prompt, conversation
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
-from hllama.server.ollama_types import ChatRequest, GenerateRequest, messages_from, now_rfc3339, overrides, parse_body
+from hllama.server.ollama_types import (
+    ChatRequest,
+    GenerateRequest,
+    messages_from,
+    now_rfc3339,
+    overrides,
+    parse_body,
+    wire_tool_calls,
+)
 from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
 
@@ -32,17 +40,27 @@ async def chat(request: Request) -> Response:
     name = wire_name(body.model)
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
-    events = service.chat(resolved, messages_from(body.messages), json_schema=schema)
+    events = service.chat(resolved, messages_from(body.messages), json_schema=schema, tools=body.tools)
+
+    def message(content: str, result: Result | None = None) -> dict[str, Any]:
+        document: dict[str, Any] = {"role": "assistant", "content": content}
+        if result is not None and result.tool_calls:
+            document["tool_calls"] = wire_tool_calls(result.tool_calls)
+        return document
 
     def chunk(piece: str) -> dict[str, Any]:
-        return {"model": name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": piece},
-                "done": False}
+        return {"model": name, "created_at": now_rfc3339(), "message": message(piece), "done": False}
 
     def final(result: Result, text: str) -> dict[str, Any]:
-        return {"model": name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": text},
-                "done": True, **_stats(result)}
+        with_calls = None if body.stream else result  # a stream sent them in a chunk of their own
+        return {"model": name, "created_at": now_rfc3339(), "message": message(text, with_calls), "done": True,
+                **_stats(result)}
 
-    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
+    def calls(result: Result) -> dict[str, Any] | None:
+        """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
+        return {**chunk(""), "message": message("", result)} if result.tool_calls else None
+
+    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved, before_final=calls)
 
 
 @router.post("/api/generate")
@@ -117,8 +135,12 @@ def _stats(result: Result) -> dict[str, Any]:
             "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns}
 
 
-async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: bool, resolved: Resolved) -> Response:
-    """Stream NDJSON, or collect one object. Errors before the first byte are HTTP errors; after, a last line."""
+async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: bool, resolved: Resolved,
+                   before_final: Any = None) -> Response:
+    """Stream NDJSON, or collect one object. Errors before the first byte are HTTP errors; after, a last line.
+
+    ``before_final(result)`` may give one more chunk to stream ahead of the last.
+    """
     headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
     first = await anext(events)  # loading, prompt building and the first token: failures here get a status
     if not stream:
@@ -130,6 +152,8 @@ async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: boo
         try:
             while True:
                 if isinstance(item, Result):
+                    if before_final and (extra := before_final(item)):
+                        yield _line(extra)
                     yield _line(final(item, ""))
                     return
                 yield _line(chunk(item))

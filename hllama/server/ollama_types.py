@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hllama.engine.prompt import ChatMessage
+from hllama.engine.tools import ToolCall
 from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
@@ -26,9 +28,20 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+class OllamaFunction(_Lenient):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(_Lenient):
+    function: OllamaFunction
+
+
 class OllamaMessage(_Lenient):
     role: str
     content: str = ""
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
 
 
 class _Generation(_Lenient):
@@ -41,6 +54,7 @@ class _Generation(_Lenient):
 
 class ChatRequest(_Generation):
     messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
 
 
 class GenerateRequest(_Generation):
@@ -138,13 +152,22 @@ def overrides(request: _Generation, *, system: str | None = None, template: str 
 
 
 def messages_from(request_messages: list[OllamaMessage]) -> list[Message]:
-    messages = []
+    messages: list[Message] = []
     for message in request_messages:
         role = message.role.lower()
-        if role not in ("system", "user", "assistant"):
+        if role not in ("system", "user", "assistant", "tool"):
             raise InvalidOption(f"messages with role '{message.role}' are not supported")
-        messages.append(Message(role=role, content=message.content))  # type: ignore[arg-type]
+        calls = [ToolCall(name=call.function.name, arguments=call.function.arguments)
+                 for call in message.tool_calls or []]
+        messages.append(ChatMessage(role=role, content=message.content, tool_calls=calls or None,  # type: ignore[arg-type]
+                                    tool_name=message.tool_name))
     return messages
+
+
+def wire_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """Ollama's ``message.tool_calls``: arguments as a JSON object, an index per call."""
+    return [{"function": {"index": index, "name": call.name, "arguments": call.arguments}}
+            for index, call in enumerate(calls)]
 
 
 def now_rfc3339() -> str:

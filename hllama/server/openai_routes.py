@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from hllama.catalog import catalog
+from hllama.engine.prompt import ChatMessage as EngineMessage
+from hllama.engine.tools import ToolCall
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
@@ -22,7 +24,7 @@ from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
 from hllama.validation import first_problem
 
-from .openai_types import ChatCompletionRequest, CompletionRequest
+from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -42,14 +44,30 @@ async def chat_completions(request: Request) -> Response:
             schema = (body.response_format.json_schema or {}).get("schema") or {}
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, parameters)
-    history = []
-    for message in body.messages:
-        role = message.role.lower().replace("developer", "system")
-        if role not in ("system", "user", "assistant"):
-            raise InvalidOption(f"messages with role '{message.role}' are not supported")
-        history.append(Message(role=role, content=message.text))  # type: ignore[arg-type]
-    events = service.chat(resolved, history, json_schema=schema)
+    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools)
     return await _respond(events, body, resolved, kind="chat")
+
+
+def _history(messages: list[ChatMessage]) -> list[Message]:
+    """OpenAI's messages as the engine's; a tool result names its tool through the call it answers."""
+    tool_names: dict[str, str] = {}
+    history: list[Message] = []
+    for message in messages:
+        role = message.role.lower().replace("developer", "system")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidOption(f"messages with role '{message.role}' are not supported")
+        calls = []
+        for item in message.tool_calls or []:
+            try:
+                arguments = json.loads(item.function.arguments or "{}")
+            except ValueError:
+                raise InvalidOption(f"tool call '{item.function.name}': arguments are not valid JSON") from None
+            calls.append(ToolCall(name=item.function.name, arguments=arguments if isinstance(arguments, dict) else {}))
+            tool_names[item.id] = item.function.name
+        tool_name = message.name or tool_names.get(message.tool_call_id or "") if role == "tool" else None
+        history.append(EngineMessage(role=role, content=message.text, tool_calls=calls or None,  # type: ignore[arg-type]
+                                     tool_name=tool_name))
+    return history
 
 
 @router.post("/completions")
@@ -110,6 +128,8 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}
+            if item.tool_calls:
+                choice["message"]["tool_calls"] = _tool_calls(item)
         else:
             choice.update(text=text, logprobs=None)
         return JSONResponse({**base, "choices": [choice], "usage": _usage(item)}, headers=headers)
@@ -138,6 +158,8 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
                 item = await anext(events)
             if kind == "chat" and not started:
                 yield chunk({"role": "assistant", "content": ""})
+            if item.tool_calls:
+                yield chunk({"tool_calls": _tool_calls(item)})
             yield chunk(None, _finish_reason(item))
             if include_usage:
                 yield _event({**base, "object": chunk_object, "choices": [], "usage": _usage(item)})
@@ -151,7 +173,16 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
 
 
 def _finish_reason(result: Result) -> str:
+    if result.tool_calls:
+        return "tool_calls"
     return "length" if result.finished.stats.done_reason == "length" else "stop"
+
+
+def _tool_calls(result: Result) -> list[dict[str, Any]]:
+    """OpenAI's shape: an id per call, arguments as a JSON text."""
+    return [{"index": index, "id": "call_" + secrets.token_hex(12), "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+            for index, call in enumerate(result.tool_calls)]
 
 
 def _usage(result: Result) -> dict[str, int]:

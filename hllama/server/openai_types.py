@@ -16,9 +16,23 @@ class ContentPart(_Lenient):
     text: str = ""
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = "{}"  # a JSON text, in OpenAI's shape
+
+
+class ToolCallItem(_Lenient):
+    id: str = ""
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
     role: str
     content: str | list[ContentPart] | None = ""
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     @property
     def text(self) -> str:
@@ -59,6 +73,7 @@ class _Sampling(_Lenient):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
 

@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.generate import END, Generation
+from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError
 from hllama.hardware import Budget
 from hllama.modelfile import Message
@@ -40,6 +41,7 @@ class Result:
     prompt_ids: list[int]
     load_ns: int
     total_ns: int
+    tool_calls: tuple[ToolCall, ...] = ()  # found in the answer when the request offered tools
 
 
 class Service:
@@ -89,14 +91,19 @@ class Service:
         except AliasNotFound:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
-    def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None
-             ) -> AsyncIterator[str | Result]:
-        """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model."""
+    def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None,
+             tools: list[dict[str, Any]] | None = None) -> AsyncIterator[str | Result]:
+        """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
+
+        With ``tools``, the pieces are the answer's content only; its tool calls come in the Result.
+        """
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=json_schema)
-            return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx)
+            return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx,
+                                tools=tools, model=resolved.name)
 
-        return self._generate(resolved, prompt_for)
+        events = self._generate(resolved, prompt_for)
+        return _taking_out_tool_calls(events) if tools else events
 
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
                  ) -> AsyncIterator[str | Result]:
@@ -129,6 +136,22 @@ class Service:
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()
                 await asyncio.shield(asyncio.to_thread(generation.join))
+
+
+async def _taking_out_tool_calls(events: AsyncIterator[str | Result]) -> AsyncIterator[str | Result]:
+    calls = ToolCallStream()
+    try:
+        async for item in events:
+            if isinstance(item, str):
+                if piece := calls.feed(item):
+                    yield piece
+                continue
+            rest, found = calls.finish()
+            if rest:
+                yield rest
+            yield replace(item, tool_calls=tuple(found))
+    finally:  # closed early by a client that left: give the model back now
+        await events.aclose()
 
 
 class LoopSink:

@@ -1,0 +1,94 @@
+"""Tool calls: offer a request's tools to the chat template, and find the calls in what the model writes.
+
+Models write tool calls in one of a few shapes: Hermes-style blocks ``<tool_call>{"name": ...,
+"arguments": {...}}</tool_call>`` (Qwen 2.5/3, Hermes, SmolLM3 and most fine-tunes), or the whole
+answer as one JSON object (or a list of them) with ``name`` and ``arguments``/``parameters``
+(Llama 3.x). Text outside the calls is the answer's content.
+
+While streaming, :class:`ToolCallStream` passes content through and holds back what may be a call,
+so a client never sees half a call as text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hllama.engine.stops import StopMatcher
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
+
+
+class ToolCall(BaseModel):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+def supports_tools(template: str | None) -> bool:
+    """Whether a chat template renders the ``tools`` it is given (Ollama's ``tools`` capability)."""
+    return bool(template) and "tools" in template
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """The content and the tool calls in a whole answer; text that is no valid call stays content."""
+    if OPEN in text:
+        calls = [call for block in _BLOCK.findall(text) for call in _calls_in(block)]
+        if calls:
+            return _BLOCK.sub("", text).strip(), calls
+        return text, []
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        calls = _calls_in(stripped)
+        if calls:
+            return "", calls
+    return text, []
+
+
+def _calls_in(text: str) -> list[ToolCall]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return []
+        arguments = item.get("arguments", item.get("parameters", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return []
+        if not isinstance(arguments, dict):
+            return []
+        calls.append(ToolCall(name=item["name"], arguments=arguments))
+    return calls
+
+
+class ToolCallStream:
+    """Streamed content with tool calls taken out.
+
+    ``feed`` returns the content that is safe to show now: text from ``<tool_call>`` on (and any tail
+    that could begin it) is held back, and so is a whole answer that begins like JSON. ``finish``
+    parses what was held and returns the rest of the content and the calls.
+    """
+
+    def __init__(self) -> None:
+        self.seen = ""
+        self._content = StopMatcher([OPEN])  # content ends where the first call begins
+
+    def feed(self, piece: str) -> str:
+        self.seen += piece
+        if self.seen.lstrip().startswith(("{", "[")):
+            return ""  # a JSON-shaped answer is a call or content only once it is whole
+        return self._content.feed(self.seen)
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        held = self.seen[len(self._content.text):]
+        content, calls = parse_tool_calls(held)
+        return (content, calls) if calls else (held, [])

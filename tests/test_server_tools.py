@@ -1,0 +1,93 @@
+"""Tool calling through both APIs, with a tiny model trained to call ``get_weather``."""
+
+import json
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from hllama.config import load_settings
+
+from .liveserver import live_server
+from .tinymodel import (
+    CHATS,
+    REPO_ID,
+    TOOL_REPO_ID,
+    WEATHER_ANSWER,
+    WEATHER_QUESTION,
+    WEATHER_RESULT,
+    WEATHER_TOOL,
+    install_into_cache,
+)
+
+ASK = [{"role": "user", "content": WEATHER_QUESTION}]
+GREEDY = {"temperature": 0}
+
+
+@pytest.fixture
+def url(tool_model_dir: Path, tiny_cache: Path):
+    install_into_cache(tool_model_dir, tiny_cache, repo_id=TOOL_REPO_ID)
+    with live_server(load_settings(), watch=False) as base:
+        yield base
+
+
+def test_ollama_chat_returns_tool_calls_and_takes_their_results(url: str):
+    client = ollama.Client(host=url)
+    assert "tools" in client.show(TOOL_REPO_ID).capabilities
+    reply = client.chat(TOOL_REPO_ID, messages=ASK, tools=[WEATHER_TOOL], options=GREEDY).message
+    assert reply.content == ""
+    [call] = reply.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
+
+    chunks = list(client.chat(TOOL_REPO_ID, messages=ASK, tools=[WEATHER_TOOL], options=GREEDY, stream=True))
+    assert "".join(chunk.message.content for chunk in chunks) == ""  # no piece of the call leaks as text
+    assert [chunk.message.tool_calls for chunk in chunks if chunk.message.tool_calls] == [reply.tool_calls]
+    assert chunks[-1].done and chunks[-1].done_reason == "stop"
+
+    follow_up = [*ASK, reply, {"role": "tool", "content": WEATHER_RESULT, "tool_name": "get_weather"}]
+    answer = client.chat(TOOL_REPO_ID, messages=follow_up, tools=[WEATHER_TOOL], options=GREEDY).message
+    assert answer.content == WEATHER_ANSWER and not answer.tool_calls
+
+
+def test_offered_tools_need_not_be_called(url: str):
+    messages = [{"role": "user", "content": CHATS[0][0]}]
+    pieces = [chunk.message.content for chunk in ollama.Client(host=url).chat(
+        TOOL_REPO_ID, messages=messages, tools=[WEATHER_TOOL], options=GREEDY, stream=True)]
+    assert "".join(pieces) == CHATS[0][1] and len([piece for piece in pieces if piece]) > 1  # still streamed
+
+
+def test_openai_tool_calls_round_trip(url: str):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    tools = [WEATHER_TOOL]
+    first = client.chat.completions.create(model=TOOL_REPO_ID, messages=ASK, tools=tools, temperature=0)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+    streamed = list(client.chat.completions.create(model=TOOL_REPO_ID, messages=ASK, tools=tools, temperature=0,
+                                                   stream=True))
+    deltas = [chunk.choices[0].delta for chunk in streamed]
+    [streamed_call] = [call for delta in deltas for call in delta.tool_calls or []]
+    assert streamed_call.function.name == "get_weather" and streamed_call.index == 0
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+
+    follow_up = [*ASK, choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": WEATHER_RESULT}]
+    second = client.chat.completions.create(model=TOOL_REPO_ID, messages=follow_up, tools=tools, temperature=0)
+    assert second.choices[0].message.content == WEATHER_ANSWER
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.tool_calls is None
+
+
+def test_tools_for_a_model_whose_template_cannot_render_them(url: str):
+    response = httpx.post(f"{url}/api/chat", json={"model": REPO_ID, "messages": ASK, "tools": [WEATHER_TOOL],
+                                                   "stream": False}, timeout=60)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"{REPO_ID} does not support tools")
+    bad_arguments = {"model": TOOL_REPO_ID, "messages": [*ASK, {"role": "assistant", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": "{oops"}}]}]}
+    response = httpx.post(f"{url}/v1/chat/completions", json=bad_arguments, timeout=60)
+    assert response.status_code == 400 and "arguments are not valid JSON" in response.json()["error"]["message"]
