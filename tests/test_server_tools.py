@@ -90,4 +90,4 @@ def test_tools_for_a_model_whose_template_cannot_render_them(url: str):
     bad_arguments = {"model": TOOL_REPO_ID, "messages": [*ASK, {"role": "assistant", "tool_calls": [
         {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": "{oops"}}]}]}
     response = httpx.post(f"{url}/v1/chat/completions", json=bad_arguments, timeout=60)
-    assert response.status_code == 400 and "arguments are not valid JSON" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "arguments must be a JSON object" in response.json()["error"]["message"]

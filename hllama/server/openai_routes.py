@@ -61,8 +61,10 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
             try:
                 arguments = json.loads(item.function.arguments or "{}")
             except ValueError:
-                raise InvalidOption(f"tool call '{item.function.name}': arguments are not valid JSON") from None
-            calls.append(ToolCall(name=item.function.name, arguments=arguments if isinstance(arguments, dict) else {}))
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise InvalidOption(f"tool call '{item.function.name}': arguments must be a JSON object")
+            calls.append(ToolCall(name=item.function.name, arguments=arguments))
             tool_names[item.id] = item.function.name
         tool_name = message.name or tool_names.get(message.tool_call_id or "") if role == "tool" else None
         history.append(EngineMessage(role=role, content=message.text, tool_calls=calls or None,  # type: ignore[arg-type]
