@@ -129,10 +129,12 @@ class PromptTooLong(HllamaError, ValueError):
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
 
 
-class ToolsUnsupported(HllamaError, ValueError):
-    def __init__(self, model: str) -> None:
-        self.model = model
-        super().__init__(f"{model} does not support tools (its chat template does not render them)")
+class NotSupported(HllamaError, ValueError):
+    """A request asks for what the model's chat template cannot do (tools, thinking)."""
+
+    def __init__(self, model: str, capability: str) -> None:
+        self.model, self.capability = model, capability
+        super().__init__(f"{model} does not support {capability} (its chat template has no place for it)")
 
 
 class ServerBusy(HllamaError, RuntimeError):

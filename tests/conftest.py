@@ -49,6 +49,14 @@ def tool_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tool_model(tmp_path_factory.mktemp("tool-model"))
 
 
+@pytest.fixture(scope="session")
+def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained to think before it answers (tests/tinymodel.py), built once per test run."""
+    from .tinymodel import build_thinking_model
+
+    return build_thinking_model(tmp_path_factory.mktemp("thinking-model"))
+
+
 @pytest.fixture
 def tiny_cache(tiny_model_dir: Path, hllama_home: Path) -> Path:
     """This test's Hub cache holding the tiny model as ``hllama-test/tiny-chat``."""

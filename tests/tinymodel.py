@@ -174,6 +174,37 @@ def build_tool_model(out_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# A variant that thinks first
+
+THINKING_REPO_ID = "hllama-test/tiny-thinker"
+
+#: Qwen3's way: an assistant turn may start with <think>...</think>; enable_thinking=false closes it empty.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message.get('reasoning_content') %}<think>{{ message['reasoning_content'] }}</think>{% endif %}"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}{% endif %}"
+)
+
+THOUGHT = "France is in Europe; its capital is Paris."
+
+
+def build_thinking_model(out_dir: Path) -> Path:
+    """A tiny model that thinks ``THOUGHT`` before it answers ``CHATS[0]``, and answers at once when told not to."""
+    renderer = build_tokenizer(template=THINKING_TEMPLATE)
+    question, answer = CHATS[0]
+    ask = [{"role": "user", "content": question}]
+    examples = [
+        renderer.apply_chat_template([*ask, {"role": "assistant", "content": answer, "reasoning_content": THOUGHT}],
+                                     tokenize=False),
+        renderer.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        + f"{answer}<|im_end|>\n",
+    ]
+    return build_model(out_dir, examples=examples, template=THINKING_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------
 # The Hub's cache layout
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".h5", ".msgpack", ".onnx")

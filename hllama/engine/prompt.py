@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import ToolCall, supports_tools
-from hllama.errors import PromptTooLong, ToolsUnsupported
+from hllama.errors import NotSupported, PromptTooLong
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 
@@ -32,6 +33,7 @@ class ChatMessage(Message):
     content: str = ""
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None  # the tool whose result a "tool" message carries
+    thinking: str | None = None  # an assistant's thinking, for templates that show it again
 
 
 def template_message(message: Message) -> dict[str, Any]:
@@ -43,6 +45,8 @@ def template_message(message: Message) -> dict[str, Any]:
                                       for call in message.tool_calls]
         if message.tool_name:
             document["name"] = message.tool_name
+        if message.thinking:
+            document["reasoning_content"] = message.thinking  # the name Qwen3's and DeepSeek's templates use
     return document
 
 
@@ -53,6 +57,7 @@ class Prompt:
     messages: list[dict[str, str]]
     dropped_turns: int = 0
     extra_stops: tuple[str, ...] = field(default_factory=tuple)
+    thinking: bool | None = None  # None: the model does not think; else whether its thinking is wanted
 
 
 def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema: Any = None
@@ -79,35 +84,46 @@ def _json_instruction(schema: Any) -> str:
 
 
 def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
-                 ctx: int | None = None, tools: list[dict[str, Any]] | None = None, model: str = "the model"
-                 ) -> Prompt:
+                 ctx: int | None = None, tools: list[dict[str, Any]] | None = None,
+                 think: bool | str | None = None, model: str = "the model") -> Prompt:
     """Render and tokenize, dropping the oldest whole turns while the prompt does not fit ``ctx``.
 
     ``tools`` (OpenAI's function definitions, as Ollama takes them too) go to the chat template;
-    a template that would not render them is refused rather than silently ignoring them.
+    ``think`` (a bool or a level) becomes its ``enable_thinking`` (and ``reasoning_effort``). Asking
+    for either from a template with no place for it is refused rather than silently ignored.
     """
-    if tools and not supports_tools(template or getattr(tokenizer, "chat_template", None)):
-        raise ToolsUnsupported(model)
+    chat_template = template or getattr(tokenizer, "chat_template", None)
+    if tools and not supports_tools(chat_template):
+        raise NotSupported(model, "tools")
+    thinks = supports_thinking(chat_template)
+    if think and not thinks:
+        raise NotSupported(model, "thinking")
+    options: dict[str, Any] = {}
+    if thinks and think is not None:
+        options["enable_thinking"] = bool(think)
+        if isinstance(think, str):
+            options["reasoning_effort"] = think
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = _turns(messages[len(system):])
     dropped = 0
     while True:
         kept = system + [message for turn in turns[dropped:] for message in turn]
-        text, extra_stops = render(tokenizer, kept, template=template, tools=tools)
+        text, extra_stops = render(tokenizer, kept, template=template, tools=tools, **options)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if ctx is None or len(ids) < ctx:  # room for at least one new token
-            return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops)
+            return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops,
+                          thinking=(think is not False) if thinks else None)
         if dropped >= len(turns) - 1:
             raise PromptTooLong(len(ids) + 1, ctx)
         dropped += 1
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
-           tools: list[dict[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
-    """The prompt text, and the stop strings the format itself needs."""
+           tools: list[dict[str, Any]] | None = None, **options: Any) -> tuple[str, tuple[str, ...]]:
+    """The prompt text, and the stop strings the format itself needs. ``options`` go to the template."""
     if template or getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=True, tools=tools or None)
+                                             add_generation_prompt=True, tools=tools or None, **options)
         return text, ()
     return plain_format(messages), FALLBACK_STOPS
 

@@ -25,11 +25,11 @@ from hllama.errors import (
     ModelLoadError,
     ModelNotDownloaded,
     ModelTooLarge,
+    NotSupported,
     PromptTooLong,
     QuantizationUnavailable,
     RemoteModelNotFound,
     ServerBusy,
-    ToolsUnsupported,
 )
 from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
@@ -43,7 +43,7 @@ log = logging.getLogger("hllama.server")
 #: Error class -> HTTP status, applied by a single handler (the first class in the MRO that is listed wins).
 HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
-    ToolsUnsupported: 400,
+    NotSupported: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, RemoteModelNotFound: 404,
     GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,

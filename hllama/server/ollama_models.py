@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from hllama import __version__, hub
 from hllama.catalog import Row, catalog, plan_for
+from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
@@ -98,7 +99,8 @@ async def show(request: Request) -> dict[str, Any]:
         "details": details(load_plan),
         "messages": [message.model_dump() for message in resolved.messages],
         "model_info": model_info(load_plan),
-        "capabilities": ["completion", *(["tools"] if supports_tools(template) else [])],
+        "capabilities": ["completion", *(["tools"] if supports_tools(template) else []),
+                         *(["thinking"] if supports_thinking(template) else [])],
         "modified_at": local_rfc3339(entry.modified if entry else time.time()),
     }
     if entry is not None and entry.error is not None:

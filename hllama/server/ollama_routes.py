@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hllama.engine import build_prompt, conversation
+from hllama.engine.thinking import Thought
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
@@ -40,25 +41,33 @@ async def chat(request: Request) -> Response:
     name = wire_name(body.model)
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
-    events = service.chat(resolved, messages_from(body.messages), json_schema=schema, tools=body.tools)
+    events = service.chat(resolved, messages_from(body.messages), json_schema=schema, tools=body.tools,
+                          think=body.think)
 
     def message(content: str, result: Result | None = None) -> dict[str, Any]:
         document: dict[str, Any] = {"role": "assistant", "content": content}
+        if result is not None and result.thinking:
+            document["thinking"] = result.thinking
         if result is not None and result.tool_calls:
             document["tool_calls"] = wire_tool_calls(result.tool_calls)
         return document
 
-    def chunk(piece: str) -> dict[str, Any]:
-        return {"model": name, "created_at": now_rfc3339(), "message": message(piece), "done": False}
+    def chunk(piece: str | Thought) -> dict[str, Any]:
+        said = {"role": "assistant", "content": "", "thinking": piece.text} if isinstance(piece, Thought) \
+            else message(piece)
+        return {"model": name, "created_at": now_rfc3339(), "message": said, "done": False}
 
     def final(result: Result, text: str) -> dict[str, Any]:
-        with_calls = None if body.stream else result  # a stream sent them in a chunk of their own
-        return {"model": name, "created_at": now_rfc3339(), "message": message(text, with_calls), "done": True,
+        whole = None if body.stream else result  # a stream sent thinking and calls as they came
+        return {"model": name, "created_at": now_rfc3339(), "message": message(text, whole), "done": True,
                 **_stats(result)}
 
     def calls(result: Result) -> dict[str, Any] | None:
         """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
-        return {**chunk(""), "message": message("", result)} if result.tool_calls else None
+        if not result.tool_calls:
+            return None
+        return {"model": name, "created_at": now_rfc3339(), "done": False,
+                "message": {"role": "assistant", "content": "", "tool_calls": wire_tool_calls(result.tool_calls)}}
 
     return await _respond(events, chunk, final, stream=body.stream, resolved=resolved, before_final=calls)
 
@@ -80,13 +89,17 @@ async def generate(request: Request) -> Response:
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
-        events = service.chat(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
+        events = service.chat(resolved, [Message(role="user", content=body.prompt)], json_schema=schema,
+                              think=body.think)
 
-    def chunk(piece: str) -> dict[str, Any]:
-        return {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
+    def chunk(piece: str | Thought) -> dict[str, Any]:
+        said = {"response": "", "thinking": piece.text} if isinstance(piece, Thought) else {"response": piece}
+        return {"model": name, "created_at": now_rfc3339(), **said, "done": False}
 
     def final(result: Result, text: str) -> dict[str, Any]:
         document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result)}
+        if result.thinking and not body.stream:
+            document["thinking"] = result.thinking
         if not body.raw:
             document["context"] = result.prompt_ids + result.finished.generated_ids
         return document

@@ -42,6 +42,7 @@ class OllamaMessage(_Lenient):
     content: str = ""
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None
+    thinking: str | None = None
 
 
 class _Generation(_Lenient):
@@ -50,6 +51,7 @@ class _Generation(_Lenient):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: float | str | None = None
+    think: bool | Literal["low", "medium", "high", "max"] | None = None
 
 
 class ChatRequest(_Generation):
@@ -160,7 +162,7 @@ def messages_from(request_messages: list[OllamaMessage]) -> list[Message]:
         calls = [ToolCall(name=call.function.name, arguments=call.function.arguments)
                  for call in message.tool_calls or []]
         messages.append(ChatMessage(role=role, content=message.content, tool_calls=calls or None,  # type: ignore[arg-type]
-                                    tool_name=message.tool_name))
+                                    tool_name=message.tool_name, thinking=message.thinking))
     return messages
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from hllama.catalog import catalog
 from hllama.engine.prompt import ChatMessage as EngineMessage
+from hllama.engine.thinking import Thought
 from hllama.engine.tools import ToolCall
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
@@ -44,7 +45,11 @@ async def chat_completions(request: Request) -> Response:
             schema = (body.response_format.json_schema or {}).get("schema") or {}
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, parameters)
-    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools)
+    try:
+        think = body.think()
+    except ValueError as exc:
+        raise InvalidOption(str(exc)) from None
+    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools, think=think)
     return await _respond(events, body, resolved, kind="chat")
 
 
@@ -130,6 +135,8 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}
+            if item.thinking:
+                choice["message"]["reasoning"] = item.thinking
             if item.tool_calls:
                 choice["message"]["tool_calls"] = _tool_calls(item)
         else:
@@ -152,7 +159,9 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
         try:
             while not isinstance(item, Result):
                 if kind == "chat":
-                    delta = {"role": "assistant", "content": item} if not started else {"content": item}
+                    delta = {"reasoning": item.text} if isinstance(item, Thought) else {"content": item}
+                    if not started:
+                        delta = {"role": "assistant", **delta}
                 else:
                     delta = item
                 started = True

@@ -71,9 +71,28 @@ class _Sampling(_Lenient):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class Reasoning(_Lenient):
+    effort: str | None = None
+
+
+#: OpenAI's reasoning efforts as Ollama's ``think`` (False: do not think).
+EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                                          "high": "high", "xhigh": "max", "ultra": "max", "max": "max"}
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+    reasoning_effort: str | None = None
+    reasoning: Reasoning | None = None
+
+    def think(self) -> bool | str | None:
+        effort = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
+        if effort is None:
+            return None
+        if effort not in EFFORT_TO_THINK:
+            raise ValueError(f"invalid reasoning effort {effort!r}: use one of {', '.join(EFFORT_TO_THINK)}")
+        return EFFORT_TO_THINK[effort]
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
 

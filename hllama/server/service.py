@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.generate import END, Generation
+from hllama.engine.thinking import ThinkingSplitter, Thought, opens_thinking
 from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError
 from hllama.hardware import Budget
@@ -42,6 +43,7 @@ class Result:
     load_ns: int
     total_ns: int
     tool_calls: tuple[ToolCall, ...] = ()  # found in the answer when the request offered tools
+    thinking: str = ""  # what a thinking model thought before it answered, when that was wanted
 
 
 class Service:
@@ -92,15 +94,17 @@ class Service:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
     def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None,
-             tools: list[dict[str, Any]] | None = None) -> AsyncIterator[str | Result]:
+             tools: list[dict[str, Any]] | None = None, think: bool | str | None = None
+             ) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
-        With ``tools``, the pieces are the answer's content only; its tool calls come in the Result.
+        A thinking model's thinking comes as :class:`Thought` pieces (``think=False`` drops it). With
+        ``tools``, the text pieces are the answer's content only; its tool calls come in the Result.
         """
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=json_schema)
             return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx,
-                                tools=tools, model=resolved.name)
+                                tools=tools, think=think, model=resolved.name)
 
         events = self._generate(resolved, prompt_for)
         return _taking_out_tool_calls(events) if tools else events
@@ -111,37 +115,72 @@ class Service:
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)))
 
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any]
-                        ) -> AsyncIterator[str | Result]:
+                        ) -> AsyncIterator[str | Thought | Result]:
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             prompt = await asyncio.to_thread(prompt_for, loaded)
+            parts = _Parts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops)
             generation.start()
             try:
                 while True:
                     batch = await sink.take()
-                    if text := "".join(item for item in batch if isinstance(item, str)):
-                        yield text  # pieces that arrived together leave together: one chunk, one write
+                    # pieces that arrived together leave together: one chunk, one write
+                    for part in parts.of("".join(item for item in batch if isinstance(item, str))):
+                        yield part
                     for item in batch:
                         if isinstance(item, BaseException):
                             raise item
                         if item is END:
+                            for part in parts.finish():
+                                yield part
                             yield Result(finished=generation.finished(), prompt_ids=list(prompt.ids),
-                                         load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
+                                         load_ns=acquired - started, total_ns=time.perf_counter_ns() - started,
+                                         thinking=parts.thinking)
                             return
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()
                 await asyncio.shield(asyncio.to_thread(generation.join))
 
 
+class _Parts:
+    """A thinking model's text as thinking and answer (the thinking dropped when it was not wanted)."""
+
+    def __init__(self, prompt: Any) -> None:
+        wanted = getattr(prompt, "thinking", None)
+        self.show_thinking = bool(wanted)
+        self.splitter = (ThinkingSplitter(thinking_open=opens_thinking(prompt.text)) if wanted is not None
+                         else None)
+
+    def of(self, text: str) -> list[str | Thought]:
+        if not text:
+            return []
+        if self.splitter is None:
+            return [text]
+        return self._pair(*self.splitter.feed(text))
+
+    def finish(self) -> list[str | Thought]:
+        return self._pair(*self.splitter.finish()) if self.splitter else []
+
+    @property
+    def thinking(self) -> str:
+        return self.splitter.thinking if self.splitter and self.show_thinking else ""
+
+    def _pair(self, thought: str, content: str) -> list[str | Thought]:
+        return [*([Thought(thought)] if thought and self.show_thinking else []), *([content] if content else [])]
+
+
 async def _taking_out_tool_calls(events: AsyncIterator[str | Result]) -> AsyncIterator[str | Result]:
     calls = ToolCallStream()
     try:
         async for item in events:
+            if isinstance(item, Thought):
+                yield item
+                continue
             if isinstance(item, str):
                 if piece := calls.feed(item):
                     yield piece
@@ -188,13 +227,16 @@ class LoopSink:
         return items
 
 
-async def collect(first: str | Result, events: AsyncIterator[str | Result]) -> tuple[list[str], Result]:
-    """A whole answer, for clients that do not stream. Closing the stream gives the model back at once."""
+async def collect(first: str | Thought | Result, events: AsyncIterator[str | Thought | Result]
+                  ) -> tuple[list[str], Result]:
+    """A whole answer, for clients that do not stream (its thinking is in the Result). Closing the stream
+    gives the model back at once."""
     pieces: list[str] = []
     item = first
     try:
         while not isinstance(item, Result):
-            pieces.append(item)
+            if isinstance(item, str):
+                pieces.append(item)
             item = await anext(events)
     finally:
         await events.aclose()

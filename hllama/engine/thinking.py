@@ -1,0 +1,83 @@
+"""Thinking: models that reason before they answer write ``<think>...</think>`` first (Qwen3,
+DeepSeek-R1 distills, SmolLM3, ...), and clients want the two apart: Ollama's ``thinking``, OpenAI's
+``reasoning``. Some templates open the block in the prompt itself, so the answer starts inside it.
+
+:class:`ThinkingSplitter` separates a streamed answer as it comes, never showing a piece of a tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hllama.engine.stops import StopMatcher
+
+OPEN, CLOSE = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class Thought:
+    """A piece of the model's thinking, streamed beside the pieces of its answer."""
+
+    text: str
+
+
+def supports_thinking(template: str | None) -> bool:
+    """Whether a chat template knows of thinking (Ollama's ``thinking`` capability)."""
+    return bool(template) and (OPEN in template or "enable_thinking" in template)
+
+
+def opens_thinking(prompt_text: str) -> bool:
+    """The prompt ends inside a think block: the answer starts with thinking."""
+    return prompt_text.rstrip().endswith(OPEN)
+
+
+class ThinkingSplitter:
+    """Feed pieces of an answer; get back (thinking, content) pieces that are safe to show."""
+
+    def __init__(self, *, thinking_open: bool = False) -> None:
+        self.text = ""
+        self._thinking_from: int | None = 0 if thinking_open else None
+        self._content_from: int | None = None
+        self._thinking = StopMatcher([CLOSE])  # the thinking ends where </think> begins
+        self._content_shown = ""
+        self._undecided = not thinking_open  # the answer may yet begin with <think>
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        self.text += piece
+        if self._undecided:
+            head = self.text.lstrip()
+            if head.startswith(OPEN):
+                self._thinking_from = len(self.text) - len(head) + len(OPEN)
+            elif OPEN.startswith(head):
+                return "", ""  # could still become <think>
+            else:
+                self._content_from = 0
+            self._undecided = False
+        thinking = ""
+        if self._thinking_from is not None and self._content_from is None:
+            thinking = self._thinking.feed(self.text[self._thinking_from:])
+            if self._thinking.stopped:
+                self._content_from = self._thinking_from + len(self._thinking.text) + len(CLOSE)
+        return thinking, self._content()
+
+    def finish(self) -> tuple[str, str]:
+        """The rest: an unclosed block is all thinking; an answer too short to tell is content."""
+        if self._undecided:
+            self._content_from, self._undecided = 0, False
+        if self._content_from is None:
+            return self._thinking.flush(self.text[self._thinking_from or 0:]), ""
+        return "", self._content()
+
+    @property
+    def thinking(self) -> str:
+        return self._thinking.text
+
+    def _content(self) -> str:
+        if self._content_from is None:
+            return ""
+        content = self.text[self._content_from:]
+        if self._thinking_from is not None:
+            content = content.lstrip()  # the blank line after </think> is not part of the answer
+        piece = content[len(self._content_shown):]
+        self._content_shown = content
+        return piece
