@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
+from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.errors import InvalidOption
 from hllama.fsutil import atomic_write_text
 from hllama.modelfile import Message
@@ -42,31 +43,35 @@ class ChatSession:
     """The context sent with each turn. ``resolved`` may be replaced between turns (``/set``)."""
 
     def __init__(self, loaded: LoadedModel, resolved: Resolved, *, history: list[Message] | None = None,
-                 history_file: Path | None = None) -> None:
+                 history_file: Path | None = None, think: bool | str | None = None) -> None:
         self.loaded = loaded
         self.resolved = resolved
+        self.think = think  # for thinking models: None is the model's own default
         self.history_file = history_file
         self.log = list(history or [])  # every turn, kept in history_file
         self.messages = list(self.log)  # what the model sees; /clear empties it
 
-    def ask(self, text: str, *, cancel: threading.Event | None = None) -> Iterator[str | Finished]:
-        """Stream one answer. An interrupted answer stays in the context as far as it got."""
+    def ask(self, text: str, *, cancel: threading.Event | None = None) -> Iterator[str | Thought | Finished]:
+        """Stream one answer (a thinking model's thinking as :class:`Thought` pieces). An interrupted answer
+        stays in the context as far as it got; thinking is not kept."""
         question = Message(role="user", content=text)
         prompt = build_prompt(self.loaded.tokenizer, conversation(self.resolved, [*self.messages, question]),
-                              template=self.resolved.template, ctx=self.resolved.parameters.ctx)
+                              template=self.resolved.template, ctx=self.resolved.parameters.ctx, think=self.think,
+                              model=self.resolved.name)
         self.messages.append(question)
+        parts = ThinkingParts(prompt)
         pieces: list[str] = []
-        answer: str | None = None
         try:
             for item in stream(self.loaded, prompt.ids, self.resolved.parameters, stops=prompt.extra_stops,
                                cancel=cancel):
+                for part in parts.finish() if isinstance(item, Finished) else parts.of(item):
+                    if isinstance(part, str):
+                        pieces.append(part)
+                    yield part
                 if isinstance(item, Finished):
-                    answer = item.text
-                else:
-                    pieces.append(item)
-                yield item
+                    yield item
         finally:
-            reply = Message(role="assistant", content=answer if answer is not None else "".join(pieces))
+            reply = Message(role="assistant", content="".join(pieces))
             self.messages.append(reply)
             self.log += [question, reply]
             if self.history_file:

@@ -9,7 +9,7 @@ import pytest
 from hllama.cli import main
 
 from .conftest import chat_in_terminal
-from .tinymodel import CHATS, REPO_ID
+from .tinymodel import CHATS, REPO_ID, THINKING_REPO_ID, THOUGHT, install_into_cache
 
 
 @pytest.fixture
@@ -110,6 +110,10 @@ def test_interactive_chat_in_a_terminal(tiny_alias, tmp_path: Path):
         child.expect_exact(">>> ")
         child.sendline(f"/save {saved}")
         child.expect_exact(f"Saved the conversation to {saved}")
+        child.sendline("/set think hard")
+        child.expect_exact("Error: invalid think value 'hard'")
+        child.sendline("/set nothink")
+        child.expect_exact("Set 'nothink' mode.")
         child.sendline("/nonsense")
         child.expect_exact("Unknown command '/nonsense'. Type /? for help")
         child.sendcontrol("c")
@@ -132,3 +136,31 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_alias):
         child.sendline("/bye")
         child.expect(pexpect.EOF)
     assert child.exitstatus == 0
+
+
+@pytest.fixture
+def thinker(thinking_model_dir: Path, tiny_cache: Path) -> str:
+    install_into_cache(thinking_model_dir, tiny_cache, repo_id=THINKING_REPO_ID)
+    return THINKING_REPO_ID
+
+
+def test_run_shows_thinking_apart_and_keeps_only_the_answer(capsys, monkeypatch, thinker, tmp_path: Path):
+    question, answer = CHATS[0]
+    history = tmp_path / "history.json"
+    code, out, _ = run(capsys, monkeypatch, "run", thinker, question, "--temperature", "0", "--history", str(history))
+    assert (code, out) == (0, f"Thinking...\n{THOUGHT}\n...done thinking.\n\n{answer}\n")
+    assert json.loads(history.read_text())[-1] == {"role": "assistant", "content": answer}
+    for flags in (["--hidethinking"], ["--think=false"], ["--think", "false", "--temperature", "0"]):
+        assert run(capsys, monkeypatch, "run", thinker, question, "--temperature", "0", *flags) == (
+            0, answer + "\n", "")
+
+
+def test_think_errors_are_one_line(capsys, monkeypatch, thinker, tiny_alias):
+    code, _, err = run(capsys, monkeypatch, "run", tiny_alias, "hi", "--think")
+    assert code == 1 and err == "Error: tiny does not support thinking (its chat template has no place for it)\n"
+    try:
+        code = main(["run", thinker, "hi", "--think=maybe"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code != 0 and "argument --think: invalid think value 'maybe'" in err and err.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,6 +22,8 @@ from hllama.store import AliasStore
 HELP = """Commands:
   /set parameter NAME VALUE   set a generation parameter (stop takes several values)
   /set system TEXT            set the system prompt
+  /set think [LEVEL]          thinking models: think first (LEVEL: low, medium, high, max)
+  /set nothink                thinking models: answer at once
   /show parameters            show the effective parameters and where each comes from
   /show system                show the system prompt
   /clear                      forget the conversation so far
@@ -42,9 +45,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--force", action="store_true", help="load even when it looks too large for memory")
         parser.add_argument("-y", "--yes", action="store_true", help="pull without asking, even if it cannot fit")
         parser.add_argument("--verbose", action="store_true", help="print timings after each answer")
+        parser.add_argument("--think", nargs="?", const=True, type=_think, metavar="LEVEL",
+                            help="thinking models: think first, or not (true, false, low, medium, high, max; "
+                                 "default: the model's own habit)")
+        parser.add_argument("--hidethinking", action="store_true", help="thinking models: show only the answer")
         add_generation_options(parser)
         add_load_options(parser)
         parser.set_defaults(run=run_chat)
+
+
+_THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def _think(text: str) -> bool | str:
+    value = text.lower()
+    if value in ("true", "false"):
+        return value == "true"
+    if value not in _THINK_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid think value {text!r}: use true, false, {', '.join(_THINK_LEVELS)}")
+    return value
 
 
 class _Conversation:
@@ -96,9 +115,10 @@ def run_chat(args: argparse.Namespace) -> int:
 
     history = load_history(args.history) if args.history else []  # a bad file fails before any download
     session = _open_session(talk.resolve(), settings, args, history)
+    show = _Shown(verbose=args.verbose, thinking=not args.hidethinking)
     if first is not None:
-        _answer(session, first, verbose=args.verbose)
-    return _repl(session, talk, verbose=args.verbose) if interactive else 0
+        _answer(session, first, show)
+    return _repl(session, talk, show) if interactive else 0
 
 
 def _first_message(args: argparse.Namespace) -> str | None:
@@ -126,26 +146,45 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
                           load=resolved.load, context=resolved.parameters.ctx):
             raise ModelNotDownloaded(resolved.model) from None
     loaded = load_model(resolved, budget=memory_budget(settings), force=args.force)
-    return ChatSession(loaded, resolved, history=history, history_file=args.history)
+    return ChatSession(loaded, resolved, history=history, history_file=args.history, think=args.think)
 
 
-def _answer(session, text: str, *, verbose: bool) -> None:
-    """Stream one answer to stdout; Ctrl+C stops it and keeps the chat going."""
+@dataclass(frozen=True)
+class _Shown:
+    verbose: bool  # timings after each answer
+    thinking: bool  # a thinking model's thinking, before its answer
+
+
+def _answer(session, text: str, show: _Shown) -> None:
+    """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it."""
     from hllama.engine import Finished
+    from hllama.engine.thinking import Thought
 
     cancel = threading.Event()
     finished = None
+    thinking = False
     try:
         for item in session.ask(text, cancel=cancel):
             if isinstance(item, Finished):
                 finished = item
+                continue
+            if isinstance(item, Thought):
+                if not show.thinking:
+                    continue
+                if not thinking:
+                    sys.stdout.write("Thinking...\n")
+                    thinking = True
+                sys.stdout.write(item.text)
             else:
+                if thinking:
+                    sys.stdout.write("\n...done thinking.\n\n")
+                    thinking = False
                 sys.stdout.write(item)
-                sys.stdout.flush()
+            sys.stdout.flush()
     except KeyboardInterrupt:
         cancel.set()
     print()
-    if verbose and finished is not None:
+    if show.verbose and finished is not None:
         _print_stats(finished, session.loaded.load_duration_ns)
 
 
@@ -161,7 +200,7 @@ def _print_stats(finished, load_ns: int) -> None:
           f"done reason:          {stats.done_reason}", file=sys.stderr)
 
 
-def _repl(session, talk: _Conversation, *, verbose: bool) -> int:
+def _repl(session, talk: _Conversation, show: _Shown) -> int:
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
@@ -187,7 +226,7 @@ def _repl(session, talk: _Conversation, *, verbose: bool) -> int:
         try:
             if note := talk.follow_edits(session):
                 print(note)
-            _answer(session, text, verbose=verbose)
+            _answer(session, text, show)
         except HllamaError as exc:
             print(f"Error: {exc}")
         print()
@@ -226,6 +265,15 @@ def _command(text: str, session, talk: _Conversation) -> str | None:
         talk.overrides = talk.overrides.model_copy(update={"system": text.split(None, 2)[2]})
         session.resolved = talk.resolve()
         print("Set system message.")
+    elif command == "/set" and len(words) in (2, 3) and words[1] == "think":
+        try:
+            session.think = _think(words[2]) if len(words) == 3 else True
+        except argparse.ArgumentTypeError as exc:
+            raise InvalidOption(str(exc)) from None
+        print("Set 'think' mode.")
+    elif command == "/set" and len(words) == 2 and words[1] == "nothink":
+        session.think = False
+        print("Set 'nothink' mode.")
     elif command == "/set" and len(words) >= 4 and words[1] == "parameter":
         _set_parameter(talk, words[2], words[3:])
         session.resolved = talk.resolve()

@@ -8,6 +8,7 @@ DeepSeek-R1 distills, SmolLM3, ...), and clients want the two apart: Ollama's ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hllama.engine.stops import StopMatcher
 
@@ -81,3 +82,33 @@ class ThinkingSplitter:
         piece = content[len(self._content_shown):]
         self._content_shown = content
         return piece
+
+
+class ThinkingParts:
+    """One answer's text as :class:`Thought` and content pieces, for any prompt.
+
+    For a prompt of a model that does not think (``prompt.thinking`` is None) the text passes as it
+    is; when the thinking was not wanted (``False``) it is dropped.
+    """
+
+    def __init__(self, prompt: Any) -> None:
+        wanted = getattr(prompt, "thinking", None)
+        self.show_thinking = bool(wanted)
+        self.splitter = ThinkingSplitter(thinking_open=opens_thinking(prompt.text)) if wanted is not None else None
+
+    def of(self, text: str) -> list[str | Thought]:
+        if not text:
+            return []
+        if self.splitter is None:
+            return [text]
+        return self._pair(*self.splitter.feed(text))
+
+    def finish(self) -> list[str | Thought]:
+        return self._pair(*self.splitter.finish()) if self.splitter else []
+
+    @property
+    def thinking(self) -> str:
+        return self.splitter.thinking if self.splitter and self.show_thinking else ""
+
+    def _pair(self, thought: str, content: str) -> list[str | Thought]:
+        return [*([Thought(thought)] if thought and self.show_thinking else []), *([content] if content else [])]

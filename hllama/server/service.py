@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.generate import END, Generation
-from hllama.engine.thinking import ThinkingSplitter, Thought, opens_thinking
+from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError
 from hllama.hardware import Budget
@@ -122,7 +122,7 @@ class Service:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             prompt = await asyncio.to_thread(prompt_for, loaded)
-            parts = _Parts(prompt)
+            parts = ThinkingParts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops)
             generation.start()
@@ -145,33 +145,6 @@ class Service:
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()
                 await asyncio.shield(asyncio.to_thread(generation.join))
-
-
-class _Parts:
-    """A thinking model's text as thinking and answer (the thinking dropped when it was not wanted)."""
-
-    def __init__(self, prompt: Any) -> None:
-        wanted = getattr(prompt, "thinking", None)
-        self.show_thinking = bool(wanted)
-        self.splitter = (ThinkingSplitter(thinking_open=opens_thinking(prompt.text)) if wanted is not None
-                         else None)
-
-    def of(self, text: str) -> list[str | Thought]:
-        if not text:
-            return []
-        if self.splitter is None:
-            return [text]
-        return self._pair(*self.splitter.feed(text))
-
-    def finish(self) -> list[str | Thought]:
-        return self._pair(*self.splitter.finish()) if self.splitter else []
-
-    @property
-    def thinking(self) -> str:
-        return self.splitter.thinking if self.splitter and self.show_thinking else ""
-
-    def _pair(self, thought: str, content: str) -> list[str | Thought]:
-        return [*([Thought(thought)] if thought and self.show_thinking else []), *([content] if content else [])]
 
 
 async def _taking_out_tool_calls(events: AsyncIterator[str | Result]) -> AsyncIterator[str | Result]:
