@@ -130,11 +130,12 @@ class PromptTooLong(HllamaError, ValueError):
 
 
 class NotSupported(HllamaError, ValueError):
-    """A request asks for what the model's chat template cannot do (tools, thinking)."""
+    """A request asks a model for what it cannot do: tools or thinking its template has no place for,
+    chat from an embedding model."""
 
-    def __init__(self, model: str, capability: str) -> None:
+    def __init__(self, model: str, capability: str, reason: str = "its chat template has no place for it") -> None:
         self.model, self.capability = model, capability
-        super().__init__(f"{model} does not support {capability} (its chat template has no place for it)")
+        super().__init__(f"{model} does not support {capability} ({reason})")
 
 
 class ServerBusy(HllamaError, RuntimeError):

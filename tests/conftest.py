@@ -57,6 +57,14 @@ def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_thinking_model(tmp_path_factory.mktemp("thinking-model"))
 
 
+@pytest.fixture(scope="session")
+def encoder_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT embedding model (random weights, CLS pooling), built once per test run."""
+    from .tinymodel import build_encoder_model
+
+    return build_encoder_model(tmp_path_factory.mktemp("encoder-model"))
+
+
 @pytest.fixture
 def tiny_cache(tiny_model_dir: Path, hllama_home: Path) -> Path:
     """This test's Hub cache holding the tiny model as ``hllama-test/tiny-chat``."""

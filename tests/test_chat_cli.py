@@ -9,7 +9,7 @@ import pytest
 from hllama.cli import main
 
 from .conftest import chat_in_terminal
-from .tinymodel import CHATS, REPO_ID, THINKING_REPO_ID, THOUGHT, install_into_cache
+from .tinymodel import CHATS, ENCODER_REPO_ID, REPO_ID, THINKING_REPO_ID, THOUGHT, install_into_cache
 
 
 @pytest.fixture
@@ -164,3 +164,11 @@ def test_think_errors_are_one_line(capsys, monkeypatch, thinker, tiny_alias):
         code = exc.code
     err = capsys.readouterr().err
     assert code != 0 and "argument --think: invalid think value 'maybe'" in err and err.count("\n") == 1
+
+
+def test_an_embedding_model_cannot_chat(capsys, monkeypatch, encoder_model_dir: Path, tiny_cache: Path):
+    install_into_cache(encoder_model_dir, tiny_cache, repo_id=ENCODER_REPO_ID)
+    code, out, err = run(capsys, monkeypatch, "run", ENCODER_REPO_ID, "hi")
+    assert (code, out) == (1, "")
+    assert err == (f"Error: {ENCODER_REPO_ID} does not support chat (it is an embedding model; serve it and use "
+                   "/api/embed)\n")

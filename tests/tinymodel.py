@@ -205,6 +205,35 @@ def build_thinking_model(out_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# An embedding model
+
+ENCODER_REPO_ID = "hllama-test/tiny-encoder"
+
+
+def build_encoder_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """A small BERT with random weights, laid out as sentence-transformers saves it (CLS pooling)."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    BertModel(config).eval().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
 # The Hub's cache layout
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".h5", ".msgpack", ".onnx")

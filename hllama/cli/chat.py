@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
-from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded
+from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded, NotSupported
 from hllama.options import SYNONYMS, Parameters
 from hllama.resolve import Overrides, Resolved, resolve
 from hllama.scheduler import load_key
@@ -146,6 +146,9 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
                           load=resolved.load, context=resolved.parameters.ctx):
             raise ModelNotDownloaded(resolved.model) from None
     loaded = load_model(resolved, budget=memory_budget(settings), force=args.force)
+    if not loaded.generates:
+        loaded.close()
+        raise NotSupported(resolved.name, "chat", "it is an embedding model; serve it and use /api/embed")
     return ChatSession(loaded, resolved, history=history, history_file=args.history, think=args.think)
 
 

@@ -42,6 +42,7 @@ class LoadedModel:
     memory_bytes: int
     load_duration_ns: int
     context_length: int | None
+    generates: bool = True  # False: an embedding model (an encoder), which only embeds
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
 
@@ -97,14 +98,15 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     precision = load_plan.chosen.precision
     kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
+    generates = is_generative(load_plan.footprint.config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
                                                   trust_remote_code=bool(resolved.load.trust_remote_code))
-        model = AutoModelForCausalLM.from_pretrained(source.folder, **kwargs)
+        model = (AutoModelForCausalLM if generates else AutoModel).from_pretrained(source.folder, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"cannot load '{resolved.model}': {str(exc).strip().splitlines()[0]}") from exc
     model.eval()
@@ -113,7 +115,19 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         model_id=resolved.model, revision=resolved.revision, load=resolved.load, source=source, plan=load_plan,
         model=model, tokenizer=tokenizer, memory_bytes=int(model.get_memory_footprint()),
         load_duration_ns=time.perf_counter_ns() - started,
-        context_length=trained if isinstance(trained, int) else None)
+        context_length=trained if isinstance(trained, int) else None, generates=generates)
+
+
+def is_generative(config: dict[str, Any]) -> bool:
+    """A language model (loaded for generation), not an encoder such as BERT (loaded to embed).
+
+    Told by ``architectures`` in config.json; a config that does not say (GGUF) is a language model.
+    """
+    architectures = config.get("architectures") or []
+    return not architectures or any(name.endswith(_GENERATIVE) for name in architectures)
+
+
+_GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 def _from_pretrained_kwargs(load: LoadOptions, precision: str, device: str, source: ModelSource) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from hllama import __version__, hub
 from hllama.catalog import Row, catalog, plan_for
+from hllama.engine.loader import is_generative
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
@@ -99,13 +100,19 @@ async def show(request: Request) -> dict[str, Any]:
         "details": details(load_plan),
         "messages": [message.model_dump() for message in resolved.messages],
         "model_info": model_info(load_plan),
-        "capabilities": ["completion", *(["tools"] if supports_tools(template) else []),
-                         *(["thinking"] if supports_thinking(template) else [])],
+        "capabilities": _capabilities(load_plan, template),
         "modified_at": local_rfc3339(entry.modified if entry else time.time()),
     }
     if entry is not None and entry.error is not None:
         document["error"] = str(entry.error)  # an extra field: the file is broken, this is its last good version
     return document
+
+
+def _capabilities(load_plan: Any, template: str) -> list[str]:
+    if load_plan is not None and not is_generative(load_plan.footprint.config):
+        return ["embedding"]
+    return ["completion", *(["tools"] if supports_tools(template) else []),
+            *(["thinking"] if supports_thinking(template) else [])]
 
 
 def _chat_template(load_plan: Any, resolved: Any) -> str:

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hllama.engine import build_prompt, conversation
+from hllama.engine.embed import normalized
 from hllama.engine.thinking import Thought
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 from hllama.server.ollama_types import (
     ChatRequest,
+    EmbedRequest,
     GenerateRequest,
     messages_from,
     now_rfc3339,
@@ -105,6 +107,28 @@ async def generate(request: Request) -> Response:
         return document
 
     return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> dict[str, Any]:
+    body: EmbedRequest = parse_body(EmbedRequest, await request.body())
+    service: Service = request.app.state.service
+    api, _ = overrides(body)
+    result = await service.embed(_resolve(service, body.model, api), body.texts, truncate=body.truncate)
+    return {"model": wire_name(body.model),
+            "embeddings": [normalized(vector, body.dimensions) for vector in result.embeddings.vectors],
+            "total_duration": result.total_ns, "load_duration": result.load_ns,
+            "prompt_eval_count": result.embeddings.prompt_tokens}
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request) -> dict[str, Any]:
+    """The older route: one ``prompt``, one vector, not normalized."""
+    body: EmbedRequest = parse_body(EmbedRequest, await request.body())
+    service: Service = request.app.state.service
+    api, _ = overrides(body)
+    result = await service.embed(_resolve(service, body.model, api), body.texts[:1])
+    return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
 
 
 def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:

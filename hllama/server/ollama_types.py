@@ -67,6 +67,22 @@ class GenerateRequest(_Generation):
     raw: bool = False
 
 
+class EmbedRequest(_Generation):
+    """``/api/embed``; ``/api/embeddings`` (the older route) sends ``prompt`` instead of ``input``."""
+
+    input: str | list[str] = ""
+    prompt: str = ""
+    truncate: bool = True
+    dimensions: int | None = Field(None, ge=1)
+
+    @property
+    def texts(self) -> list[str]:
+        """An empty input only loads the model."""
+        if isinstance(self.input, list):
+            return self.input
+        return [text] if (text := self.input or self.prompt) else []
+
+
 class NameRequest(_Lenient):
     """``/api/show``, ``/api/delete``, ``/api/pull``: ``model``, or the deprecated ``name``."""
 

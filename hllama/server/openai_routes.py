@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from hllama.catalog import catalog
+from hllama.engine.embed import normalized
 from hllama.engine.prompt import ChatMessage as EngineMessage
 from hllama.engine.thinking import Thought
 from hllama.engine.tools import ToolCall
@@ -25,7 +28,7 @@ from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import wire_name
 from hllama.validation import first_problem
 
-from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest
+from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -87,6 +90,28 @@ async def completions(request: Request) -> Response:
     resolved = _resolve(service, body.model, body.parameters())
     events = service.complete(resolved, lambda loaded: loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     return await _respond(events, body, resolved, kind="text")
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> dict[str, Any]:
+    body: EmbeddingRequest = parse_body(EmbeddingRequest, await request.body())
+    if body.encoding_format not in ("float", "base64"):
+        raise InvalidOption(f"invalid encoding_format {body.encoding_format!r}: use float or base64")
+    try:
+        texts = body.texts
+    except ValueError as exc:
+        raise InvalidOption(str(exc)) from None
+    service: Service = request.app.state.service
+    result = await service.embed(_resolve(service, body.model, {}), texts)
+    data = []
+    for index, vector in enumerate(result.embeddings.vectors):
+        unit = normalized(vector, body.dimensions)
+        encoded: Any = unit if body.encoding_format == "float" else \
+            base64.b64encode(struct.pack(f"<{len(unit)}f", *unit)).decode()
+        data.append({"object": "embedding", "embedding": encoded, "index": index})
+    tokens = result.embeddings.prompt_tokens
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 @router.get("/models")

@@ -105,3 +105,17 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = ""
+
+
+class EmbeddingRequest(_Lenient):
+    model: str = ""
+    input: str | list[Any] = ""
+    encoding_format: str = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @property
+    def texts(self) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts or not all(isinstance(text, str) and text for text in texts):
+            raise ValueError("input must be a non-empty string or a list of them (token arrays are not supported)")
+        return texts

@@ -8,6 +8,7 @@ event loop stays free for other requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -18,10 +19,11 @@ from typing import Any, TypeVar
 
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
+from hllama.engine.embed import Embeddings, embed, pooling_of
 from hllama.engine.generate import END, Generation
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
-from hllama.errors import AliasNotFound, HllamaError
+from hllama.errors import AliasNotFound, HllamaError, NotSupported
 from hllama.hardware import Budget
 from hllama.modelfile import Message
 from hllama.registry import Registry, changes
@@ -44,6 +46,13 @@ class Result:
     total_ns: int
     tool_calls: tuple[ToolCall, ...] = ()  # found in the answer when the request offered tools
     thinking: str = ""  # what a thinking model thought before it answered, when that was wanted
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    embeddings: Embeddings
+    load_ns: int
+    total_ns: int
 
 
 class Service:
@@ -109,6 +118,19 @@ class Service:
         events = self._generate(resolved, prompt_for)
         return _taking_out_tool_calls(events) if tools else events
 
+    async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
+        """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool."""
+        started = time.perf_counter_ns()
+        await self.retire_replaced()
+        async with self.scheduler.use(resolved) as runner:
+            acquired = time.perf_counter_ns()
+            loaded: LoadedModel = runner.model  # type: ignore[assignment]
+            work = functools.partial(embed, loaded.model, loaded.tokenizer, texts,
+                                     pooling=pooling_of(loaded.source.folder),
+                                     context=resolved.parameters.ctx or loaded.context_length, truncate=truncate)
+            embeddings = await asyncio.get_running_loop().run_in_executor(loaded.executor, work)
+        return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
+
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
                  ) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations)."""
@@ -121,6 +143,8 @@ class Service:
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
+            if not loaded.generates:
+                raise NotSupported(resolved.name, "generation", "it is an embedding model; use /api/embed")
             prompt = await asyncio.to_thread(prompt_for, loaded)
             parts = ThinkingParts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
