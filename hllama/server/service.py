@@ -171,7 +171,8 @@ class Service:
                 await asyncio.shield(asyncio.to_thread(generation.join))
 
 
-async def _taking_out_tool_calls(events: AsyncIterator[str | Result]) -> AsyncIterator[str | Result]:
+async def _taking_out_tool_calls(events: AsyncIterator[str | Thought | Result]
+                                 ) -> AsyncIterator[str | Thought | Result]:
     calls = ToolCallStream()
     try:
         async for item in events:
