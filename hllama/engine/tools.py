@@ -81,10 +81,13 @@ class ToolCallStream:
     def __init__(self) -> None:
         self.seen = ""
         self._content = StopMatcher([OPEN])  # content ends where the first call begins
+        self._json_shaped: bool | None = None  # known at the first character that is not a space
 
     def feed(self, piece: str) -> str:
         self.seen += piece
-        if self.seen.lstrip().startswith(("{", "[")):
+        if self._json_shaped is None and (head := self.seen.lstrip()):
+            self._json_shaped = head.startswith(("{", "["))
+        if self._json_shaped:
             return ""  # a JSON-shaped answer is a call or content only once it is whole
         return self._content.feed(self.seen)
 
