@@ -58,6 +58,14 @@ def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def coder_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained to fill in the middle of one snippet of code, built once per test run."""
+    from .tinymodel import build_coder_model
+
+    return build_coder_model(tmp_path_factory.mktemp("coder-model"))
+
+
+@pytest.fixture(scope="session")
 def encoder_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT embedding model (random weights, CLS pooling), built once per test run."""
     from .tinymodel import build_encoder_model

@@ -51,15 +51,16 @@ def chat_text(user: str, answer: str | None = None, system: str | None = None) -
     return text + (f"{answer}<|im_end|>\n" if answer is not None else "")
 
 
-def build_tokenizer(examples: list[str] | None = None, template: str = CHAT_TEMPLATE):
-    """A byte-level BPE tokenizer trained on ``examples`` (default: ``CHATS``) and some filler text."""
+def build_tokenizer(examples: list[str] | None = None, template: str = CHAT_TEMPLATE, special: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained on ``examples`` (default: ``CHATS``) and some filler text;
+    ``special`` tokens join the usual ones."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=[*SPECIAL_TOKENS, *special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = (examples or _chat_examples()) + _FILLER.splitlines() * 4
     tokenizer.train_from_iterator(corpus, trainer)
@@ -73,7 +74,7 @@ def _chat_examples() -> list[str]:
 
 
 def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0, examples: list[str] | None = None,
-                template: str = CHAT_TEMPLATE) -> Path:
+                template: str = CHAT_TEMPLATE, special: tuple[str, ...] = ()) -> Path:
     """Build, train and save the tiny model into ``out_dir`` (a plain model folder).
 
     ``examples`` are whole rendered conversations to learn (default: ``CHATS``), ``template`` its chat template.
@@ -86,7 +87,7 @@ def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0, examples: lis
     torch.set_num_threads(2)
     examples = examples or _chat_examples()
     try:
-        tokenizer = build_tokenizer(examples, template)
+        tokenizer = build_tokenizer(examples, template, special)
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -202,6 +203,21 @@ def build_thinking_model(out_dir: Path) -> Path:
         + f"{answer}<|im_end|>\n",
     ]
     return build_model(out_dir, examples=examples, template=THINKING_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# A variant that fills in the middle
+
+CODER_REPO_ID = "hllama-test/tiny-coder"
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+CODE_PREFIX, CODE_SUFFIX, CODE_MIDDLE = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))", "a + b"
+
+
+def build_coder_model(out_dir: Path) -> Path:
+    """A tiny model that fills ``CODE_MIDDLE`` between ``CODE_PREFIX`` and ``CODE_SUFFIX`` (Qwen's FIM tokens)."""
+    prefix, suffix, middle = FIM_TOKENS
+    example = f"{prefix}{CODE_PREFIX}{suffix}{CODE_SUFFIX}{middle}{CODE_MIDDLE}<|im_end|>"
+    return build_model(out_dir, examples=[example, *_chat_examples()], special=FIM_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hllama.engine import build_prompt, conversation
 from hllama.engine.embed import normalized
+from hllama.engine.infill import infill_format
 from hllama.engine.thinking import Thought
-from hllama.errors import HllamaError, InvalidOption
+from hllama.errors import HllamaError, InvalidOption, NotSupported
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 from hllama.server.ollama_types import (
@@ -88,6 +89,8 @@ async def generate(request: Request) -> Response:
     if body.raw:
         events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
                                   ["input_ids"])
+    elif body.suffix:
+        events = service.complete(resolved, lambda loaded: _infill_ids(loaded, resolved, body.prompt, body.suffix))
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
@@ -102,7 +105,7 @@ async def generate(request: Request) -> Response:
         document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result)}
         if result.thinking and not body.stream:
             document["thinking"] = result.thinking
-        if not body.raw:
+        if not body.raw and not body.suffix:
             document["context"] = result.prompt_ids + result.finished.generated_ids
         return document
 
@@ -129,6 +132,14 @@ async def embeddings(request: Request) -> dict[str, Any]:
     api, _ = overrides(body)
     result = await service.embed(_resolve(service, body.model, api), body.texts[:1])
     return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
+
+
+def _infill_ids(loaded: Any, resolved: Resolved, prefix: str, suffix: str) -> list[int]:
+    """The prompt of a fill-in-the-middle request, in the model's own format."""
+    fmt = infill_format(loaded.tokenizer)
+    if fmt is None:
+        raise NotSupported(resolved.name, "insert", "its tokenizer has no fill-in-the-middle tokens")
+    return loaded.tokenizer(fmt.prompt(prefix, suffix))["input_ids"]
 
 
 def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:

@@ -65,6 +65,7 @@ class GenerateRequest(_Generation):
     template: str | None = None
     context: list[int] | None = None
     raw: bool = False
+    suffix: str = ""
 
 
 class EmbedRequest(_Generation):
