@@ -179,6 +179,15 @@ def test_python_dash_m(hllama_home: Path):
     assert (result.returncode, result.stdout) == (0, f"hllama {__version__}\n")
 
 
+def test_a_reader_that_stops_early_is_no_error(hllama_home: Path):
+    """``hllama show X --explain | head -1``: no "Broken pipe" message, the shell's usual 141."""
+    assert main(["create", "--alias", "helper", "--model", "org/model"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "hllama", "show", "helper", "--explain"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    process.stdout.close()  # the reader is gone before the first line
+    assert (process.wait(timeout=60), process.stderr.read()) == (141, b"")
+
+
 NO_HEAVY_IMPORTS = """
 import sys
 from hllama.cli import main

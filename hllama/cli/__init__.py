@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from hllama import __version__
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HllamaError as exc:
         return _fail(str(exc), _next_step(exc))
+    except BrokenPipeError:  # `hllama list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}")
