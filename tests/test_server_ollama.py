@@ -110,6 +110,25 @@ def test_options_and_format(client: ollama.Client):
     assert client.generate("tiny", "hi", format={"type": "object"}, options={"num_predict": 3}).done
 
 
+def test_logprobs(url: str):
+    question, answer = CHATS[0]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": question}], "stream": False,
+            "logprobs": True, "top_logprobs": 3}
+    reply = httpx.post(f"{url}/api/chat", json=body, timeout=60).json()
+    logprobs = reply["logprobs"]
+    assert "".join(entry["token"] for entry in logprobs) == answer == reply["message"]["content"]
+    assert len(logprobs) == reply["eval_count"] - 1  # every token but the end token
+    for entry in logprobs:  # greedy: each token is the likeliest, and all are real log-probabilities
+        assert entry["logprob"] == entry["top_logprobs"][0]["logprob"] <= 0
+        assert len(entry["top_logprobs"]) == 3 and entry["bytes"] == list(entry["token"].encode())
+    streamed = [json.loads(line) for line in httpx.post(
+        f"{url}/api/generate", json={"model": "tiny", "prompt": question, "logprobs": True}, timeout=60).iter_lines()]
+    assert [entry["token"] for entry in streamed[-1]["logprobs"]] == [entry["token"] for entry in logprobs]
+    assert streamed[-1]["logprobs"][0]["top_logprobs"] == []
+    assert "logprobs" not in httpx.post(f"{url}/api/chat", json={**body, "logprobs": False, "top_logprobs": 0},
+                                        timeout=60).json()
+
+
 def test_load_unload_and_ps(client: ollama.Client):
     loaded = client.generate("tiny", "")
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""

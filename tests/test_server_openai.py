@@ -25,6 +25,18 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
 
+def test_chat_logprobs(client: openai.OpenAI):
+    question, answer = CHATS[0]
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": question}], "temperature": 0,
+           "logprobs": True, "top_logprobs": 2}
+    choice = client.chat.completions.create(**ask).choices[0]
+    tokens = [entry.token for entry in choice.logprobs.content]
+    assert "".join(tokens) == answer and all(len(entry.top_logprobs) == 2 for entry in choice.logprobs.content)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert [entry.token for entry in chunks[-1].choices[0].logprobs.content] == tokens
+    assert client.chat.completions.create(**{**ask, "logprobs": False}).choices[0].logprobs is None
+
+
 def test_chat_completion(client: openai.OpenAI):
     question, answer = CHATS[0]
     reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],

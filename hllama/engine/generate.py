@@ -36,10 +36,20 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and how likely the model found it (natural log), with its likeliest rivals."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Finished:
     text: str  # the whole answer, cut before any stop string
     stats: Stats
     generated_ids: list[int]
+    logprobs: tuple[TokenLogprob, ...] = ()  # when asked for: one per token of the answer (end token excluded)
 
 
 #: What a :class:`Generation` hands its sink last.
@@ -56,12 +66,13 @@ class Generation:
     """
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
-                 sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None
-                 ) -> None:
+                 sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
+                 logprobs: int | None = None) -> None:
+        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20)."""
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-        from hllama.engine.sampling import logits_processors
+        from hllama.engine.sampling import LogprobRecorder, logits_processors
 
         self.started = time.perf_counter_ns()
         self.cancel = cancel or threading.Event()
@@ -71,6 +82,10 @@ class Generation:
         eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
         self.worker = worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
                                        eos_ids, sink)
+        processors = logits_processors(params, prompt_length=len(prompt_ids))
+        if logprobs is not None:
+            worker.recorder, worker.top_logprobs = LogprobRecorder(), logprobs
+            processors.insert(0, worker.recorder)
         cancel_event = self.cancel
 
         class _StopWhenAsked(StoppingCriteria):
@@ -82,7 +97,7 @@ class Generation:
                                   pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
         input_ids = torch.tensor([prompt_ids], device=model.device)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                      logits_processor=logits_processors(params, prompt_length=len(prompt_ids)),
+                      logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
         self._run = lambda: worker.run(model.generate, kwargs)
         self._executor = loaded.executor
@@ -101,7 +116,8 @@ class Generation:
         worker = self.worker
         ended = worker.ended_at or time.perf_counter_ns()
         first = worker.first_token_at or ended
-        return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), stats=Stats(
+        return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), logprobs=tuple(worker.logprobs),
+                        stats=Stats(
             prompt_tokens=self.prompt_length, generated_tokens=len(worker.ids), prompt_eval_ns=first - self.started,
             eval_ns=ended - first, total_ns=ended - self.started,
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
@@ -147,6 +163,9 @@ class _Worker:
         self.saw_eos = False
         self.first_token_at: int | None = None
         self._prompt_seen = False
+        self.recorder: Any = None  # a LogprobRecorder when log-probabilities were asked for
+        self.top_logprobs = 0
+        self.logprobs: list[TokenLogprob] = []
 
     def run(self, generate: Any, kwargs: dict[str, Any]) -> None:
         try:
@@ -172,12 +191,27 @@ class _Worker:
             self.first_token_at = time.perf_counter_ns()
         if token in self.eos_ids:
             self.saw_eos = True
+        elif self.recorder is not None and self.recorder.latest is not None:
+            self.logprobs.append(self._logprob(token, self.recorder.latest))
         text = self.decoder.add(token)
         if piece := self.matcher.feed(text.rstrip("\ufffd")):  # an incomplete character waits
             self.sink(piece)
 
     def end(self) -> None:
         pass
+
+    def _logprob(self, token: int, row: Any) -> TokenLogprob:
+        import torch
+
+        def text(ids: int) -> str:
+            return self.decoder.tokenizer.decode([ids])
+
+        alternatives: tuple[tuple[str, float], ...] = ()
+        if self.top_logprobs:
+            best = torch.topk(row, self.top_logprobs)
+            alternatives = tuple((text(index), value)
+                                 for value, index in zip(best.values.tolist(), best.indices.tolist(), strict=True))
+        return TokenLogprob(token=text(token), logprob=float(row[token]), top=alternatives)
 
 
 class _IncrementalDecoder:

@@ -54,6 +54,18 @@ class SeededSampler(LogitsProcessor):
         return picked.scatter_(1, chosen, 0.0)
 
 
+class LogprobRecorder(LogitsProcessor):
+    """Keeps the current step's log-probabilities over the vocabulary, before any penalty or sampling changes
+    them; the streamer reads them when the step's token arrives (only the latest row is kept)."""
+
+    def __init__(self) -> None:
+        self.latest: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.latest = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+
 def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProcessorList:
     """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler."""
     processors: list[LogitsProcessor] = []

@@ -27,7 +27,7 @@ from hllama.server.ollama_types import (
     wire_tool_calls,
 )
 from hllama.server.service import Result, Service, collect, effective_settings
-from hllama.server.views import wire_name
+from hllama.server.views import logprob_entries, wire_name
 
 router = APIRouter()
 
@@ -45,7 +45,7 @@ async def chat(request: Request) -> Response:
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
     events = service.chat(resolved, messages_from(body.messages), json_schema=schema, tools=body.tools,
-                          think=body.think)
+                          think=body.think, logprobs=body.logprob_alternatives)
 
     def message(content: str, result: Result | None = None) -> dict[str, Any]:
         document: dict[str, Any] = {"role": "assistant", "content": content}
@@ -63,7 +63,7 @@ async def chat(request: Request) -> Response:
     def final(result: Result, text: str) -> dict[str, Any]:
         whole = None if body.stream else result  # a stream sent thinking and calls as they came
         return {"model": name, "created_at": now_rfc3339(), "message": message(text, whole), "done": True,
-                **_stats(result)}
+                **_stats(result), **_logprobs(body, result)}
 
     def calls(result: Result) -> dict[str, Any] | None:
         """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
@@ -86,23 +86,26 @@ async def generate(request: Request) -> Response:
     name = wire_name(body.model)
     if not body.prompt:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=False)
+    logprobs = body.logprob_alternatives
     if body.raw:
         events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
-                                  ["input_ids"])
+                                  ["input_ids"], logprobs=logprobs)
     elif body.suffix:
-        events = service.complete(resolved, lambda loaded: _infill_ids(loaded, resolved, body.prompt, body.suffix))
+        events = service.complete(resolved, lambda loaded: _infill_ids(loaded, resolved, body.prompt, body.suffix),
+                                  logprobs=logprobs)
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
         events = service.chat(resolved, [Message(role="user", content=body.prompt)], json_schema=schema,
-                              think=body.think)
+                              think=body.think, logprobs=logprobs)
 
     def chunk(piece: str | Thought) -> dict[str, Any]:
         said = {"response": "", "thinking": piece.text} if isinstance(piece, Thought) else {"response": piece}
         return {"model": name, "created_at": now_rfc3339(), **said, "done": False}
 
     def final(result: Result, text: str) -> dict[str, Any]:
-        document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result)}
+        document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result),
+                    **_logprobs(body, result)}
         if result.thinking and not body.stream:
             document["thinking"] = result.thinking
         if not body.raw and not body.suffix:
@@ -148,7 +151,12 @@ def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schem
         turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
         return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
 
-    return service.complete(resolved, prompt_ids)
+    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives)
+
+
+def _logprobs(body: Any, result: Result) -> dict[str, Any]:
+    """All the answer's log-probabilities, in the last chunk (or the whole reply)."""
+    return {"logprobs": logprob_entries(result.finished.logprobs)} if body.logprob_alternatives is not None else {}
 
 
 def _resolve(service: Service, model: str, api: Any) -> Resolved:

@@ -52,6 +52,13 @@ class _Generation(_Lenient):
     stream: bool = True
     keep_alive: float | str | None = None
     think: bool | Literal["low", "medium", "high", "max"] | None = None
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20)
+
+    @property
+    def logprob_alternatives(self) -> int | None:
+        """None: no log-probabilities; else how many alternatives with each token."""
+        return self.top_logprobs if self.logprobs or self.top_logprobs else None
 
 
 class ChatRequest(_Generation):

@@ -25,7 +25,7 @@ from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
 from hllama.server.ollama_types import parse_body
 from hllama.server.service import Result, Service, collect, effective_settings
-from hllama.server.views import wire_name
+from hllama.server.views import logprob_entries, wire_name
 from hllama.validation import first_problem
 
 from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
@@ -52,7 +52,8 @@ async def chat_completions(request: Request) -> Response:
         think = body.think()
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
-    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools, think=think)
+    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools, think=think,
+                          logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     return await _respond(events, body, resolved, kind="chat")
 
 
@@ -159,6 +160,7 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
         text = "".join(pieces)
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
         if kind == "chat":
+            choice["logprobs"] = _logprobs(body, item)
             choice["message"] = {"role": "assistant", "content": text}
             if item.thinking:
                 choice["message"]["reasoning"] = item.thinking
@@ -171,9 +173,9 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
     chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict[str, Any] | str | None, finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any] | str | None, finish: str | None = None, logprobs: Any = None) -> bytes:
         if kind == "chat":
-            choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": logprobs}
         else:
             choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
         return _event({**base, "object": chunk_object, "choices": [choice]})
@@ -196,7 +198,7 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
                 yield chunk({"role": "assistant", "content": ""})
             if item.tool_calls:
                 yield chunk({"tool_calls": _tool_calls(item)})
-            yield chunk(None, _finish_reason(item))
+            yield chunk(None, _finish_reason(item), _logprobs(body, item) if kind == "chat" else None)
             if include_usage:
                 yield _event({**base, "object": chunk_object, "choices": [], "usage": _usage(item)})
         except HllamaError as exc:
@@ -206,6 +208,11 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _logprobs(body: Any, result: Result) -> dict[str, Any] | None:
+    """OpenAI's ``choice.logprobs`` when asked for (streamed: all of them, on the last chunk)."""
+    return {"content": logprob_entries(result.finished.logprobs)} if getattr(body, "logprobs", False) else None
 
 
 def _finish_reason(result: Result) -> str:

@@ -85,6 +85,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     reasoning_effort: str | None = None
     reasoning: Reasoning | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def think(self) -> bool | str | None:
         effort = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)

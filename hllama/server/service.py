@@ -103,8 +103,8 @@ class Service:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
     def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None,
-             tools: list[dict[str, Any]] | None = None, think: bool | str | None = None
-             ) -> AsyncIterator[str | Thought | Result]:
+             tools: list[dict[str, Any]] | None = None, think: bool | str | None = None,
+             logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
         A thinking model's thinking comes as :class:`Thought` pieces (``think=False`` drops it). With
@@ -115,7 +115,7 @@ class Service:
             return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx,
                                 tools=tools, think=think, model=resolved.name)
 
-        events = self._generate(resolved, prompt_for)
+        events = self._generate(resolved, prompt_for, logprobs=logprobs)
         return _taking_out_tool_calls(events) if tools else events
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
@@ -131,13 +131,14 @@ class Service:
             embeddings = await asyncio.get_running_loop().run_in_executor(loaded.executor, work)
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 
-    def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]]
-                 ) -> AsyncIterator[str | Result]:
-        """Generate from tokens the caller builds (raw prompts, ``context`` continuations)."""
-        return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)))
+    def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]], *,
+                 logprobs: int | None = None) -> AsyncIterator[str | Result]:
+        """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
+        return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs)
 
-    async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any]
-                        ) -> AsyncIterator[str | Thought | Result]:
+    async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any], *,
+                        logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
+        """``logprobs``: None for none, else how many alternatives each token's entry lists."""
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
@@ -148,7 +149,8 @@ class Service:
             prompt = await asyncio.to_thread(prompt_for, loaded)
             parts = ThinkingParts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
-            generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops)
+            generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
+                                    logprobs=logprobs)
             generation.start()
             try:
                 while True:

@@ -67,3 +67,12 @@ def tag_entry(row: Row, *, modified_at: str, digest_text: str) -> dict[str, Any]
     name = wire_name(row.name)
     return {"name": name, "model": name, "modified_at": modified_at, "size": row.size or 0,
             "digest": digest(digest_text), "details": details(row.plan)}
+
+
+def logprob_entries(logprobs: Any) -> list[dict[str, Any]]:
+    """Each token with its log-probability, UTF-8 bytes and likeliest alternatives (Ollama's and OpenAI's shape)."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return [{**entry(item.token, item.logprob), "top_logprobs": [entry(token, value) for token, value in item.top]}
+            for item in logprobs]
