@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Footprint:
     parameters: int = 0  # 0: unknown (no safetensors headers)
     quantizable: int = 0  # parameters in the 2-D weights bitsandbytes would quantize
     config: Mapping[str, Any] = field(default_factory=dict)
+    format: str = "safetensors"  # of the weight files: safetensors, pytorch (.bin) or gguf
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def local_footprint(folder: Path, *, gguf_file: str | None = None) -> Footprint:
         return footprint_from_tensors(tensors, files_bytes=sum(path.stat().st_size for path in weights),
                                       config=config)
     legacy = sorted(folder.glob("*.bin"))
-    return Footprint(files_bytes=sum(path.stat().st_size for path in legacy), config=config)
+    return Footprint(files_bytes=sum(path.stat().st_size for path in legacy), config=config, format="pytorch")
 
 
 def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
@@ -187,7 +188,35 @@ def _gguf_footprint(path: Path, config: Mapping[str, Any]) -> Footprint:
     try:
         from gguf import GGUFReader
     except ImportError:
-        return Footprint(files_bytes=size, config=config)
+        return Footprint(files_bytes=size, config=config, format="gguf")
     reader = GGUFReader(str(path))
     tensors = [(tensor.name, "F32", [int(dim) for dim in tensor.shape]) for tensor in reader.tensors]
-    return footprint_from_tensors(tensors, files_bytes=size, config=config)
+    footprint = footprint_from_tensors(tensors, files_bytes=size, config={**gguf_config(reader.fields), **config})
+    return replace(footprint, format="gguf")
+
+
+#: GGUF metadata keys (after ``<architecture>.``) and the config.json names they stand for.
+_GGUF_CONFIG = {"block_count": "num_hidden_layers", "context_length": "max_position_embeddings",
+                "embedding_length": "hidden_size", "feed_forward_length": "intermediate_size",
+                "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+                "attention.key_length": "head_dim", "rope.freq_base": "rope_theta", "vocab_size": "vocab_size"}
+
+
+def gguf_config(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What config.json would say, from a GGUF file's metadata (a .gguf has no config.json beside it),
+    plus its ``chat_template``, so sizes, ``model_info`` and capabilities work without loading it."""
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        contents = getattr(field, "contents", None)  # gguf >= 0.10
+        return contents() if contents else None
+
+    architecture = value("general.architecture")
+    if not architecture:
+        return {}
+    config: dict[str, Any] = {"model_type": architecture}
+    for key, name in _GGUF_CONFIG.items():
+        if (found := value(f"{architecture}.{key}")) is not None:
+            config[name] = found
+    if template := value("tokenizer.chat_template"):
+        config["chat_template"] = template
+    return config

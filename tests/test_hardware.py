@@ -6,7 +6,15 @@ import psutil
 import pytest
 
 from hllama.config import load_settings
-from hllama.footprint import Footprint, estimate, footprint_from_tensors, local_footprint, plan, read_safetensors_header
+from hllama.footprint import (
+    Footprint,
+    estimate,
+    footprint_from_tensors,
+    gguf_config,
+    local_footprint,
+    plan,
+    read_safetensors_header,
+)
 from hllama.hardware import Budget, Gpu, Hardware, detect_hardware, format_bytes, memory_budget
 from hllama.options import LoadOptions
 
@@ -98,6 +106,30 @@ def test_estimate_against_measured_memory(tiny_model_dir: Path):
     assert guess.weights == pytest.approx(measured, rel=0.01)
     assert guess.total >= grown  # the overhead covers what loading really took here
     del model
+
+
+class _Field:
+    """A GGUF metadata field, as the gguf package's reader gives it."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def contents(self) -> object:
+        return self.value
+
+
+def test_gguf_metadata_stands_in_for_config_json():
+    fields = {"general.architecture": _Field("qwen2"), "qwen2.block_count": _Field(24),
+              "qwen2.attention.head_count": _Field(14), "qwen2.attention.head_count_kv": _Field(2),
+              "qwen2.embedding_length": _Field(896), "qwen2.context_length": _Field(32768),
+              "tokenizer.chat_template": _Field("{{ tools }}"), "tokenizer.ggml.tokens": _Field(["a"])}
+    config = gguf_config(fields)
+    assert config == {"model_type": "qwen2", "num_hidden_layers": 24, "num_attention_heads": 14,
+                      "num_key_value_heads": 2, "hidden_size": 896, "max_position_embeddings": 32768,
+                      "chat_template": "{{ tools }}"}
+    footprint = Footprint(files_bytes=1, parameters=10, config=config)
+    assert estimate(footprint, precision="float32", context=1000, device="cpu").kv_cache == 2 * 24 * 2 * 64 * 1000 * 4
+    assert gguf_config({}) == {}
 
 
 def test_format_bytes():

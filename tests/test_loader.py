@@ -118,3 +118,7 @@ def test_a_real_gguf_chat_model():
     loaded = load_model(_resolve(str(gguf)), budget=memory_budget(load_settings()))
     assert loaded.source.gguf_file == gguf.name
     assert "Paris" in _answer(loaded, "What is the capital of France?")
+    config = loaded.plan.footprint.config  # from the file's metadata: there is no config.json
+    assert (config["model_type"], config["num_hidden_layers"], config["num_key_value_heads"]) == ("llama", 30, 3)
+    assert config["chat_template"] == loaded.tokenizer.chat_template
+    assert loaded.plan.chosen.kv_cache == 2 * 30 * 3 * 64 * 4096 * 4 and loaded.plan.footprint.format == "gguf"

@@ -41,6 +41,7 @@ def test_list(client: ollama.Client):
     assert len(model.digest) == 64
     assert model.details.family == "llama" and model.details.parameter_size == "98.6K"
     assert model.details.quantization_level == "F32" and model.modified_at is not None
+    assert model.details.format == "safetensors"
 
 
 def test_a_file_deleted_before_the_registry_follows_still_lists(tiny_cache: Path, hllama_home: Path):

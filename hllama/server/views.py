@@ -30,7 +30,7 @@ def details(plan: Plan | None) -> dict[str, Any]:
     family = str(config.get("model_type") or "")
     return {
         "parent_model": "",
-        "format": "safetensors",
+        "format": plan.footprint.format if plan else "",
         "family": family,
         "families": [family] if family else None,
         "parameter_size": parameter_size(plan.footprint.parameters) if plan else "",
