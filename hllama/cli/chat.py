@@ -54,15 +54,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(run=run_chat)
 
 
-_THINK_LEVELS = ("low", "medium", "high", "max")
-
-
 def _think(text: str) -> bool | str:
+    from hllama.engine.thinking import THINK_LEVELS
+
     value = text.lower()
     if value in ("true", "false"):
         return value == "true"
-    if value not in _THINK_LEVELS:
-        raise argparse.ArgumentTypeError(f"invalid think value {text!r}: use true, false, {', '.join(_THINK_LEVELS)}")
+    if value not in THINK_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid think value {text!r}: use true, false, {', '.join(THINK_LEVELS)}")
     return value
 
 

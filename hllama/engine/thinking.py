@@ -8,11 +8,15 @@ DeepSeek-R1 distills, SmolLM3, ...), and clients want the two apart: Ollama's ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hllama.engine.stops import StopMatcher
 
 OPEN, CLOSE = "<think>", "</think>"
+
+#: How hard to think, for templates that take a level (passed on as ``reasoning_effort``).
+ThinkLevel = Literal["low", "medium", "high", "max"]
+THINK_LEVELS: tuple[str, ...] = get_args(ThinkLevel)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hllama.engine.prompt import ChatMessage
+from hllama.engine.thinking import ThinkLevel
 from hllama.engine.tools import ToolCall
 from hllama.errors import InvalidOption
 from hllama.modelfile import Message
@@ -51,7 +52,7 @@ class _Generation(_Lenient):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: float | str | None = None
-    think: bool | Literal["low", "medium", "high", "max"] | None = None
+    think: bool | ThinkLevel | None = None
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=20)
 
