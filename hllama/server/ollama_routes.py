@@ -69,8 +69,8 @@ async def chat(request: Request) -> Response:
         """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
         if not result.tool_calls:
             return None
-        return {"model": name, "created_at": now_rfc3339(), "done": False,
-                "message": {"role": "assistant", "content": "", "tool_calls": wire_tool_calls(result.tool_calls)}}
+        return {**chunk(""), "message": {"role": "assistant", "content": "",
+                                         "tool_calls": wire_tool_calls(result.tool_calls)}}
 
     return await _respond(events, chunk, final, stream=body.stream, resolved=resolved, before_final=calls)
 

@@ -53,7 +53,7 @@ async def chat_completions(request: Request) -> Response:
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
     events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools, think=think,
-                          logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+                          logprobs=body.logprob_alternatives)
     return await _respond(events, body, resolved, kind="chat")
 
 
@@ -212,7 +212,8 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any] | None:
     """OpenAI's ``choice.logprobs`` when asked for (streamed: all of them, on the last chunk)."""
-    return {"content": logprob_entries(result.finished.logprobs)} if getattr(body, "logprobs", False) else None
+    asked = getattr(body, "logprob_alternatives", None) is not None  # text completions have none
+    return {"content": logprob_entries(result.finished.logprobs)} if asked else None
 
 
 def _finish_reason(result: Result) -> str:

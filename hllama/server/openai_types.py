@@ -88,6 +88,11 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
+    @property
+    def logprob_alternatives(self) -> int | None:
+        """None: no log-probabilities; else how many alternatives with each token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def think(self) -> bool | str | None:
         effort = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
         if effort is None:
