@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hllama import hub
+from hllama.engine.embed import Pooling, pooling_of
 from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, QuantizationUnavailable
 from hllama.footprint import Plan, local_footprint, plan, text_config
 from hllama.hardware import Budget
@@ -43,6 +44,7 @@ class LoadedModel:
     load_duration_ns: int
     context_length: int | None
     generates: bool = True  # False: an embedding model (an encoder), which only embeds
+    pooling: Pooling = "mean"  # how its hidden states become one embedding
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
 
@@ -115,7 +117,8 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         model_id=resolved.model, revision=resolved.revision, load=resolved.load, source=source, plan=load_plan,
         model=model, tokenizer=tokenizer, memory_bytes=int(model.get_memory_footprint()),
         load_duration_ns=time.perf_counter_ns() - started,
-        context_length=trained if isinstance(trained, int) else None, generates=generates)
+        context_length=trained if isinstance(trained, int) else None, generates=generates,
+        pooling=pooling_of(source.folder))
 
 
 def is_generative(config: dict[str, Any]) -> bool:

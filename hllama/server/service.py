@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
-from hllama.engine.embed import Embeddings, embed, pooling_of
+from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
@@ -126,7 +126,7 @@ class Service:
             acquired = time.perf_counter_ns()
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             work = functools.partial(embed, loaded.model, loaded.tokenizer, texts,
-                                     pooling=pooling_of(loaded.source.folder),
+                                     pooling=loaded.pooling,
                                      context=resolved.parameters.ctx or loaded.context_length, truncate=truncate)
             embeddings = await asyncio.get_running_loop().run_in_executor(loaded.executor, work)
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
