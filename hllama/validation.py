@@ -26,6 +26,27 @@ def first_problem(exc: ValidationError, *, schema: type[BaseModel]) -> tuple[str
     return key, describe(error, schema=schema)
 
 
+def request_problem(exc: ValidationError, *, schema: type[BaseModel]) -> tuple[str, str]:
+    """(the field, what is wrong with it) for the first error of a request body.
+
+    A value that fits none of a field's types fails once per type, each under a location that ends in
+    the type's name (``think.bool``); those are one problem of the field, saying what each type wanted.
+    """
+    errors = exc.errors()
+    field = _without_type_name(tuple(errors[0]["loc"]), schema)
+    wanted = [error for error in errors if _without_type_name(tuple(error["loc"]), schema) == field]
+    phrases = [describe({**error, "input": None}, schema=schema).removesuffix(" (got None)") for error in wanted]
+    got = describe(errors[0], schema=schema).removeprefix(phrases[0])
+    return field_name(field), " or ".join(dict.fromkeys(phrases)) + got
+
+
+def _without_type_name(loc: KeyPath, schema: type[BaseModel]) -> KeyPath:
+    """``('think', 'bool')`` -> ``('think',)``: pydantic names the member of a union that failed."""
+    if len(loc) > 1 and isinstance(loc[-1], str) and loc[-1] not in known_keys(schema, loc[:-1]):
+        return loc[:-1]
+    return loc
+
+
 def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None,
              synonyms: dict[str, str] | None = None) -> str:
     """One error of a ``ValidationError`` as a phrase; unknown keys get a "did you mean"."""

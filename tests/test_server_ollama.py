@@ -235,6 +235,10 @@ ERRORS = [
     ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"top_p": 5}}', 400, 'option "top_p"'),
     ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "format": "yaml"}', 400, "invalid format"),
     ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "keep_alive": "soon"}', 400, "invalid keep_alive"),
+    ("POST", "/api/chat", b'{"model": "tiny", "messages": [{"content": "x"}]}', 400,
+     "invalid messages[0].role: required but missing"),
+    ("POST", "/api/embed", b'{"model": "tiny", "input": 5}', 400,  # each type of a union says what it wanted
+     "invalid input: input should be a valid string or input should be a valid list (got 5)"),
     ("POST", "/api/chat", b'{"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}', 400,
      "messages with role 'robot'"),
     ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"num_ctx": 4}}', 400,

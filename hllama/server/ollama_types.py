@@ -20,7 +20,7 @@ from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.resolve import Overrides
-from hllama.validation import first_problem
+from hllama.validation import first_problem, request_problem
 
 log = logging.getLogger("hllama.server")
 
@@ -137,9 +137,8 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise InvalidOption(f"invalid {where}: {error['msg'][:1].lower() + error['msg'][1:]}") from None
+        where, problem = request_problem(exc, schema=model)
+        raise InvalidOption(f"invalid {where}: {problem}") from None
 
 
 def parameters_from_options(options: dict[str, Any] | None) -> dict[str, Any]:
