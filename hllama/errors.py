@@ -75,6 +75,10 @@ class InvalidOption(HllamaError, ValueError):
     """A value given on the command line (or in a request) that does not validate."""
 
 
+class UnsupportedMediaType(HllamaError, ValueError):
+    """A request body that is not JSON where JSON is expected (a web page's form post, say)."""
+
+
 class RemoteModelNotFound(HllamaError, LookupError):
     def __init__(self, repo_id: str, revision: str | None = None) -> None:
         self.repo_id = repo_id

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+#: The names :func:`atomic_write_text` gives its temporary files (``.NAME.XXXXXXXX.tmp``, as mkstemp makes them).
+TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -8,7 +8,9 @@ message``. Adding a format means writing one parser, nothing else.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from io import StringIO
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hllama.errors import ModelfileError, UnsupportedInstruction
 from hllama.names import is_local_path, looks_like_repo_id, normalize_alias
 from hllama.options import SYNONYMS, LoadOptions, Parameters
-from hllama.validation import KeyPath, describe, field_name
+from hllama.validation import KeyPath, Text, describe, field_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +34,9 @@ Format = Literal["yaml", "toml", "ollama"]
 #: Early Hub models have no owner ("gpt2").
 _LEGACY_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
+#: A modelfile is a few KiB (a long license included); anything near this is not one.
+MAX_MODELFILE_BYTES = 1024 * 1024
+
 #: File names the modelfiles folder is scanned for.
 MODELFILE_SUFFIXES = (".yaml", ".yml", ".toml", ".modelfile")
 
@@ -40,7 +45,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class Modelfile(BaseModel):
@@ -48,13 +53,13 @@ class Modelfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    name: str | None = Field(None, description="alias name; defaults to the file's stem")
-    from_: str = Field(alias="from", min_length=1, description="Hub repo id, local model folder or .gguf file")
-    revision: str | None = Field(None, description="branch, tag or commit on the Hub")
-    description: str | None = None
-    system: str | None = Field(None, description="system prompt")
-    template: str | None = Field(None, description="Jinja chat template that replaces the tokenizer's")
-    license: str | None = None
+    name: Text | None = Field(None, description="alias name; defaults to the file's stem")
+    from_: Text = Field(alias="from", min_length=1, description="Hub repo id, local model folder or .gguf file")
+    revision: Text | None = Field(None, description="branch, tag or commit on the Hub")
+    description: Text | None = None
+    system: Text | None = Field(None, description="system prompt")
+    template: Text | None = Field(None, description="Jinja chat template that replaces the tokenizer's")
+    license: Text | None = None
     messages: list[Message] | None = Field(None, description="seed conversation")
     parameters: Parameters = Field(default_factory=Parameters)
     load: LoadOptions = Field(default_factory=LoadOptions)
@@ -122,19 +127,47 @@ def load_modelfile(path: Path | str) -> Modelfile:
 
 
 def read_modelfile_text(path: Path) -> str:
-    """The file's text (a byte-order mark dropped), or a :class:`ModelfileError` saying why not."""
+    """The file's text (a byte-order mark dropped), or a :class:`ModelfileError` saying why not.
+
+    Only a regular file of at most :data:`MAX_MODELFILE_BYTES` is read: a FIFO, a device such as
+    ``/dev/zero`` or a huge file is refused without waiting on it or holding it in memory.
+    """
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ModelfileError("not a UTF-8 text file", path=path) from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
     except OSError as exc:
         raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelfileError("not a regular file", path=path)
+        data = _read_at_most(fd, MAX_MODELFILE_BYTES + 1)
+    except OSError as exc:
+        raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MODELFILE_BYTES:
+        raise ModelfileError(f"too large: a modelfile may hold at most {MAX_MODELFILE_BYTES // 1024} KiB", path=path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ModelfileError("not a UTF-8 text file", path=path) from None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, min(65536, limit - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def parse_modelfile(text: str, *, path: Path | None = None, fmt: Format | None = None) -> Modelfile:
     fmt = fmt or detect_format(text, path)
     try:
-        parsed = _PARSERS[fmt](text)
+        try:
+            parsed = _PARSERS[fmt](text)
+        except RecursionError:
+            raise ModelfileError("nested too deeply") from None
         return _validate(parsed, base=path.parent if path else Path.cwd())
     except ModelfileError as exc:
         if path is None:
@@ -197,7 +230,7 @@ def _first_problem(exc: ValidationError, parsed: Parsed) -> ModelfileError:
     """The problem written earliest in the file (problems without a line come last)."""
     problems = [
         (parsed.line_of(tuple(error["loc"])), field_name(tuple(error["loc"])),
-         describe(error, schema=Modelfile, data=parsed.data, synonyms=SYNONYMS))
+         describe(error, schema=Modelfile, data=parsed.data, synonyms=SYNONYMS, echo_text=False))
         for error in exc.errors()
     ]
     line, name, message = min(problems, key=lambda problem: problem[0] or float("inf"))
@@ -296,6 +329,7 @@ def _toml_key_path(dotted: str) -> KeyPath:
 
 _INSTRUCTIONS = {"FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "LICENSE", "ADAPTER", "REQUIRES"}
 _SIMPLE = {"FROM": "from", "SYSTEM": "system", "TEMPLATE": "template"}
+_WORD = re.compile(r"[A-Za-z_]{1,24}")
 
 
 def _parse_ollama(text: str) -> Parsed:
@@ -312,8 +346,9 @@ def _parse_ollama(text: str) -> Parsed:
         keyword, rest = _first_word(stripped)
         instruction = keyword.upper()
         if instruction not in _INSTRUCTIONS:
+            named = f" '{keyword}'" if _WORD.fullmatch(keyword) else ""  # never echo what may be a secret
             raise ModelfileError(
-                f"unknown instruction '{keyword}' (valid: {', '.join(sorted(_INSTRUCTIONS - {'REQUIRES'}))})",
+                f"unknown instruction{named} (valid: {', '.join(sorted(_INSTRUCTIONS - {'REQUIRES'}))})",
                 line=number)
         if instruction == "ADAPTER":
             raise UnsupportedInstruction(

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from hllama.validation import Text
+
 log = logging.getLogger(__name__)
 
 #: Ollama spelling -> hllama spelling.
@@ -90,7 +92,7 @@ class GenerationParameters(BaseModel):
         None, ge=-2, le=2, description="OpenAI-style: subtracted once from every token already generated")
     frequency_penalty: float | None = Field(
         None, ge=-2, le=2, description="OpenAI-style: subtracted per occurrence of a generated token")
-    stop: Annotated[list[str] | None, BeforeValidator(_stop_list)] = Field(
+    stop: Annotated[list[Text] | None, BeforeValidator(_stop_list)] = Field(
         None, description="generation halts before any of these strings")
     max_new_tokens: int | None = _with_synonym(
         "num_predict", ge=-1, description="most tokens to generate; -1 is no limit")
@@ -125,7 +127,7 @@ class LoadOptions(BaseModel):
     quantize: Quantize | None = Field(
         None, description="none | 8bit | 4bit (bitsandbytes) | auto: the best precision that fits")
     dtype: DType | None = Field(None, description="auto picks bf16/fp16 on a GPU, float32 on the CPU")
-    device_map: str | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
+    device_map: Text | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
     trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")
 
 

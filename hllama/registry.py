@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,9 @@ from hllama.names import normalize_alias
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+#: registry.json holds small entries; a file this large is damage, not a registry.
+MAX_MIRROR_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,22 @@ class RegistryEntry:
     error: ModelfileError | None = None
 
 
+#: What reading one file gave: its alias, or why it has none.
+Outcome = RegistryEntry | ModelfileError
+
+
 @dataclass(frozen=True)
 class Registry:
-    """An immutable snapshot: readers keep the one they got while a new one is compiled."""
+    """An immutable snapshot: readers keep the one they got while a new one is compiled.
+
+    ``parsed`` keeps each file's outcome under the digest of the text it came from, so the next
+    compile parses only files whose content changed.
+    """
 
     folder: Path
     entries: Mapping[str, RegistryEntry] = field(default_factory=dict)
     problems: tuple[ModelfileError, ...] = ()
+    parsed: Mapping[Path, tuple[str, Outcome]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", MappingProxyType(dict(sorted(self.entries.items()))))
@@ -93,19 +106,22 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
     """Every valid modelfile in ``folder``; broken files keep their last good version from ``previous``.
 
     Problems are returned in ``Registry.problems``, not logged: each front end reports them its way.
+    A file whose text is unchanged since ``previous`` is not parsed again.
     """
     last_good = {entry.path: entry for entry in previous} if previous else {}
+    known = previous.parsed if previous else {}
     candidates: dict[str, list[RegistryEntry]] = {}
     problems: list[ModelfileError] = []
+    parsed: dict[Path, tuple[str, Outcome]] = {}
     for path in modelfile_paths(folder):
-        try:
-            entry = read_entry(path)
-        except ModelfileError as error:
-            problems.append(error)
+        digest, outcome = read_outcome(path, folder=folder, known=known)
+        parsed[path] = (digest, outcome)
+        if isinstance(outcome, ModelfileError):
+            problems.append(outcome)
             if (good := last_good.get(path)) is None:
                 continue
-            entry = replace(good, path=path, error=error)
-        candidates.setdefault(entry.name.casefold(), []).append(entry)  # names differing in case only clash
+            outcome = replace(good, path=path, error=outcome)
+        candidates.setdefault(outcome.name.casefold(), []).append(outcome)  # names differing in case only clash
     entries = {}
     for claimants in candidates.values():
         keep = _pick_claimant(claimants, last_good)
@@ -114,17 +130,35 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
             if other is not keep:
                 problems.append(DuplicateAlias(
                     f"alias '{keep.name}' is already declared in {keep.path}; rename one of them", path=other.path))
-    return Registry(folder, entries, tuple(problems))
+    return Registry(folder, entries, tuple(problems), parsed)
 
 
-def read_entry(path: Path) -> RegistryEntry:
+def read_outcome(path: Path, *, folder: Path, known: Mapping[Path, tuple[str, Outcome]] = MappingProxyType({})
+                 ) -> tuple[str, Outcome]:
+    """(the digest of the file's text, its entry or its error); reuses ``known`` when the text is the same."""
     try:
         modified = path.stat().st_mtime
+        _inside(path, folder)
+        text = read_modelfile_text(path)
+    except ModelfileError as error:
+        return "", error
     except OSError as exc:
-        raise ModelfileError(f"cannot read: {exc.strerror or exc}", path=path) from None
-    text = read_modelfile_text(path)
-    modelfile = parse_modelfile(text, path=path)
-    return RegistryEntry(alias_name(modelfile, path), modelfile, path, _digest(text), modified)
+        return "", ModelfileError(f"cannot read: {exc.strerror or exc}", path=path)
+    digest = _digest(text)
+    cached_digest, cached = known.get(path, ("", None))
+    if cached is not None and cached_digest == digest:
+        return digest, replace(cached, modified=modified) if isinstance(cached, RegistryEntry) else cached
+    try:
+        modelfile = parse_modelfile(text, path=path)
+        return digest, RegistryEntry(alias_name(modelfile, path), modelfile, path, digest, modified)
+    except ModelfileError as error:
+        return digest, error
+
+
+def _inside(path: Path, folder: Path) -> None:
+    """A file of the folder that links elsewhere is refused: it would read, and show, a file outside it."""
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelfileError("a link to a file outside the modelfiles folder; copy the file in instead", path=path)
 
 
 def _pick_claimant(claimants: list[RegistryEntry], last_good: Mapping[Path, RegistryEntry]) -> RegistryEntry:
@@ -144,6 +178,8 @@ def _digest(text: str) -> str:
 
 
 def to_json(registry: Registry) -> str:
+    parse_errors = {id(outcome): digest for digest, outcome in registry.parsed.values()
+                    if isinstance(outcome, ModelfileError)}
     document = {
         "schema_version": SCHEMA_VERSION,
         "folder": str(registry.folder),
@@ -158,7 +194,8 @@ def to_json(registry: Registry) -> str:
             for entry in registry
         },
         "problems": [
-            {"path": str(error.path), "line": error.line, "field": error.field, "message": error.message}
+            {"path": str(error.path), "line": error.line, "field": error.field, "message": error.message,
+             "digest": parse_errors.get(id(error))}
             for error in registry.problems
         ],
     }
@@ -166,37 +203,60 @@ def to_json(registry: Registry) -> str:
 
 
 def write_mirror(registry: Registry, path: Path) -> None:
-    """Atomically replace ``path``; skipped when nothing changed, so watchers are not woken."""
+    """Atomically replace ``path``; skipped when nothing changed, so watchers are not woken.
+
+    Whatever is in the way (a damaged file, a folder) is replaced: the mirror can always be rebuilt.
+    """
     text = to_json(registry)
     try:
-        if path.read_text(encoding="utf-8") == text:
+        if path.read_bytes() == text.encode("utf-8"):
             return
     except OSError:
         pass
+    if path.is_dir() and not path.is_symlink():
+        aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
+        log.warning("%s is a folder; moved it to %s and rebuilt the registry", path, aside.name)
+        path.rename(aside)
     atomic_write_text(path, text)
 
 
 def read_mirror(path: Path) -> Registry | None:
-    """The registry last written to ``path``, or None when it is missing, foreign or unreadable.
+    """The registry last written to ``path``, or None when it is missing, foreign or damaged in any way.
 
-    Only its aliases are needed (as last good versions), so anything doubtful is simply dropped:
-    the modelfiles can rebuild the rest.
+    Only its aliases (as last good versions) and what each file parsed to are needed, so anything
+    doubtful is simply dropped: the modelfiles can rebuild the rest.
     """
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if path.stat().st_size > MAX_MIRROR_BYTES:
+            return None
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
         return None
-    entries = {}
-    for name, item in (document.get("aliases") or {}).items():
+    entries: dict[str, RegistryEntry] = {}
+    parsed: dict[Path, tuple[str, Outcome]] = {}
+    aliases = document.get("aliases")
+    for name, item in (aliases.items() if isinstance(aliases, dict) else ()):
         try:
-            entries[name] = RegistryEntry(name, Modelfile.model_validate(item["modelfile"]),
-                                          Path(item["source"]), str(item["digest"]),
-                                          float(item.get("modified", 0.0)))
-        except (AttributeError, KeyError, TypeError, ValueError, ValidationError):
+            entry = RegistryEntry(normalize_alias(name), Modelfile.model_validate(item["modelfile"]),
+                                  Path(item["source"]), str(item["digest"]), float(item.get("modified", 0.0)))
+        except (AttributeError, KeyError, TypeError, ValueError, ValidationError, RecursionError):
             log.debug("dropping unreadable registry entry %r", name)
-    return Registry(Path(document.get("folder", "")), entries)
+            continue
+        entries[entry.name] = entry
+        if item.get("error") is None:
+            parsed[entry.path] = (entry.digest, entry)
+    problems = document.get("problems")
+    for item in (problems if isinstance(problems, list) else ()):
+        try:
+            if item.get("digest"):
+                error = ModelfileError(str(item["message"]), path=Path(item["path"]), line=item.get("line"),
+                                       field=item.get("field"))
+                parsed[error.path] = (str(item["digest"]), error)  # type: ignore[index]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return Registry(Path(str(document.get("folder", ""))), entries, parsed=parsed)
 
 
 @dataclass(frozen=True)

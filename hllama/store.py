@@ -6,16 +6,19 @@ processes never interleave and neither can lose the other's alias.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from filelock import FileLock
 
 from hllama.config import Settings
 from hllama.errors import AliasExists, AliasNotFound, ModelfileError
-from hllama.fsutil import atomic_write_text
+from hllama.fsutil import TEMPORARY, atomic_write_text
 from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, parse_modelfile, read_modelfile_text
 from hllama.names import normalize_alias
 from hllama.registry import Registry, RegistryEntry, alias_name, compile_folder, read_mirror, write_mirror
+
+log = logging.getLogger(__name__)
 
 
 class AliasStore:
@@ -93,6 +96,21 @@ class AliasStore:
         return entry
 
     def _compile(self) -> Registry:
+        """Under the lock: no writer of ours is mid-write, so any temporary file left is a killed writer's."""
+        _sweep_temporaries(self.folder, self.mirror)
         registry = compile_folder(self.folder, previous=read_mirror(self.mirror))
         write_mirror(registry, self.mirror)
         return registry
+
+
+def _sweep_temporaries(folder: Path, mirror: Path) -> None:
+    """Delete what :func:`atomic_write_text` leaves when its process dies between writing and renaming."""
+    leftovers = [path for path in (folder.glob(".*.tmp") if folder.is_dir() else ())
+                 if TEMPORARY.fullmatch(path.name) and path.name[1:].rsplit(".", 2)[0].lower().endswith(
+                     MODELFILE_SUFFIXES)]
+    leftovers += [path for path in mirror.parent.glob(f".{mirror.name}.*.tmp") if TEMPORARY.fullmatch(path.name)]
+    for path in leftovers:
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.debug("cannot remove %s: %s", path, exc)

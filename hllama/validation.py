@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic import AfterValidator, AliasChoices, BaseModel, ValidationError
 
 KeyPath = tuple[str | int, ...]
 
@@ -48,8 +48,10 @@ def _without_type_name(loc: KeyPath, schema: type[BaseModel]) -> KeyPath:
 
 
 def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None,
-             synonyms: dict[str, str] | None = None) -> str:
-    """One error of a ``ValidationError`` as a phrase; unknown keys get a "did you mean"."""
+             synonyms: dict[str, str] | None = None, echo_text: bool = True) -> str:
+    """One error of a ``ValidationError`` as a phrase; unknown keys get a "did you mean".
+
+    ``echo_text=False`` leaves out a text value it quotes (a file's content may be a secret); numbers stay."""
     loc: KeyPath = tuple(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -63,7 +65,8 @@ def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None
         return "required but missing"
     message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
-    if "input" in error and not isinstance(error["input"], (dict, list)):
+    if "input" in error and not isinstance(error["input"], (dict, list)) and \
+            (echo_text or not isinstance(error["input"], str)):
         got = repr(error["input"])
         message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
     return message
@@ -107,3 +110,24 @@ def _keys_at(data: Any, section: KeyPath) -> set[str]:
         except (KeyError, IndexError, TypeError):
             return set()
     return set(data) if isinstance(data, dict) else set()
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True when ``text`` holds a lone UTF-16 surrogate, which no UTF-8 file or tokenizer can hold."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _unicode_text(value: str) -> str:
+    if has_lone_surrogate(value):
+        raise ValueError("not Unicode text: it holds a lone surrogate (such as \\ud800)")
+    return value
+
+
+#: A string that can be written to a UTF-8 file: every string a modelfile keeps is one.
+Text = Annotated[str, AfterValidator(_unicode_text)]

@@ -49,13 +49,20 @@ class ModelfileWatcher:
         try:
             while True:
                 changed = await pending
-                await self.apply({Path(path) for _, path in changed})
+                await self.apply_safely({Path(path) for _, path in changed})
                 pending = asyncio.ensure_future(anext(batches))
         except StopAsyncIteration:
             return
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def apply_safely(self, changed: set[Path]) -> None:
+        """One batch; a failure is logged and the last good registry kept, so following the folder never ends."""
+        try:
+            await self.apply(changed)
+        except Exception:  # noqa: BLE001 - a server fault, but the watch must outlive it
+            log.exception("reloading the modelfiles failed; keeping the aliases as they were")
 
     async def apply(self, changed: set[Path]) -> None:
         old = self.service.registry

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from hllama import __version__
 from hllama.config import Settings
@@ -30,6 +32,7 @@ from hllama.errors import (
     QuantizationUnavailable,
     RemoteModelNotFound,
     ServerBusy,
+    UnsupportedMediaType,
 )
 from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
@@ -45,11 +48,13 @@ HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
     NotSupported: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, RemoteModelNotFound: 404,
-    GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
+    UnsupportedMediaType: 415, GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }
 
-_OPENAI_TYPE = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error"}
+_OPENAI_TYPE = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                415: "invalid_request_error"}
 
 
 def status_of(error: HllamaError) -> int:
@@ -85,6 +90,17 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
         return error_response(request.url.path, status_of(exc), str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def framework_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """The router's own 404/405 in each API's shape (never ``{"detail": ...}``)."""
+        message = {404: f"{request.url.path} not found", 405: f"method {request.method} not allowed on "
+                   f"{request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error_response(request.url.path, exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_path(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request.url.path, 400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -25,6 +25,7 @@ from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
 from hllama.names import looks_like_repo_id
 from hllama.registry import Registry
+from hllama.server.body import read_body
 from hllama.server.ollama_types import (
     CopyRequest,
     CreateRequest,
@@ -32,7 +33,6 @@ from hllama.server.ollama_types import (
     local_rfc3339,
     messages_from,
     parameters_from_options,
-    parse_body,
 )
 from hllama.server.service import Service, iterate_in_thread
 from hllama.server.views import details, digest, model_info, tag_entry, wire_name
@@ -80,7 +80,7 @@ def _mtime(path: Path) -> float:
 
 @router.post("/api/show")
 async def show(request: Request) -> dict[str, Any]:
-    body: NameRequest = parse_body(NameRequest, await request.body())
+    body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     if not body.target:
         raise InvalidOption("model is required")
@@ -156,7 +156,7 @@ async def ps(request: Request) -> dict[str, Any]:
 
 @router.delete("/api/delete")
 async def delete(request: Request) -> Response:
-    body: NameRequest = parse_body(NameRequest, await request.body())
+    body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     name = body.target
     if service.registry.get(name) is not None:
@@ -171,7 +171,7 @@ async def delete(request: Request) -> Response:
 
 @router.post("/api/copy")
 async def copy(request: Request) -> Response:
-    body: CopyRequest = parse_body(CopyRequest, await request.body())
+    body: CopyRequest = await read_body(request, CopyRequest)
     service: Service = request.app.state.service
     if not body.source or not body.destination:
         raise InvalidOption("source and destination are required")
@@ -192,7 +192,7 @@ def _base_modelfile(service: Service, name: str) -> Modelfile:
 
 @router.post("/api/create")
 async def create(request: Request) -> Response:
-    body: CreateRequest = parse_body(CreateRequest, await request.body())
+    body: CreateRequest = await read_body(request, CreateRequest)
     service: Service = request.app.state.service
     name = body.model or body.name
     if not name:
@@ -239,7 +239,7 @@ def _created_modelfile(service: Service, body: CreateRequest) -> Modelfile:
 
 @router.post("/api/pull")
 async def pull(request: Request) -> Response:
-    body: NameRequest = parse_body(NameRequest, await request.body())
+    body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     repo_id = _bare(body.target)
     if not repo_id:

@@ -16,6 +16,7 @@ from hllama.engine.thinking import Thought
 from hllama.errors import HllamaError, InvalidOption, NotSupported
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
+from hllama.server.body import read_body
 from hllama.server.ollama_types import (
     ChatRequest,
     EmbedRequest,
@@ -23,7 +24,6 @@ from hllama.server.ollama_types import (
     messages_from,
     now_rfc3339,
     overrides,
-    parse_body,
     wire_tool_calls,
 )
 from hllama.server.service import Result, Service, collect, effective_settings
@@ -37,7 +37,7 @@ EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
-    body: ChatRequest = parse_body(ChatRequest, await request.body())
+    body: ChatRequest = await read_body(request, ChatRequest)
     service: Service = request.app.state.service
     api, schema = overrides(body)
     resolved = _resolve(service, body.model, api)
@@ -77,7 +77,7 @@ async def chat(request: Request) -> Response:
 
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
-    body: GenerateRequest = parse_body(GenerateRequest, await request.body())
+    body: GenerateRequest = await read_body(request, GenerateRequest)
     service: Service = request.app.state.service
     if body.raw and (body.template or body.system or body.context):
         raise InvalidOption("raw mode does not support template, system, or context")
@@ -117,7 +117,7 @@ async def generate(request: Request) -> Response:
 
 @router.post("/api/embed")
 async def embed(request: Request) -> dict[str, Any]:
-    body: EmbedRequest = parse_body(EmbedRequest, await request.body())
+    body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
     result = await service.embed(_resolve(service, body.model, api), body.texts, truncate=body.truncate)
@@ -130,7 +130,7 @@ async def embed(request: Request) -> dict[str, Any]:
 @router.post("/api/embeddings")
 async def embeddings(request: Request) -> dict[str, Any]:
     """The older route: one ``prompt``, one vector, not normalized."""
-    body: EmbedRequest = parse_body(EmbedRequest, await request.body())
+    body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
     result = await service.embed(_resolve(service, body.model, api), body.texts[:1])

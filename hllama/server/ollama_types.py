@@ -6,7 +6,6 @@ of the wrong type or out of range are a 400 with the option's name.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.resolve import Overrides
-from hllama.validation import first_problem, request_problem
+from hllama.validation import first_problem
 
 log = logging.getLogger("hllama.server")
 
@@ -123,22 +122,6 @@ class CreateRequest(_Lenient):
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
     stream: bool = True
-
-
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
-    if not raw.strip():
-        raise InvalidOption("missing request body")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidOption(f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidOption("the request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        where, problem = request_problem(exc, schema=model)
-        raise InvalidOption(f"invalid {where}: {problem}") from None
 
 
 def parameters_from_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from hllama.engine.tools import ToolCall
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
-from hllama.server.ollama_types import parse_body
+from hllama.server.body import read_body
 from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import logprob_entries, wire_name
 from hllama.validation import first_problem
@@ -37,7 +37,7 @@ EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await request.body())
+    body: ChatCompletionRequest = await read_body(request, ChatCompletionRequest)
     if not body.messages:
         raise InvalidOption("messages must not be empty")
     schema = None
@@ -83,7 +83,7 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
 
 @router.post("/completions")
 async def completions(request: Request) -> Response:
-    body: CompletionRequest = parse_body(CompletionRequest, await request.body())
+    body: CompletionRequest = await read_body(request, CompletionRequest)
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
     if not prompt:
         raise InvalidOption("prompt must not be empty")
@@ -95,7 +95,7 @@ async def completions(request: Request) -> Response:
 
 @router.post("/embeddings")
 async def embeddings(request: Request) -> dict[str, Any]:
-    body: EmbeddingRequest = parse_body(EmbeddingRequest, await request.body())
+    body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
     if body.encoding_format not in ("float", "base64"):
         raise InvalidOption(f"invalid encoding_format {body.encoding_format!r}: use float or base64")
     try:

@@ -1,0 +1,89 @@
+"""Request bodies: read as strict, bounded JSON and checked by a route's pydantic model.
+
+Every JSON route of both APIs reads its body here, so whatever a client sends (a web page's form
+post, a lone surrogate, ten thousand levels of nesting, ``NaN``) is refused the same way, with a
+400 or 415 in the route's own error shape, before any of it reaches the store or a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from hllama.errors import InvalidOption, UnsupportedMediaType
+from hllama.validation import has_lone_surrogate, request_problem
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Deeper than any real request (a JSON schema in ``format`` or ``tools`` included).
+MAX_DEPTH = 64
+
+#: Types a browser may send cross-origin without asking first: never JSON here. (A form-urlencoded body is
+#: still read, when it is JSON, because ``curl -d`` labels JSON that way.)
+_NOT_JSON = ("text/plain", "multipart/form-data")
+
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """The request's body as ``model``, or the reason it is refused."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type.startswith(_NOT_JSON):
+        raise UnsupportedMediaType(f"the request body must be JSON (Content-Type: application/json), "
+                                   f"not {content_type}")
+    return parse_body(model, await request.body())
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidOption("invalid JSON: the request body is not UTF-8 text") from None
+    if not text.strip():
+        raise InvalidOption("missing request body")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidOption(f"invalid JSON: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise InvalidOption(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidOption("the request body must be a JSON object")
+    check_json_value(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        where, problem = request_problem(exc, schema=model)
+        raise InvalidOption(f"invalid {where}: {problem}") from None
+
+
+def check_json_value(data: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and text that is not Unicode (a lone surrogate).
+
+    A lone surrogate (``"\\ud800"``) is valid JSON but no UTF-8 file, header or tokenizer can hold it.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidOption(f"invalid JSON: nested more than {MAX_DEPTH} levels deep")
+        items = [*value, *value.values()] if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, str):
+                if has_lone_surrogate(item):
+                    raise InvalidOption("invalid text: a lone UTF-16 surrogate (such as \\ud800) is not a character")
+            elif isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
