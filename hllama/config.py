@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     num_parallel: int = Field(1, ge=1, description="requests one loaded model serves at the same time")
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
+    max_request_size: ByteSize = Field(ByteSize(32 * 1024 * 1024), gt=0,
+                                       description="largest request body `serve` accepts (bytes or '64MiB')")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")
     api_key: SecretStr | None = Field(
         None, description="when set, `serve` answers only requests with 'Authorization: Bearer <key>'")

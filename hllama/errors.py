@@ -79,6 +79,10 @@ class UnsupportedMediaType(HllamaError, ValueError):
     """A request body that is not JSON where JSON is expected (a web page's form post, say)."""
 
 
+class RequestTooLarge(HllamaError, ValueError):
+    """A request body over the server's ``max_request_size``."""
+
+
 class RemoteModelNotFound(HllamaError, LookupError):
     def __init__(self, repo_id: str, revision: str | None = None) -> None:
         self.repo_id = repo_id

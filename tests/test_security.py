@@ -97,3 +97,63 @@ def test_an_empty_key_is_refused(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HLLAMA_API_KEY", " ")
     with pytest.raises(ConfigError, match="api_key.*must not be empty"):
         load_settings()
+
+
+@pytest.fixture
+def served_alias(tiny_cache: Path, hllama_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HLLAMA_MAX_REQUEST_SIZE", "1MiB")
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--system", "Be kind."]) == 0
+    with live_server(load_settings()) as base:
+        yield base
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/create", '{"model": "tiny", "from": "hllama-test/tiny-chat", "system": "pwned"}'),
+    ("POST", "/api/copy", '{"source": "tiny", "destination": "planted"}'),
+    ("POST", "/api/chat", '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("POST", "/api/pull", '{"model": "hllama-test/tiny-chat"}'),
+    ("DELETE", "/api/delete", '{"model": "tiny"}'),
+    ("POST", "/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("GET", "/api/tags", None),
+])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_foreign_web_page_cannot_write_or_run_anything(served_alias: str, hllama_home: Path, method: str,
+                                                        path: str, body: str | None, content_type: str):
+    """What a page's no-cors fetch or form post sends: its Origin, and a body labelled as text or a form."""
+    answer = httpx.request(method, served_alias + path, content=body,
+                           headers={"Origin": "https://evil.example", "Content-Type": content_type})
+    assert answer.status_code == 403
+    expected = answer.json()["error"]
+    assert "origin" in (expected["message"] if isinstance(expected, dict) else expected)
+    assert sorted(path.name for path in (hllama_home / "modelfiles").iterdir()) == ["tiny.yaml"]
+    assert "pwned" not in (hllama_home / "modelfiles" / "tiny.yaml").read_text()
+
+
+def test_non_json_bodies_are_415_and_curl_style_json_still_works(served_alias: str):
+    for content_type in ("text/plain", "multipart/form-data; boundary=x", "text/plain;charset=UTF-8"):
+        refused = httpx.post(f"{served_alias}/api/show", content='{"model": "tiny"}',
+                             headers={"Content-Type": content_type})
+        assert refused.status_code == 415 and "must be JSON" in refused.json()["error"]
+    refused = httpx.post(f"{served_alias}/v1/chat/completions", content="{}", headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 415 and refused.json()["error"]["type"] == "invalid_request_error"
+    # curl -d labels JSON as a form; local tools without an Origin keep working
+    shown = httpx.post(f"{served_alias}/api/show", content='{"model": "tiny"}',
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert shown.status_code == 200 and shown.json()["system"] == "Be kind."
+    allowed = httpx.post(f"{served_alias}/api/show", json={"model": "tiny"}, headers={"Origin": "http://localhost:3000"})
+    assert allowed.status_code == 200
+
+
+def test_request_bodies_have_a_size_limit(served_alias: str):
+    big = '{"model": "tiny", "prompt": "' + "x" * (2 * 1024 * 1024) + '"}'
+    told = httpx.post(f"{served_alias}/api/generate", content=big)
+    assert told.status_code == 413 and "too large" in told.json()["error"]
+
+    def chunks():
+        yield big[:1000].encode()
+        for _ in range(40):
+            yield b"x" * 65536
+
+    streamed = httpx.post(f"{served_alias}/v1/completions", content=chunks())  # no Content-Length: counted
+    assert streamed.status_code == 413 and "too large" in streamed.json()["error"]["message"]
+    assert httpx.post(f"{served_alias}/api/show", json={"model": "tiny"}).status_code == 200

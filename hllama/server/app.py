@@ -31,6 +31,7 @@ from hllama.errors import (
     PromptTooLong,
     QuantizationUnavailable,
     RemoteModelNotFound,
+    RequestTooLarge,
     ServerBusy,
     UnsupportedMediaType,
 )
@@ -48,7 +49,7 @@ HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
     NotSupported: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, RemoteModelNotFound: 404,
-    UnsupportedMediaType: 415, GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
+    UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }
 
@@ -85,7 +86,8 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     app.state.service = service
     key = service.settings.api_key
     add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
-                       api_key=key.get_secret_value() if key else None, refuse=error_response)
+                       api_key=key.get_secret_value() if key else None, refuse=error_response,
+                       max_body=int(service.settings.max_request_size))
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hllama.errors import RequestTooLarge
 
 #: Ollama's defaults: local web pages on any port, and desktop or editor webviews.
 DEFAULT_ORIGINS = ("http://localhost", "https://localhost", "http://127.0.0.1", "https://127.0.0.1",
@@ -69,6 +71,61 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
+class RefuseForeignOrigins:
+    """403 on every route for a request whose ``Origin`` is not allowed, as Ollama's origin check does.
+
+    CORS alone only hides answers: a page may still *send* a ``no-cors`` POST (a form, ``text/plain``) that
+    creates an alias or starts a download. Browsers name the page's origin on such requests; tools do not.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed: str, refuse: Refuse) -> None:
+        self.app = app
+        self.allowed = re.compile(allowed)
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origin = dict(scope["headers"]).get(b"origin")
+            if origin is not None and not self.allowed.match(origin.decode("latin-1")):
+                response = self.refuse(scope["path"], 403, "forbidden: requests from this web origin are not "
+                                       "allowed (add it to HLLAMA_ORIGINS to allow it)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class LimitBodySize:
+    """413 for a request body over ``limit`` bytes, told by Content-Length or counted as it arrives."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, refuse: Refuse) -> None:
+        self.app = app
+        self.limit = limit
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self.refuse(scope["path"], 413, self._message())(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise RequestTooLarge(self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body too large: the limit is {self.limit} bytes (max_request_size)"
+
+
 class RequireApiKey:
     """401 for a request without the key; CORS preflights and ``/`` (clients probe it) stay open."""
 
@@ -89,11 +146,16 @@ class RequireApiKey:
         await self.app(scope, receive, send)
 
 
-def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None, refuse: Refuse) -> None:
-    """Outermost first: the Host check, then CORS (so even a 401 carries its headers), then the key."""
+def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None, refuse: Refuse,
+                       max_body: int) -> None:
+    """Outermost first: the Host check, the origin check, CORS (so even a 401 carries its headers), the key,
+    then the body's size."""
+    app.add_middleware(LimitBodySize, limit=max_body, refuse=refuse)
     if api_key is not None:
         app.add_middleware(RequireApiKey, key=api_key, refuse=refuse)
-    app.add_middleware(CORSMiddleware, allow_origin_regex=origin_pattern(origins), allow_methods=["*"],
+    allowed = origin_pattern(origins)
+    app.add_middleware(CORSMiddleware, allow_origin_regex=allowed, allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Hllama-Effective"])
+    app.add_middleware(RefuseForeignOrigins, allowed=allowed, refuse=refuse)
     if is_loopback(bind_host):
         app.add_middleware(LoopbackHostOnly, refuse=refuse)
