@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hllama import hub
 from hllama.config import Settings
 from hllama.engine.loader import locate, plan_load
-from hllama.errors import ModelLoadError, ModelNotDownloaded
+from hllama.errors import ModelNotDownloaded, NoModelAtPath
 from hllama.footprint import Plan
 from hllama.hardware import Budget
 from hllama.registry import Registry, RegistryEntry
@@ -66,7 +66,7 @@ def _plan_or_note(resolved: Resolved, budget: Budget) -> tuple[Plan | None, str]
         source = locate(resolved.model, resolved.revision)
     except ModelNotDownloaded:
         return None, "not downloaded"
-    except ModelLoadError:
+    except NoModelAtPath:
         return None, "missing"
     return plan_load(resolved, source, budget), ""
 

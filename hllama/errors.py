@@ -112,6 +112,14 @@ class ModelNotDownloaded(HllamaError, LookupError):
         super().__init__(f"model '{repo_id}' not found, try pulling it first")
 
 
+class NoModelAtPath(HllamaError, LookupError):
+    """A local path that holds no model; nothing of what is there is read or shown."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"no model at '{path[:500]}': expected a folder with config.json or a .gguf file")
+
+
 class ModelTooLarge(HllamaError, MemoryError):
     def __init__(self, model: str, needed: int, budget: int, source: str, hint: str | None) -> None:
         from hllama.hardware import format_bytes
@@ -135,6 +143,13 @@ class PromptTooLong(HllamaError, ValueError):
         self.needed, self.context = needed, context
         super().__init__(f"the prompt needs {needed} tokens even with older turns dropped, "
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
+
+
+class ChatTemplateError(HllamaError, ValueError):
+    """A chat template (the model's, an alias's or a request's) that fails to render this conversation."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the chat template failed: {reason}")
 
 
 class NotSupported(HllamaError, ValueError):

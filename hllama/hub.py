@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hllama.errors import GatedModel, HubUnreachable, RemoteModelNotFound
+from hllama.errors import GatedModel, HubUnreachable, InvalidOption, RemoteModelNotFound
 from hllama.footprint import Footprint, footprint_from_tensors
 
 #: Small files transformers may read next to the weights.
@@ -247,6 +247,8 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
     try:
         yield
+    except errors.HFValidationError:
+        raise InvalidOption(f"invalid model name '{repo_id[:200]}': a Hub repo id is owner/name") from None
     except errors.GatedRepoError:
         raise GatedModel(repo_id) from None
     except errors.RevisionNotFoundError:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hllama.errors import ModelfileError, UnsupportedInstruction
-from hllama.names import is_local_path, looks_like_repo_id, normalize_alias
+from hllama.names import LEGACY_REPO_ID, REVISION, is_local_path, looks_like_repo_id, normalize_alias
 from hllama.options import SYNONYMS, LoadOptions, Parameters
 from hllama.validation import KeyPath, Text, describe, field_name
 
@@ -31,8 +31,6 @@ else:  # pragma: no cover
 
 Format = Literal["yaml", "toml", "ollama"]
 
-#: Early Hub models have no owner ("gpt2").
-_LEGACY_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: A modelfile is a few KiB (a long license included); anything near this is not one.
 MAX_MODELFILE_BYTES = 1024 * 1024
@@ -73,9 +71,16 @@ class Modelfile(BaseModel):
     @field_validator("from_")
     @classmethod
     def _model_reference(cls, value: str) -> str:
-        if not (is_local_path(value) or looks_like_repo_id(value) or _LEGACY_REPO_ID.fullmatch(value)):
+        if not (is_local_path(value) or looks_like_repo_id(value) or LEGACY_REPO_ID.fullmatch(value)):
             raise ValueError("expected a Hub repo id (owner/name), a local model folder (./path, /path) "
                              "or a .gguf file")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and not (REVISION.fullmatch(value) and ".." not in value):
+            raise ValueError("expected a branch, tag or commit (letters, digits, '.', '_', '-', '/')")
         return value
 
     @field_validator("name")

@@ -8,8 +8,17 @@ from pathlib import Path
 from hllama.errors import InvalidAliasName
 
 _PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+
+#: Room for the file's suffix and its temporary name within the 255 bytes a file name may have.
+MAX_ALIAS_LENGTH = 200
 _ALIAS = re.compile(rf"{_PART}(?::{_PART})?")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+#: Early Hub models have no owner ("gpt2").
+LEGACY_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+#: A branch, tag or commit on the Hub (``main``, ``v1.0``, ``refs/pr/1``, a 40-digit sha).
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 
 
 def normalize_alias(name: str) -> str:
@@ -24,6 +33,8 @@ def normalize_alias(name: str) -> str:
         raise InvalidAliasName(name, "path separators are not allowed")
     if ".." in name:
         raise InvalidAliasName(name, "'..' is not allowed")
+    if len(name) > MAX_ALIAS_LENGTH:
+        raise InvalidAliasName(name[:40] + "...", f"longer than {MAX_ALIAS_LENGTH} characters")
     if not _ALIAS.fullmatch(name):
         raise InvalidAliasName(
             name, "use letters, digits, '.', '_' and '-', optionally ':tag', starting with a letter or digit")
@@ -42,7 +53,35 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.fullmatch(text)) and ".." not in text
 
 
-def is_model_folder(text: str) -> bool:
-    """A local folder that holds a transformers model."""
-    path = Path(text).expanduser()
-    return path.is_dir() and (path / "config.json").is_file()
+def is_model_path(text: str) -> bool:
+    """A local path that holds a model: a folder with config.json or .gguf files, or a GGUF file itself.
+
+    Anything else (``/etc/shadow``, ``~/.ssh``, ``/``) is no model, so nothing of it is ever read or shown.
+    """
+    path = _path(text)
+    if path is None:
+        return False
+    if path.is_dir():
+        return (path / "config.json").is_file() or any(path.glob("*.gguf"))
+    return path.suffix.lower() == ".gguf" and _is_gguf(path)
+
+
+def _is_gguf(path: Path) -> bool:
+    """A regular file that starts with GGUF's magic bytes (a FIFO or device is never opened)."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _path(text: str) -> Path | None:
+    """``text`` as a local path, or None when no file could have that name (NUL, control characters)."""
+    if not text or len(text) > 4096 or any(ord(char) < 32 for char in text):
+        return None
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        return None

@@ -9,6 +9,7 @@ Ollama's spellings are accepted at the edge and stored under one name.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,9 @@ OLLAMA_IGNORED_OPTIONS: frozenset[str] = frozenset({
     "penalize_newline", "numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
 })
 
+#: Ten years or more is "keep forever": a time that far off overflows clocks and timestamps.
+FOREVER_SECONDS = 10 * 365 * 24 * 3600.0
+
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -47,7 +51,9 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("a duration must be a number of seconds or a string like '5m'")
     seconds = _parse_duration_text(value.strip()) if isinstance(value, str) else float(value)
-    return -1.0 if seconds < 0 else seconds
+    if math.isnan(seconds):
+        raise ValueError("a duration must be a number of seconds, not NaN")
+    return -1.0 if seconds < 0 or seconds >= FOREVER_SECONDS else seconds
 
 
 def _parse_duration_text(text: str) -> float:

@@ -16,7 +16,7 @@ from hllama import hub
 from hllama.config import Settings
 from hllama.errors import AliasNotFound
 from hllama.modelfile import Message
-from hllama.names import is_local_path, is_model_folder, looks_like_repo_id
+from hllama.names import LEGACY_REPO_ID, is_model_path, looks_like_repo_id
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS, LoadOptions, Parameters
 from hllama.registry import Registry
 
@@ -93,9 +93,9 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
 
 
 def _names_a_model(name: str) -> bool:
-    """A Hub repo id, a local model path, or a model already in the Hub cache."""
-    return looks_like_repo_id(name) or is_local_path(name) or is_model_folder(name) or \
-        hub.local_snapshot(name) is not None
+    """A Hub repo id, a local path that holds a model, or a model already in the Hub cache (``gpt2``)."""
+    return looks_like_repo_id(name) or is_model_path(name) or \
+        (bool(LEGACY_REPO_ID.fullmatch(name)) and hub.local_snapshot(name) is not None)
 
 
 def _values(data: BaseModel | dict[str, Any]) -> dict[str, Any]:

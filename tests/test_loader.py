@@ -8,7 +8,7 @@ import pytest
 
 from hllama.config import load_settings
 from hllama.engine import build_prompt, load_model, locate, stream
-from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge
+from hllama.errors import ModelNotDownloaded, ModelTooLarge, NoModelAtPath
 from hllama.hardware import Budget, memory_budget
 from hllama.registry import Registry
 from hllama.resolve import Overrides, resolve
@@ -39,8 +39,13 @@ def test_locate(tiny_model_dir: Path, tmp_path: Path):
     assert locate(str(tiny_model_dir)).folder == tiny_model_dir
     with pytest.raises(ModelNotDownloaded, match="'org/not-here' not found, try pulling it first"):
         locate("org/not-here")
-    with pytest.raises(ModelLoadError, match="no model at"):
-        locate(str(tmp_path / "nothing"))
+    for nothing in (tmp_path / "nothing", tmp_path, Path("/etc/passwd"), Path("/dev/zero.gguf")):
+        with pytest.raises(NoModelAtPath, match="no model at"):
+            locate(str(nothing))
+    (tmp_path / "fake.gguf").write_text("not a GGUF file")
+    with pytest.raises(NoModelAtPath):
+        locate(str(tmp_path / "fake.gguf"))
+    (tmp_path / "fake.gguf").unlink()
     (tmp_path / "model.Q4.gguf").write_bytes(b"GGUF")
     assert locate(str(tmp_path / "model.Q4.gguf")) == type(locate(str(tiny_model_dir)))(tmp_path, "model.Q4.gguf")
 

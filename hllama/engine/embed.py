@@ -47,6 +47,8 @@ def embed(model: Any, tokenizer: Any, texts: list[str], *, pooling: Pooling, con
     device = next(model.parameters()).device
     for text in texts:
         ids = tokenizer(text)["input_ids"]
+        if not ids:
+            raise InvalidOption("an input has no tokens to embed (an empty string?)")
         if context and len(ids) > context:
             if not truncate:
                 raise InvalidOption(f"the input has {len(ids)} tokens, more than the context of {context}; "

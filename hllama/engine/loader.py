@@ -12,10 +12,10 @@ from typing import Any
 
 from hllama import hub
 from hllama.engine.embed import Pooling, pooling_of
-from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, QuantizationUnavailable
+from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, NoModelAtPath, QuantizationUnavailable
 from hllama.footprint import Plan, local_footprint, plan, text_config
 from hllama.hardware import Budget
-from hllama.names import is_local_path
+from hllama.names import is_local_path, is_model_path
 from hllama.options import LoadOptions
 from hllama.resolve import Resolved
 
@@ -70,15 +70,15 @@ class LoadedModel:
 
 def locate(model_id: str, revision: str | None = None) -> ModelSource:
     """A local folder or ``.gguf`` file, else the cached Hub snapshot (:class:`ModelNotDownloaded` if none)."""
-    path = Path(model_id).expanduser()
-    if is_local_path(model_id) or path.exists():
-        if path.is_file() and path.suffix.lower() == ".gguf":
+    if is_local_path(model_id) or is_model_path(model_id):
+        if not is_model_path(model_id):
+            raise NoModelAtPath(model_id)
+        path = Path(model_id).expanduser()
+        if path.is_file():
             return ModelSource(path.parent, path.name)
         if (path / "config.json").is_file():
             return ModelSource(path)
-        if ggufs := sorted(path.glob("*.gguf")) if path.is_dir() else []:
-            return ModelSource(path, ggufs[0].name)
-        raise ModelLoadError(f"no model at '{path}': expected a folder with config.json or a .gguf file")
+        return ModelSource(path, sorted(path.glob("*.gguf"))[0].name)
     snapshot = hub.local_snapshot(model_id, revision)
     if snapshot is None:
         raise ModelNotDownloaded(model_id)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import ToolCall, supports_tools
-from hllama.errors import NotSupported, PromptTooLong
+from hllama.errors import ChatTemplateError, NotSupported, PromptTooLong
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 
@@ -122,8 +122,15 @@ def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | No
            tools: list[dict[str, Any]] | None = None, **options: Any) -> tuple[str, tuple[str, ...]]:
     """The prompt text, and the stop strings the format itself needs. ``options`` go to the template."""
     if template or getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=True, tools=tools or None, **options)
+        import jinja2
+
+        try:
+            text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True, tools=tools or None, **options)
+        except jinja2.TemplateError as exc:
+            raise ChatTemplateError(str(exc.message or type(exc).__name__)) from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:  # raised by its code
+            raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from None
         return text, ()
     return plain_format(messages), FALLBACK_STOPS
 

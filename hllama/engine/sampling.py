@@ -38,20 +38,35 @@ class PresenceFrequencyPenalty(LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+#: Below this, dividing logits by the temperature overflows float32: such a temperature decodes greedily.
+GREEDY_BELOW = 1e-4
+
+
 class SeededSampler(LogitsProcessor):
-    """Draw the next token with a private generator; every other token gets ``-inf``."""
+    """Draw the next token with a private generator; every other token gets ``-inf``.
+
+    ``seed`` None or -1 (llama.cpp's and Ollama's "random") draws a fresh seed; any other integer is used
+    modulo 2**64, the generator's range.
+    """
 
     def __init__(self, seed: int | None) -> None:
-        self.seed = seed if seed is not None else secrets.randbits(63)
+        self.seed = seed % 2**64 if seed not in (None, -1) else secrets.randbits(63)
         self._generator: torch.Generator | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._generator is None:
             self._generator = torch.Generator(device=scores.device).manual_seed(self.seed)
-        probabilities = torch.softmax(scores.float(), dim=-1)
+        probabilities = torch.softmax(_finite(scores.float()), dim=-1)
         chosen = torch.multinomial(probabilities, num_samples=1, generator=self._generator)
         picked = torch.full_like(scores, float("-inf"))
         return picked.scatter_(1, chosen, 0.0)
+
+
+def _finite(scores: torch.Tensor) -> torch.Tensor:
+    """Logits an extreme penalty pushed to +inf (or NaN) would make every probability NaN: the tokens at +inf
+    share the draw, and NaN counts as excluded."""
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+    return scores
 
 
 class LogprobRecorder(LogitsProcessor):
@@ -76,7 +91,7 @@ def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProces
                                                    frequency=params.frequency_penalty or 0.0,
                                                    prompt_length=prompt_length))
     temperature = params.temperature if params.temperature is not None else 1.0
-    if temperature > 0:
+    if temperature >= GREEDY_BELOW:
         if temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))
         if params.top_k:

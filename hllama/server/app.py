@@ -17,6 +17,7 @@ from hllama.config import Settings
 from hllama.errors import (
     AliasExists,
     AliasNotFound,
+    ChatTemplateError,
     ConfigError,
     GatedModel,
     HllamaError,
@@ -27,6 +28,7 @@ from hllama.errors import (
     ModelLoadError,
     ModelNotDownloaded,
     ModelTooLarge,
+    NoModelAtPath,
     NotSupported,
     PromptTooLong,
     QuantizationUnavailable,
@@ -47,8 +49,8 @@ log = logging.getLogger("hllama.server")
 #: Error class -> HTTP status, applied by a single handler (the first class in the MRO that is listed wins).
 HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
-    NotSupported: 400,
-    AliasNotFound: 404, ModelNotDownloaded: 404, RemoteModelNotFound: 404,
+    NotSupported: 400, ChatTemplateError: 400,
+    AliasNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
     UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }

@@ -23,7 +23,8 @@ from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
-from hllama.names import looks_like_repo_id
+from hllama.names import is_local_path, is_model_path, looks_like_repo_id
+from hllama.options import FOREVER_SECONDS
 from hllama.registry import Registry
 from hllama.server.body import read_body
 from hllama.server.ollama_types import (
@@ -40,7 +41,6 @@ from hllama.validation import describe, field_name
 
 router = APIRouter()
 
-_FOREVER = 10 * 365 * 24 * 3600  # Ollama shows a far-future expiry for models kept forever
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
@@ -130,9 +130,12 @@ def _chat_template(folder: Path | None) -> str:
         return ""
     for name in ("chat_template.jinja", "tokenizer_config.json"):
         path = folder / name
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            return text if name.endswith(".jinja") else str(json.loads(text).get("chat_template") or "")
+        try:
+            text = path.read_text(encoding="utf-8") if path.is_file() else None
+            if text is not None:
+                return text if name.endswith(".jinja") else str(json.loads(text).get("chat_template") or "")
+        except (OSError, ValueError, AttributeError):  # unreadable or not a config: no template to show
+            return ""
     return ""
 
 
@@ -143,8 +146,8 @@ async def ps(request: Request) -> dict[str, Any]:
     models = []
     for runner in sorted(scheduler.runners, key=scheduler.expires_in, reverse=True):
         remaining = scheduler.expires_in(runner)
-        if math.isinf(remaining):
-            remaining = runner.keep_alive if runner.keep_alive >= 0 and not runner.idle else _FOREVER
+        if math.isinf(remaining):  # in use, or kept forever: Ollama shows a far-future expiry for the latter
+            remaining = runner.keep_alive if runner.keep_alive >= 0 and not runner.idle else FOREVER_SECONDS
         load_plan = runner.model.plan  # type: ignore[attr-defined]
         name = wire_name(runner.name)
         models.append({"name": name, "model": name, "size": runner.size, "digest": digest(repr(runner.key)),
@@ -187,7 +190,7 @@ def _base_modelfile(service: Service, name: str) -> Modelfile:
     if entry is not None:
         return entry.modelfile
     resolved = service.resolve(name)
-    return Modelfile.model_validate({"from": resolved.model, "revision": resolved.revision})
+    return _validated({"from": resolved.model, "revision": resolved.revision})
 
 
 @router.post("/api/create")
@@ -214,8 +217,12 @@ async def create(request: Request) -> Response:
 
 def _created_modelfile(service: Service, body: CreateRequest) -> Modelfile:
     """Ollama's create: ``from`` another model (an alias's settings are inherited), then the given fields."""
+    if service.registry.get(body.from_) is None and is_local_path(body.from_) and not (
+            Path(body.from_).is_absolute() and is_model_path(body.from_)):
+        raise InvalidOption(f"'from' names no model: '{body.from_[:500]}' is not an absolute path to a model "
+                            "folder (with config.json) or a .gguf file")
     base = _base_modelfile(service, body.from_) if service.registry.get(body.from_) else \
-        Modelfile.model_validate({"from": body.from_})
+        _validated({"from": body.from_})
     data = base.model_dump(by_alias=True, exclude_none=True)
     for key in ("system", "template"):
         if getattr(body, key) is not None:
@@ -230,6 +237,10 @@ def _created_modelfile(service: Service, body: CreateRequest) -> Modelfile:
         quantize = body.quantize.lower()
         data.setdefault("load", {})["quantize"] = "8bit" if quantize.startswith("q8") else \
             "4bit" if quantize.startswith("q4") else quantize
+    return _validated(data)
+
+
+def _validated(data: dict[str, Any]) -> Modelfile:
     try:
         return Modelfile.model_validate(data)
     except ValidationError as exc:

@@ -148,6 +148,9 @@ def _infill_ids(loaded: Any, resolved: Resolved, prefix: str, suffix: str) -> li
 def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:
     """``context`` (the tokens of an earlier exchange) followed by the new turn."""
     def prompt_ids(loaded: Any) -> list[int]:
+        vocabulary = loaded.model.get_input_embeddings().num_embeddings
+        if not all(0 <= token < vocabulary for token in body.context):
+            raise InvalidOption(f"context holds token ids outside the model's vocabulary (0 to {vocabulary - 1})")
         turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
         return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
 

@@ -63,9 +63,8 @@ class _Sampling(_Lenient):
     frequency_penalty: float | None = None
 
     def parameters(self) -> dict[str, Any]:
-        """Ollama's rule: temperature and top_p default to 1.0 when a request leaves them out."""
-        values = {"temperature": 1.0 if self.temperature is None else self.temperature,
-                  "top_p": 1.0 if self.top_p is None else self.top_p, "max_new_tokens": self.max_tokens,
+        """What the request sets; what it leaves out stays as the alias (or the defaults) say."""
+        values = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_tokens,
                   "stop": self.stop, "seed": self.seed, "presence_penalty": self.presence_penalty,
                   "frequency_penalty": self.frequency_penalty}
         return {key: value for key, value in values.items() if value is not None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -250,16 +251,36 @@ class _RawPrompt:
 
 
 def effective_settings(resolved: Resolved, loaded: LoadedModel | None = None) -> str:
-    """The settings a request runs with, as one line of JSON (the ``X-Hllama-Effective`` header)."""
+    """The settings a request runs with, as one line of JSON (the ``X-Hllama-Effective`` header).
+
+    Bounded whatever an alias holds (clients refuse headers of a few KB): every name and layer, but long
+    texts (a system prompt, a path) cut to their start plus a hash, and lists to their first few items.
+    """
     document = {
-        "model": resolved.model, "alias": resolved.alias, "system": resolved.system,
-        "parameters": resolved.parameters.model_dump(exclude_none=True),
-        "load": resolved.load.model_dump(exclude_none=True),
+        "model": _bounded(resolved.model), "alias": resolved.alias, "system": _bounded(resolved.system),
+        "parameters": _bounded(resolved.parameters.model_dump(exclude_none=True)),
+        "load": _bounded(resolved.load.model_dump(exclude_none=True)),
         "sources": {key: layer.value for key, layer in resolved.sources.items()},
     }
     if loaded is not None:
         document["precision"] = loaded.precision
     return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
+
+
+#: What the header keeps of one text, and of one list.
+_HEADER_TEXT, _HEADER_ITEMS = 48, 4
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _HEADER_TEXT:
+        return f"{value[:_HEADER_TEXT // 2]}...(sha256:{hashlib.sha256(value.encode()).hexdigest()[:12]}, " \
+               f"{len(value)} chars)"
+    if isinstance(value, list):
+        kept = [_bounded(item) for item in value[:_HEADER_ITEMS]]
+        return kept + ([f"...{len(value) - _HEADER_ITEMS} more"] if len(value) > _HEADER_ITEMS else [])
+    if isinstance(value, dict):
+        return {key: _bounded(item) for key, item in value.items()}
+    return value
 
 
 _DONE = object()

@@ -1,0 +1,142 @@
+"""Single hostile or careless requests: each is a 4xx in its API's shape, and the server goes on answering."""
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from hllama.cli import main
+from hllama.config import load_settings
+
+from .liveserver import live_server
+from .tinymodel import CHATS, REPO_ID
+
+QUESTION, ANSWER = CHATS[0]
+
+
+@pytest.fixture
+def url(tiny_cache: Path, hllama_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a Hub that refuses at once
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
+    with live_server(load_settings()) as base:
+        yield base
+
+
+def _chat(**extra):
+    return {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "stream": False, **extra}
+
+
+CASES = [
+    # (method, path, body, status, what the error says)
+    ("POST", "/api/chat", _chat(options={"temperature": 1e-300}), 200, None),
+    ("POST", "/api/chat", _chat(options={"repeat_penalty": 1e-300, "temperature": 0.5, "seed": 3}), 200, None),
+    ("POST", "/api/chat", _chat(options={"seed": 2**70}), 200, None),
+    ("POST", "/api/chat", _chat(options={"seed": -(2**70)}), 200, None),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "context": [99999999], "stream": False}, 400,
+     "context holds token ids outside the model's vocabulary"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "context": [-1], "stream": False}, 400,
+     "context holds token ids outside"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "template": "{{ foo( }}", "stream": False}, 400,
+     "the chat template failed"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "template": "{{ x.y.z }}", "stream": False}, 400,
+     "the chat template failed"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "template": "{{ 1 + 'a' }}", "stream": False}, 400,
+     "the chat template failed"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "template": "{{ raise_exception('no') }}"}, 400,
+     "the chat template failed: no"),
+    ("POST", "/api/embed", {"model": "tiny", "input": [""]}, 400, "an input has no tokens"),
+    ("POST", "/api/pull", {"model": "a b c"}, 400, "invalid model name"),
+    ("POST", "/api/pull", {"model": "x" * 300}, 400, "invalid model name"),
+    ("POST", "/api/create", {"model": "a" * 300, "from": REPO_ID}, 400, "invalid alias name"),
+    ("POST", "/api/copy", {"source": "tiny", "destination": "b" * 300}, 400, "invalid alias name"),
+    ("POST", "/api/create", {"model": "x", "from": "a b"}, 400, "from: expected a Hub repo id"),
+    ("POST", "/api/create", {"model": "x", "from": "/etc/shadow"}, 400, "'from' names no model"),
+    ("POST", "/api/create", {"model": "x", "from": "/"}, 400, "'from' names no model"),
+    ("POST", "/api/create", {"model": "x", "from": "~/.ssh"}, 400, "'from' names no model"),
+    ("POST", "/api/create", {"model": "x", "from": "./relative"}, 400, "'from' names no model"),
+    ("POST", "/api/create", {"model": "x", "from": "/etc/x.gguf"}, 400, "'from' names no model"),
+    ("POST", "/api/create", {"model": "x", "from": REPO_ID, "system": "\ud800"}, 400, "invalid text"),
+    ("POST", "/api/show", {"model": "/etc"}, 404, "model '/etc' not found"),
+    ("POST", "/api/show", {"model": "/"}, 404, "model '/' not found"),
+    ("POST", "/api/show", {"model": "a\u0000b"}, 404, "not found"),
+    ("POST", "/api/chat", {"model": "/etc/passwd", "messages": [{"role": "user", "content": "x"}]}, 404, "not found"),
+    ("POST", "/api/chat", _chat(keep_alive="NaN"), 400, "invalid keep_alive"),
+    ("GET", "/api/nothing", None, 404, "/api/nothing not found"),
+    ("GET", "/api/chat", None, 405, "method GET not allowed"),
+    ("PUT", "/api/tags", None, 405, "method PUT not allowed"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_each_is_a_client_error(url: str, method: str, path: str, body, status: int, message: str | None, caplog):
+    content = None if body is None else json.dumps(body)
+    answer = httpx.request(method, url + path, content=content, timeout=60)
+    assert answer.status_code == status, answer.text
+    if message is not None:
+        assert message in answer.json()["error"]
+    assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"
+    assert httpx.post(f"{url}/api/show", json={"model": "tiny"}).status_code == 200
+
+
+def test_a_local_folder_that_is_no_model_shows_nothing_of_it(url: str, tmp_path: Path):
+    (tmp_path / "chat_template.jinja").write_text("SECRET TEMPLATE")
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "SECRET"}')
+    for route, body in (("/api/show", {"model": str(tmp_path)}), ("/api/create", {"model": "x", "from": str(tmp_path)}),
+                        ("/api/generate", {"model": str(tmp_path), "prompt": "hi"})):
+        answer = httpx.post(url + route, json=body)
+        assert answer.status_code in (400, 404) and "SECRET" not in answer.text
+
+
+def test_the_routers_own_errors_use_each_apis_shape(url: str):
+    assert httpx.get(f"{url}/api/nope").json() == {"error": "/api/nope not found"}
+    answer = httpx.get(f"{url}/v1/nope")
+    assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found_error"
+    assert httpx.get(f"{url}/v1/chat/completions").json()["error"]["message"].startswith("method GET not allowed")
+
+
+def test_a_huge_keep_alive_is_forever_and_ps_still_answers(url: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HLLAMA_HOST", url.removeprefix("http://"))
+    for keep_alive in (1e12, "99999999h", 1e300, "1e400"):
+        body = _chat(keep_alive=keep_alive) if keep_alive != "1e400" else None
+        if body is None:  # not a JSON number Python can hold: refused by the reader, not overflowing later
+            raw = json.dumps(_chat()).replace('"stream": false', '"stream": false, "keep_alive": 1e400')
+            assert httpx.post(f"{url}/api/chat", content=raw).status_code == 400
+            continue
+        assert httpx.post(f"{url}/api/chat", json=body, timeout=60).status_code == 200
+        [running] = httpx.get(f"{url}/api/ps").json()["models"]
+        assert running["expires_at"] > "2030"
+    assert main(["ps"]) == 0
+
+
+def test_the_effective_header_stays_small_whatever_the_alias_holds(url: str, hllama_home: Path):
+    long_system = "You are a careful assistant. " * 4  # the tiny model's context holds no more
+    stops = [f"STOP{index}-" + "z" * 400 for index in range(40)]  # 16 KB of stop strings
+    (hllama_home / "modelfiles" / "big.yaml").write_text(json.dumps(
+        {"from": REPO_ID, "system": long_system, "parameters": {"stop": stops, "temperature": 0}}))
+    answer = httpx.post(f"{url}/api/chat", json={**_chat(), "model": "big"}, timeout=60)
+    assert answer.status_code == 200
+    header = answer.headers["X-Hllama-Effective"]
+    assert len(header) < 2048
+    effective = json.loads(header)
+    assert effective["sources"]["system"] == "modelfile" and effective["parameters"]["temperature"] == 0
+    assert effective["system"].startswith("You are a careful") and "sha256:" in effective["system"]
+    assert len(effective["parameters"]["stop"]) == 5 and effective["parameters"]["stop"][-1] == "...36 more"
+
+
+def test_openai_routes_keep_the_aliases_sampling_when_the_client_omits_it(url: str):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    answers = set()
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="tiny", messages=[{"role": "user", "content": QUESTION}])
+        effective = json.loads(raw.headers["X-Hllama-Effective"])
+        assert effective["parameters"]["temperature"] == 0 and effective["sources"]["parameters.temperature"] == \
+            "modelfile"
+        assert effective["sources"]["parameters.top_p"] == "default"
+        answers.add(raw.parse().choices[0].message.content)
+    assert answers == {ANSWER}
+    hot = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": QUESTION}], temperature=1.5)
+    assert json.loads(hot.headers["X-Hllama-Effective"])["sources"]["parameters.temperature"] == "api"
