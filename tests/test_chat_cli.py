@@ -53,6 +53,20 @@ def test_input_file_is_the_first_message(capsys, monkeypatch, tiny_alias, tmp_pa
     assert (code, out) == (0, "The capital of France is Paris.\n")
 
 
+def test_an_input_file_is_read_as_stdin_is(capsys, monkeypatch, tiny_alias, tmp_path: Path):
+    """A file's trailing newline (every editor writes one) is stripped, as piped text is: the same answer."""
+    question = tmp_path / "question.txt"
+    question.write_text("Count to five.\n\n")
+    from_file = run(capsys, monkeypatch, "run", tiny_alias, "--input-file", str(question), "--verbose")
+    piped = run(capsys, monkeypatch, "run", tiny_alias, "--verbose", stdin="Count to five.\n\n")
+    assert from_file[1] == piped[1] == "One, two, three, four, five.\n"
+
+    def prompt_tokens(result):
+        return [line for line in result[2].splitlines() if line.startswith("prompt eval count")]
+
+    assert prompt_tokens(from_file) == prompt_tokens(piped)
+
+
 def test_history_round_trip(capsys, monkeypatch, tiny_alias, tmp_path: Path):
     history = tmp_path / "talk.json"
     first = run(capsys, monkeypatch, "run", tiny_alias, "What is the capital of France?", "--history", str(history),
@@ -73,6 +87,8 @@ def test_history_round_trip(capsys, monkeypatch, tiny_alias, tmp_path: Path):
     (["run", "tiny", "Say hello.", "--ctx", "5"], "Error: the prompt needs"),
     (["run", "tiny", "hi", "--temperature", "-1"], "Error: --temperature: input should be greater than or equal"),
     (["run", "tiny", "hi", "--input-file", "/nonexistent/x.txt"], "Error: cannot read /nonexistent/x.txt"),
+    (["run", "tiny", "hi", "--input-file", "/dev/zero"], "Error: /dev/zero is larger than 64 MiB"),
+    (["run", "tiny", "hi", "--input-file", "/bin/sh"], "Error: /bin/sh is not UTF-8 text"),
 ])
 def test_chat_errors_are_one_line(capsys, monkeypatch, tiny_alias, argv, message):
     code, _, err = run(capsys, monkeypatch, *argv)

@@ -120,14 +120,25 @@ def run_chat(args: argparse.Namespace) -> int:
     return _repl(session, talk, show) if interactive else 0
 
 
+#: More text than any model's context holds.
+MAX_INPUT_BYTES = 64 * 2**20
+
+
 def _first_message(args: argparse.Namespace) -> str | None:
     prompt = " ".join(args.prompt).strip() or None
     if args.input_file is None:
         return prompt
     try:
-        text = args.input_file.read_text(encoding="utf-8")
+        with args.input_file.open("rb") as handle:  # a pipe (<(command)) works too
+            data = handle.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InvalidOption(f"cannot read {args.input_file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidOption(f"{args.input_file} is larger than {MAX_INPUT_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8-sig").strip()  # as text piped on stdin is
+    except UnicodeDecodeError:
+        raise InvalidOption(f"{args.input_file} is not UTF-8 text") from None
     return f"{prompt}\n\n{text}" if prompt else text
 
 
