@@ -39,13 +39,13 @@ class Row:
 
 
 def catalog(settings: Settings, registry: Registry, budget: Budget) -> list[Row]:
+    """Every alias, and every model in the Hub cache under its repo id, aliased or not (as Ollama lists a
+    created model beside its base): clients select models by either name."""
     rows = [_alias_row(entry, settings, registry, budget) for entry in registry]
-    aliased = {row.model for row in rows}
     for cached in hub.cached_models():
-        if cached.repo_id not in aliased:
-            load_plan, note = _plan_or_note(resolve(cached.repo_id, settings=settings, registry=registry), budget)
-            rows.append(Row(name=cached.repo_id, model=cached.repo_id, source="hub cache",
-                            size=cached.size_on_disk, plan=load_plan, note=note))
+        load_plan, note = _plan_or_note(resolve(cached.repo_id, settings=settings, registry=registry), budget)
+        rows.append(Row(name=cached.repo_id, model=cached.repo_id, source="hub cache",
+                        size=cached.size_on_disk, plan=load_plan, note=note))
     return rows
 
 

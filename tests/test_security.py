@@ -75,7 +75,7 @@ def test_an_api_key_guards_every_route_but_the_health_check(keyed: str):
         ollama.Client(host=keyed).list()
     assert caught.value.status_code == 401
     client = ollama.Client(host=keyed, headers={"Authorization": "Bearer s3cret"})
-    assert [model.model for model in client.list().models] == ["tiny:latest"]
+    assert [model.model for model in client.list().models] == ["tiny:latest", f"{REPO_ID}:latest"]
 
     with pytest.raises(openai.AuthenticationError) as refused_openai:
         openai.OpenAI(base_url=f"{keyed}/v1", api_key="wrong").models.list()

@@ -35,8 +35,9 @@ def test_root_and_version(url: str):
 
 
 def test_list(client: ollama.Client):
-    [model] = client.list().models
-    assert model.model == "tiny:latest"
+    [model, base] = client.list().models
+    assert model.model == "tiny:latest" and base.model == f"{REPO_ID}:latest"  # the alias and its base, as Ollama
+    assert base.details == model.details
     assert model.size == 396560
     assert len(model.digest) == 64
     assert model.details.family == "llama" and model.details.parameter_size == "98.6K"
@@ -154,6 +155,16 @@ def test_keep_alive_expires(client: ollama.Client):
     assert client.ps().models == []
 
 
+def test_show_lists_what_is_set_under_ollamas_names(client: ollama.Client):
+    client.create("sized", from_="tiny", parameters={"num_ctx": 128, "num_predict": 9, "repeat_penalty": 1.1,
+                                                     "stop": ["a", "b"]})
+    lines = client.show("sized").parameters.splitlines()
+    assert [line.split()[0] for line in lines] == ["temperature", "repeat_penalty", "stop", "stop", "num_predict",
+                                                   "num_ctx"]
+    assert 'stop                           "a"' in lines and "num_ctx                        128" in lines
+    assert client.show(REPO_ID).parameters == ""  # a model named directly: nothing set, no defaults listed
+
+
 def test_create_copy_delete(client: ollama.Client, hllama_home: Path):
     client.create("brief", from_="tiny", system="Be brief.", parameters={"num_predict": 7, "stop": ["zz"]})
     written = (hllama_home / "modelfiles" / "brief.yaml").read_text()
@@ -161,10 +172,11 @@ def test_create_copy_delete(client: ollama.Client, hllama_home: Path):
                        "  stop:\n  - zz\n  max_new_tokens: 7\n")
     assert client.chat("brief", messages=[{"role": "user", "content": "hi"}]).eval_count == 7
     client.copy("brief", "brief2")
-    assert sorted(model.model for model in client.list().models) == ["brief2:latest", "brief:latest", "tiny:latest"]
+    assert sorted(model.model for model in client.list().models) == ["brief2:latest", "brief:latest",
+                                                                     f"{REPO_ID}:latest", "tiny:latest"]
     client.delete("brief2")
     client.delete("brief")
-    assert [model.model for model in client.list().models] == ["tiny:latest"]
+    assert [model.model for model in client.list().models] == ["tiny:latest", f"{REPO_ID}:latest"]
     with pytest.raises(ollama.ResponseError) as caught:
         client.delete("brief")
     assert caught.value.status_code == 404

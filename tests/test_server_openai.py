@@ -89,7 +89,9 @@ def test_completions(client: openai.OpenAI):
 
 
 def test_models(client: openai.OpenAI):
-    assert [model.id for model in client.models.list()] == ["tiny:latest"]
+    # the repo id too, as Ollama lists a created model beside its base: clients select either
+    assert [model.id for model in client.models.list()] == ["tiny:latest", f"{REPO_ID}:latest"]
+    assert client.models.retrieve(REPO_ID).id == f"{REPO_ID}:latest"
     assert client.models.retrieve("tiny").id == client.models.retrieve("Tiny:latest").id == "tiny:latest"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")

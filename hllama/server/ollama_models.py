@@ -24,8 +24,9 @@ from hllama.engine.tools import supports_tools
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
-from hllama.options import FOREVER_SECONDS
+from hllama.options import FOREVER_SECONDS, SYNONYMS
 from hllama.registry import Registry
+from hllama.resolve import Layer, Resolved
 from hllama.server.body import read_body
 from hllama.server.ollama_types import (
     CopyRequest,
@@ -88,7 +89,7 @@ async def show(request: Request) -> dict[str, Any]:
     entry = service.registry.get(body.target)
     modelfile = entry.modelfile if entry else Modelfile.model_validate({"from": resolved.model})
     load_plan = await asyncio.to_thread(plan_for, resolved, service.budget)
-    parameters = resolved.parameters.model_dump(exclude_none=True, exclude={"keep_alive"})
+    parameters = _set_parameters(resolved)
     folder = _model_folder(resolved) if load_plan is not None else None  # None: not on this machine
     template = resolved.template or _chat_template(folder) or (
         load_plan.footprint.config.get("chat_template", "") if load_plan else "")  # a .gguf carries its own
@@ -109,6 +110,15 @@ async def show(request: Request) -> dict[str, Any]:
     if entry is not None and entry.error is not None:
         document["error"] = str(entry.error)  # an extra field: the file is broken, this is its last good version
     return document
+
+
+def _set_parameters(resolved: Resolved) -> dict[str, Any]:
+    """What the alias (or the config) sets, under Ollama's names (``num_ctx``, ``num_predict``), as Ollama's
+    ``parameters`` lists a model's own; built-in defaults are left out."""
+    ollama_names = {canonical: synonym for synonym, canonical in SYNONYMS.items()}
+    values = resolved.parameters.model_dump(exclude_none=True, exclude={"keep_alive"})
+    return {ollama_names.get(key, key): value for key, value in values.items()
+            if resolved.sources.get(f"parameters.{key}") not in (None, Layer.DEFAULT)}
 
 
 def _capabilities(load_plan: Any, template: str, folder: Path | None) -> list[str]:
