@@ -4,6 +4,7 @@ from pathlib import Path
 
 import httpx
 import ollama
+import openai
 import pytest
 
 from hllama.config import load_settings
@@ -28,6 +29,12 @@ def test_suffix_fills_the_middle(url: str):
     streamed = client.generate(CODER_REPO_ID, CODE_PREFIX, suffix=CODE_SUFFIX, options={"temperature": 0},
                                stream=True)
     assert "".join(chunk.response for chunk in streamed) == CODE_MIDDLE
+
+
+def test_openai_completions_fill_the_middle_too(url: str):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    filled = client.completions.create(model=CODER_REPO_ID, prompt=CODE_PREFIX, suffix=CODE_SUFFIX, temperature=0)
+    assert filled.choices[0].text == CODE_MIDDLE
 
 
 def test_a_model_without_infill_tokens(url: str):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hllama.errors import NotSupported
+
 
 @dataclass(frozen=True)
 class InfillFormat:
@@ -39,6 +41,14 @@ def infill_format(tokenizer: Any) -> InfillFormat | None:
         if all(token in vocabulary or f"▁{token}" in vocabulary for token in fmt.tokens):
             return fmt
     return None
+
+
+def infill_ids(tokenizer: Any, prefix: str, suffix: str, *, model: str) -> list[int]:
+    """The prompt of a fill-in-the-middle request, in the model's own format."""
+    fmt = infill_format(tokenizer)
+    if fmt is None:
+        raise NotSupported(model, "insert", "its tokenizer has no fill-in-the-middle tokens")
+    return tokenizer(fmt.prompt(prefix, suffix))["input_ids"]
 
 
 def folder_can_infill(folder: Path) -> bool:

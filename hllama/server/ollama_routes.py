@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hllama.engine import build_prompt, conversation
 from hllama.engine.embed import normalized
-from hllama.engine.infill import infill_format
+from hllama.engine.infill import infill_ids
 from hllama.engine.thinking import Thought
-from hllama.errors import HllamaError, InvalidOption, NotSupported
+from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 from hllama.server.body import read_body
@@ -91,8 +91,8 @@ async def generate(request: Request) -> Response:
         events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
                                   ["input_ids"], logprobs=logprobs)
     elif body.suffix:
-        events = service.complete(resolved, lambda loaded: _infill_ids(loaded, resolved, body.prompt, body.suffix),
-                                  logprobs=logprobs)
+        events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, body.prompt, body.suffix,
+                                                                      model=resolved.name), logprobs=logprobs)
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
@@ -135,14 +135,6 @@ async def embeddings(request: Request) -> dict[str, Any]:
     api, _ = overrides(body)
     result = await service.embed(_resolve(service, body.model, api), body.texts[:1])
     return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
-
-
-def _infill_ids(loaded: Any, resolved: Resolved, prefix: str, suffix: str) -> list[int]:
-    """The prompt of a fill-in-the-middle request, in the model's own format."""
-    fmt = infill_format(loaded.tokenizer)
-    if fmt is None:
-        raise NotSupported(resolved.name, "insert", "its tokenizer has no fill-in-the-middle tokens")
-    return loaded.tokenizer(fmt.prompt(prefix, suffix))["input_ids"]
 
 
 def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:

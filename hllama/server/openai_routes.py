@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from hllama.catalog import catalog
 from hllama.engine.embed import normalized
+from hllama.engine.infill import infill_ids
 from hllama.engine.prompt import ChatMessage as EngineMessage
 from hllama.engine.thinking import Thought
 from hllama.engine.tools import ToolCall
@@ -89,7 +90,11 @@ async def completions(request: Request) -> Response:
         raise InvalidOption("prompt must not be empty")
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, body.parameters())
-    events = service.complete(resolved, lambda loaded: loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if body.suffix:  # an editor's completion between two pieces of code
+        events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, prompt, body.suffix or "",
+                                                                      model=resolved.name))
+    else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
+        events = service.chat(resolved, [Message(role="user", content=prompt)])
     return await _respond(events, body, resolved, kind="text")
 
 

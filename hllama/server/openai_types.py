@@ -111,6 +111,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = ""
+    suffix: str | None = None
 
 
 class EmbeddingRequest(_Lenient):
