@@ -190,8 +190,21 @@ def local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         commit = (repo / "refs" / ref).read_text().strip()
     snapshot = repo / "snapshots" / commit
     weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
-    complete = ((snapshot / "config.json").is_file() and weights) or any(snapshot.glob("*.gguf"))
+    complete = ((snapshot / "config.json").is_file() and weights and _all_shards(snapshot)) or \
+        any(snapshot.glob("*.gguf"))
     return snapshot if complete else None
+
+
+def _all_shards(snapshot: Path) -> bool:
+    """Every weight file a sharded checkpoint's index names is there (an interrupted pull leaves some out)."""
+    for index in [*snapshot.glob("*.safetensors.index.json"), *snapshot.glob("*.bin.index.json")]:
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        if not all((snapshot / str(shard)).is_file() for shard in shards):
+            return False
+    return True
 
 
 def cached_models() -> list[CachedModel]:

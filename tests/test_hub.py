@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hllama.hub import select_files
@@ -105,6 +106,31 @@ def test_pull_without_network(hub: FakeHub):
     result = hllama("pull", REPO_ID, hub=hub, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1
     assert result.stderr.strip().endswith("Error: cannot reach the Hugging Face Hub (HF_HUB_OFFLINE is set)")
+
+
+def test_pull_of_a_model_complete_in_the_cache_succeeds_without_the_hub(hub: FakeHub, tiny_cache: Path):
+    """As huggingface_hub's offline mode: nothing to fetch is a success, the Hub down or not."""
+    for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}):
+        result = hllama("pull", REPO_ID, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1].endswith(f"{REPO_ID} is complete in the cache: {_snapshot()}")
+    (_snapshot() / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    result = hllama("pull", REPO_ID, env={"HF_HUB_OFFLINE": "1"})  # a shard missing: not complete
+    assert result.returncode == 1 and "cannot reach the Hugging Face Hub" in result.stderr
+
+
+def test_api_pull_of_a_cached_model_without_the_hub(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    from hllama.config import load_settings
+
+    from .liveserver import live_server
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with live_server(load_settings(), watch=False) as url:
+        pulled = httpx.post(f"{url}/api/pull", json={"model": REPO_ID, "stream": False}, timeout=60)
+        assert pulled.status_code == 200 and pulled.json() == {"status": "success"}
+        missing = httpx.post(f"{url}/api/pull", json={"model": "org/not-cached", "stream": False}, timeout=60)
+        assert missing.status_code == 502 and "cannot reach" in missing.json()["error"]
 
 
 def test_run_pulls_on_first_use(hub: FakeHub):

@@ -9,7 +9,7 @@ from hllama import hub
 from hllama.catalog import Row, catalog, plan_for
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
-from hllama.errors import AliasNotFound, InvalidOption
+from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption
 from hllama.footprint import Plan, plan
 from hllama.hardware import format_bytes, memory_budget
 from hllama.names import is_local_path
@@ -110,7 +110,13 @@ def pull_model(repo_id: str, *, revision: str | None, settings: Settings, yes: b
                context: int | None) -> bool:
     """Say what the model needs, ask if it cannot fit at all, download. ``run`` uses it on first use too."""
     print(f"pulling {repo_id}" + (f" ({revision})" if revision else ""), flush=True)
-    remote = hub.inspect_remote(repo_id, revision=revision)
+    try:
+        remote = hub.inspect_remote(repo_id, revision=revision)
+    except HubUnreachable as exc:  # nothing to fetch if the cache already holds all of it
+        if (snapshot := hub.local_snapshot(repo_id, revision)) is None:
+            raise
+        print(f"{exc}; {repo_id} is complete in the cache: {snapshot}")
+        return True
     budget = memory_budget(settings)
     load_plan = plan(remote.footprint, load=load, context=context, budget=budget)
     print(f"{len(remote.files)} files, {format_bytes(remote.download_bytes)} to download "

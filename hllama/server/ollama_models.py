@@ -21,7 +21,7 @@ from hllama.engine.infill import folder_can_infill
 from hllama.engine.loader import is_generative
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
-from hllama.errors import AliasNotFound, HllamaError, InvalidOption
+from hllama.errors import AliasNotFound, HllamaError, HubUnreachable, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import FOREVER_SECONDS, SYNONYMS
@@ -290,8 +290,18 @@ async def pull(request: Request) -> Response:
 
 
 def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[dict[str, Any]]:
-    """Ollama's pull statuses, one file at a time, with its bytes as they arrive."""
-    remote = hub.inspect_remote(repo_id)
+    """Ollama's pull statuses, one file at a time, with its bytes as they arrive.
+
+    A model complete in the cache is a success when the Hub cannot be reached, as huggingface_hub's offline
+    mode has it."""
+    try:
+        remote = hub.inspect_remote(repo_id)
+    except HubUnreachable:
+        if hub.local_snapshot(repo_id) is None:
+            raise
+        yield {"status": "pulling manifest"}
+        yield {"status": "success"}
+        return
     yield {"status": "pulling manifest"}
     for filename, size in remote.files.items():
         file_digest = "sha256:" + digest(f"{repo_id}@{remote.revision}/{filename}")
