@@ -165,3 +165,13 @@ def test_list_hides_what_cannot_fit_unless_all(tiny_cache: Path):
     assert hidden.stdout.splitlines()[1:] == ["(1 more too large for the memory budget; hllama list --all shows them)"]
     shown = hllama("list", "--all", env=small)
     assert shown.stdout.splitlines()[1].split()[-3:] == ["no", "hub", "cache"]
+
+
+def test_show_describes_a_cached_model_that_is_no_alias(tiny_cache: Path):
+    result = hllama("show", REPO_ID)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("  Model\n    architecture        llama\n    parameters          98.6K\n"
+                             "    context length      256\n    embedding length    64\n    quantization        F32\n"
+                             "    format              safetensors\n\n  Capabilities\n    completion\n\n")
+    missing = hllama("show", "org/not-cached")
+    assert missing.returncode == 1 and missing.stderr == "Error: model 'org/not-cached' not found, try pulling it first\n"

@@ -14,9 +14,10 @@ from hllama.cli.args import add_generation_options, add_load_options, invalid_op
 from hllama.cli.models import plan_lines
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
-from hllama.errors import AliasNotFound, InvalidOption
+from hllama.errors import InvalidOption, ModelNotDownloaded
 from hllama.hardware import memory_budget
 from hllama.modelfile import Modelfile, dump_yaml
+from hllama.registry import Registry
 from hllama.resolve import Resolved, resolve
 from hllama.store import AliasStore
 
@@ -37,8 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_load_options(create)
     create.set_defaults(run=run_create)
 
-    show = commands.add_parser("show", help="show an alias")
-    show.add_argument("name", help="alias (or, with --explain, a Hub repo id)")
+    show = commands.add_parser("show", help="show an alias or a model")
+    show.add_argument("name", help="alias, Hub repo id or local model")
     view = show.add_mutually_exclusive_group()
     view.add_argument("--explain", action="store_true", help="every effective value and the layer that set it")
     view.add_argument("--modelfile", action="store_true", help="print the source file as written")
@@ -89,7 +90,7 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     entry = registry.get(args.name)
     if entry is None:
-        raise AliasNotFound(args.name)
+        return _show_model(args.name, settings, registry)
     if args.modelfile:
         print(entry.path.read_text(encoding="utf-8-sig"), end="")
         return 0
@@ -97,6 +98,34 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"# {entry.error}\n# showing the last good version")
     print(dump_yaml(entry.modelfile.model_copy(update={"name": entry.name})), end="")
     _print_plan(resolve(entry.name, settings=settings, registry=registry), settings)
+    return 0
+
+
+def _show_model(name: str, settings: Settings, registry: Registry) -> int:
+    """A model that is no alias (a cached Hub repo, a local folder), as ``ollama show`` prints one."""
+    from hllama.modelinfo import describe_model
+
+    resolved = resolve(name, settings=settings, registry=registry)
+    described = describe_model(resolved, memory_budget(settings))
+    if described.plan is None:
+        raise ModelNotDownloaded(resolved.model)
+    info, details = described.model_info, described.details
+    arch = info.get("general.architecture", "")
+    rows = [("architecture", arch), ("parameters", details["parameter_size"]),
+            ("context length", info.get(f"{arch}.context_length")),
+            ("embedding length", info.get(f"{arch}.embedding_length")),
+            ("quantization", details["quantization_level"]), ("format", details["format"])]
+    sections = [("Model", [(key, value) for key, value in rows if value not in (None, "")]),
+                ("Capabilities", [(capability, "") for capability in described.capabilities]),
+                ("Parameters", [(key, json.dumps(item, ensure_ascii=False))
+                                for key, value in described.parameters.items()
+                                for item in (value if isinstance(value, list) else [value])])]
+    for title, lines in sections:
+        if lines:
+            print(f"  {title}")
+            for key, value in lines:
+                print(f"    {key:<20}{value}".rstrip())
+            print()
     return 0
 
 
