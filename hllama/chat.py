@@ -56,7 +56,8 @@ class ChatSession:
         stays in the context as far as it got; thinking is not kept."""
         question = Message(role="user", content=text)
         prompt = build_prompt(self.loaded.tokenizer, conversation(self.resolved, [*self.messages, question]),
-                              template=self.resolved.template, ctx=self.resolved.parameters.ctx, think=self.think,
+                              template=self.resolved.template,
+                              ctx=self.loaded.context_for(self.resolved.parameters.ctx), think=self.think,
                               model=self.resolved.name)
         self.messages.append(question)
         parts = ThinkingParts(prompt)

@@ -72,3 +72,26 @@ def test_a_prompt_that_cannot_fit_is_a_clear_error(tiny):
     with pytest.raises(PromptTooLong, match="context is 5 tokens"):
         build_prompt(tiny.tokenizer, [{"role": "system", "content": "long " * 20}, {"role": "user", "content": "q"}],
                      ctx=5)
+
+
+def test_a_long_history_is_trimmed_in_few_renders(tiny):
+    """Bisection over the turns: each render tokenizes the whole conversation, so one per turn would not scale."""
+    messages = [{"role": "system", "content": "Be brief."}]
+    for index in range(300):
+        messages += [{"role": "user", "content": f"question {index}"}, {"role": "assistant", "content": "answer"}]
+    messages.append({"role": "user", "content": "last"})
+    renders = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tiny.tokenizer, name)
+
+        def __call__(self, text, **kwargs):
+            renders.append(text)
+            return tiny.tokenizer(text, **kwargs)
+
+    expected = next(dropped for dropped in range(301) if len(build_prompt(
+        tiny.tokenizer, messages[:1] + messages[1 + 2 * dropped:]).ids) < 120)
+    prompt = build_prompt(Counting(), messages, ctx=120)
+    assert prompt.dropped_turns == expected and len(prompt.ids) < 120
+    assert len(renders) <= 12

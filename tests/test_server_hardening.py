@@ -140,3 +140,16 @@ def test_openai_routes_keep_the_aliases_sampling_when_the_client_omits_it(url: s
     hot = client.chat.completions.with_raw_response.create(
         model="tiny", messages=[{"role": "user", "content": QUESTION}], temperature=1.5)
     assert json.loads(hot.headers["X-Hllama-Effective"])["sources"]["parameters.temperature"] == "api"
+
+
+def test_num_ctx_is_capped_at_the_models_context(url: str):
+    """The tiny model knows 256 positions: a larger num_ctx is that, so prompts are bounded before prefill."""
+    huge = {"role": "user", "content": "tell me more " * 3000}
+    answer = httpx.post(f"{url}/api/chat", json={**_chat(options={"num_ctx": 1e12}), "messages": [huge]}, timeout=60)
+    assert answer.status_code == 400 and "the context is 256 tokens" in answer.json()["error"]
+    history = [{"role": role, "content": f"turn {index} " * 20} for index in range(40) for role in ("user", "assistant")]
+    long_talk = {**_chat(options={"num_ctx": 10**12}), "messages": [*history, {"role": "user", "content": QUESTION}]}
+    answer = httpx.post(f"{url}/api/chat", json=long_talk, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["prompt_eval_count"] < 256
+    assert answer.json()["message"]["content"] == ANSWER

@@ -24,6 +24,9 @@ from hllama.options import Parameters
 
 DoneReason = Literal["stop", "length", "cancel"]
 
+#: Tokens of a prompt read in one forward pass; between two, a cancelled request stops.
+PREFILL_CHUNK = 512
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -67,8 +70,9 @@ class Generation:
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
-                 logprobs: int | None = None) -> None:
-        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20)."""
+                 logprobs: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> None:
+        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
+        ``prefill_chunk``: a longer prompt is read in pieces of this many tokens, so cancelling stops it."""
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
@@ -99,7 +103,7 @@ class Generation:
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-        self._run = lambda: worker.run(model.generate, kwargs)
+        self._run = lambda: worker.run(_prefilled_generate, (model, kwargs, self.cancel, prefill_chunk))
         self._executor = loaded.executor
         self._future: Future[None] | None = None
 
@@ -123,11 +127,45 @@ class Generation:
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
+def _prefilled_generate(model: Any, kwargs: dict[str, Any], cancel: threading.Event, chunk: int) -> None:
+    """``model.generate``, after reading a long prompt into the KV cache a chunk at a time.
+
+    One forward pass over a long prompt cannot be interrupted; chunks can: a client that leaves (or a
+    server shutting down) stops the work within one chunk rather than after the whole prompt.
+    """
+    input_ids = kwargs["input_ids"]
+    if input_ids.shape[1] > chunk:
+        cache = _prefill(model, input_ids[:, :-1], cancel, chunk)
+        if cache is None:
+            return
+        kwargs = {**kwargs, "past_key_values": cache}
+    model.generate(**kwargs)
+
+
+def _prefill(model: Any, ids: Any, cancel: threading.Event, chunk: int) -> Any:
+    """The KV cache of ``ids``, or None when cancelled on the way."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    body = model.base_model  # the transformer without its language-model head: no logits to compute
+    with torch.inference_mode():
+        for start in range(0, ids.shape[1], chunk):
+            if cancel.is_set():
+                return None
+            piece = ids[:, start:start + chunk]
+            body(input_ids=piece, past_key_values=cache, use_cache=True,
+                 attention_mask=torch.ones((1, start + piece.shape[1]), dtype=torch.long, device=ids.device),
+                 cache_position=torch.arange(start, start + piece.shape[1], device=ids.device))
+    return cache
+
+
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
-           cancel: threading.Event | None = None) -> Iterator[str | Finished]:
+           cancel: threading.Event | None = None, prefill_chunk: int = PREFILL_CHUNK) -> Iterator[str | Finished]:
     """Generate from ``prompt_ids``; yields ``str`` pieces, then a :class:`Finished`."""
     events: queue.Queue[Any] = queue.Queue()
-    generation = Generation(loaded, prompt_ids, params, sink=events.put, stops=stops, cancel=cancel).start()
+    generation = Generation(loaded, prompt_ids, params, sink=events.put, stops=stops, cancel=cancel,
+                            prefill_chunk=prefill_chunk).start()
     try:
         while (item := events.get()) is not END:
             if isinstance(item, BaseException):
@@ -167,9 +205,9 @@ class _Worker:
         self.top_logprobs = 0
         self.logprobs: list[TokenLogprob] = []
 
-    def run(self, generate: Any, kwargs: dict[str, Any]) -> None:
+    def run(self, generate: Callable[..., None], arguments: tuple[Any, ...]) -> None:
         try:
-            generate(**kwargs)
+            generate(*arguments)
             if not self.matcher.stopped:
                 if piece := self.matcher.flush(self.decoder.text):
                     self.sink(piece)
@@ -242,7 +280,7 @@ class _IncrementalDecoder:
 
 def _token_limit(loaded: LoadedModel, prompt_length: int, params: Parameters) -> int:
     """``max_new_tokens`` (-1: unlimited), never past the context (``ctx``, else the model's own)."""
-    context = params.ctx or loaded.context_length
+    context = loaded.context_for(params.ctx)
     room = context - prompt_length if context else None
     if room is not None and room <= 0:
         raise PromptTooLong(prompt_length + 1, context)

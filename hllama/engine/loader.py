@@ -52,6 +52,13 @@ class LoadedModel:
     def precision(self) -> str:
         return self.plan.chosen.precision
 
+    def context_for(self, requested: int | None) -> int | None:
+        """The context a request runs in: its ``ctx`` (``num_ctx``), never past the model's own, which a
+        request that sets none gets. A larger window would only run the model past what it was trained on."""
+        if self.context_length is None:
+            return requested
+        return min(requested, self.context_length) if requested else self.context_length
+
     @property
     def reserved_bytes(self) -> int:
         """What the scheduler counts against the budget: the planned total, KV cache and overhead included."""

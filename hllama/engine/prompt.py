@@ -105,17 +105,32 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
             options["reasoning_effort"] = think
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = _turns(messages[len(system):])
-    dropped = 0
-    while True:
+
+    def attempt(dropped: int) -> Prompt:
         kept = system + [message for turn in turns[dropped:] for message in turn]
         text, extra_stops = render(tokenizer, kept, template=template, tools=tools, **options)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if ctx is None or len(ids) < ctx:  # room for at least one new token
-            return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops,
-                          thinking=(think is not False) if thinks else None)
-        if dropped >= len(turns) - 1:
-            raise PromptTooLong(len(ids) + 1, ctx)
-        dropped += 1
+        return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops,
+                      thinking=(think is not False) if thinks else None)
+
+    def fits(prompt: Prompt) -> bool:
+        return ctx is None or len(prompt.ids) < ctx  # room for at least one new token
+
+    whole = attempt(0)
+    if fits(whole):
+        return whole
+    newest = attempt(max(len(turns) - 1, 0))
+    if not fits(newest):
+        raise PromptTooLong(len(newest.ids) + 1, ctx or 0)
+    # The fewest turns to drop, by bisection: a long history costs a few renders, not one per turn.
+    low, high, best = 1, len(turns) - 1, newest
+    while low < high:
+        middle = (low + high) // 2
+        if fits(candidate := attempt(middle)):
+            high, best = middle, candidate
+        else:
+            low = middle + 1
+    return best if best.dropped_turns == low else attempt(low)
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,

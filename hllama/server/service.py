@@ -113,7 +113,8 @@ class Service:
         """
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=json_schema)
-            return build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=resolved.parameters.ctx,
+            return build_prompt(loaded.tokenizer, messages, template=resolved.template,
+                                ctx=loaded.context_for(resolved.parameters.ctx),
                                 tools=tools, think=think, model=resolved.name)
 
         events = self._generate(resolved, prompt_for, logprobs=logprobs)
@@ -128,7 +129,7 @@ class Service:
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             work = functools.partial(embed, loaded.model, loaded.tokenizer, texts,
                                      pooling=loaded.pooling,
-                                     context=resolved.parameters.ctx or loaded.context_length, truncate=truncate)
+                                     context=loaded.context_for(resolved.parameters.ctx), truncate=truncate)
             embeddings = await asyncio.get_running_loop().run_in_executor(loaded.executor, work)
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 
