@@ -153,3 +153,39 @@ def test_num_ctx_is_capped_at_the_models_context(url: str):
     assert answer.status_code == 200, answer.text
     assert answer.json()["prompt_eval_count"] < 256
     assert answer.json()["message"]["content"] == ANSWER
+
+
+LOOP = "{% for a in range(600) %}{% for b in range(600) %}{% for c in range(600) %}{% endfor %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.parametrize("template, message", [
+    (LOOP, "rendering took longer than 2 s"),
+    ("{{ 'x' * 10**8 }}", "too large a value"),
+    ("{{ messages * 10**9 }}", "too large a value"),
+    ("{{ 7 ** 99999999 }}", "an exponent larger than 64"),
+    ("{% for i in range(100000) %}{% for j in range(1000) %}{{ 'xxxxxxxxxx' * 100 }}{% endfor %}{% endfor %}",
+     "the output is larger than"),
+    ("{{ ''.__class__.__mro__ }}", "the chat template failed"),
+])
+def test_request_templates_are_bounded_in_time_and_size(url: str, template: str, message: str):
+    import time
+
+    started = time.monotonic()
+    answer = httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": "hi", "template": template,
+                                                      "stream": False}, timeout=60)
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    assert time.monotonic() - started < 10
+    after = httpx.post(f"{url}/api/chat", json=_chat(), timeout=60)  # the model's only slot is free again
+    assert after.json()["message"]["content"] == ANSWER
+
+
+def test_an_alias_template_renders_in_the_bounded_sandbox_too(url: str, hllama_home: Path):
+    from .tinymodel import CHAT_TEMPLATE
+
+    (hllama_home / "modelfiles" / "templated.yaml").write_text(json.dumps(
+        {"from": REPO_ID, "template": CHAT_TEMPLATE, "parameters": {"temperature": 0}}))
+    (hllama_home / "modelfiles" / "looping.yaml").write_text(json.dumps({"from": REPO_ID, "template": LOOP}))
+    answer = httpx.post(f"{url}/api/chat", json={**_chat(), "model": "templated"}, timeout=60)
+    assert answer.json()["message"]["content"] == ANSWER  # the same prompt as the model's own template gives
+    looping = httpx.post(f"{url}/api/chat", json={**_chat(), "model": "looping"}, timeout=60)
+    assert looping.status_code == 400 and "longer than 2 s" in looping.json()["error"]

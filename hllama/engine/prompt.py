@@ -135,19 +135,31 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
            tools: list[dict[str, Any]] | None = None, **options: Any) -> tuple[str, tuple[str, ...]]:
-    """The prompt text, and the stop strings the format itself needs. ``options`` go to the template."""
-    if template or getattr(tokenizer, "chat_template", None):
-        import jinja2
+    """The prompt text, and the stop strings the format itself needs. ``options`` go to the template.
 
-        try:
-            text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True, tools=tools or None, **options)
-        except jinja2.TemplateError as exc:
-            raise ChatTemplateError(str(exc.message or type(exc).__name__)) from None
-        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:  # raised by its code
-            raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from None
-        return text, ()
-    return plain_format(messages), FALLBACK_STOPS
+    A ``template`` of a request or an alias renders in hllama's bounded sandbox; the model's own through
+    transformers; both within a deadline.
+    """
+    import jinja2
+
+    from hllama.engine.templates import deadline, render_bounded
+
+    if not (template or getattr(tokenizer, "chat_template", None)):
+        return plain_format(messages), FALLBACK_STOPS
+    try:
+        if template:
+            context = {**tokenizer.special_tokens_map, "messages": messages, "tools": tools or None,
+                       "add_generation_prompt": True, **options}
+            return render_bounded(template, context), ()
+        with deadline():
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 tools=tools or None, **options), ()
+    except ChatTemplateError:
+        raise
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(str(exc.message or type(exc).__name__)) from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:  # raised by its code
+        raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from None
 
 
 def plain_format(messages: list[dict[str, str]]) -> str:
