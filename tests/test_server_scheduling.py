@@ -46,7 +46,7 @@ def test_other_routes_answer_while_a_long_generation_runs(url: str):
         started = time.monotonic()
         assert httpx.get(f"{url}/api/version").status_code == 200
         assert {model["name"] for model in httpx.get(f"{url}/api/tags").json()["models"]} == {
-            "tiny:latest", "endless:latest"}
+            "tiny:latest", "endless:latest", f"{REPO_ID}:latest", "hllama-test/tiny-endless:latest"}
         assert httpx.get(f"{url}/api/ps").json()["models"][0]["name"] == "endless:latest"
         tiny = httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": CHATS[3][0], "stream": False})
         assert tiny.json()["response"] == CHATS[3][1]  # another model answers meanwhile

@@ -301,4 +301,8 @@ def endless_variant(model_dir: Path, out_dir: Path) -> Path:
     config = json.loads(path.read_text())
     config["eos_token_id"] = config["pad_token_id"]
     path.write_text(json.dumps(config, indent=2))
+    path = out_dir / "config.json"  # and a context long enough that no test reaches it (RoPE has no table)
+    config = json.loads(path.read_text())
+    config["max_position_embeddings"] = 1_000_000
+    path.write_text(json.dumps(config, indent=2))
     return out_dir
