@@ -59,3 +59,57 @@ def test_serve_refuses_bad_addresses(capsys, argv, message):
     assert code in (1, 2)
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.fixture
+def endless_served(tiny_model_dir: Path, tiny_cache: Path, hllama_home: Path, tmp_path: Path):
+    from .tinymodel import endless_variant, install_into_cache
+
+    install_into_cache(endless_variant(tiny_model_dir, tmp_path / "endless"), tiny_cache,
+                       repo_id="hllama-test/tiny-endless")
+    assert main(["create", "--alias", "endless", "--model", "hllama-test/tiny-endless"]) == 0
+    with serve_process(dict(os.environ)) as (process, url):
+        yield process, url
+
+
+def _start_endless(url: str, client: httpx.Client):
+    request = client.build_request("POST", f"{url}/api/generate", json={
+        "model": "endless", "prompt": "hi", "options": {"num_predict": 100000, "temperature": 0}})
+    response = client.send(request, stream=True)
+    lines = response.iter_lines()
+    assert '"done":false' in next(lines)
+    return response, lines
+
+
+def test_sigterm_cancels_running_generations_and_exits_promptly(endless_served):
+    import signal
+    import time
+
+    process, url = endless_served
+    with httpx.Client(timeout=60) as client:
+        _response, lines = _start_endless(url, client)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        rest = list(lines)  # the answer ends: its last line says so, as when its client leaves
+        assert process.wait(timeout=15) == -signal.SIGTERM  # uvicorn ends by the signal it caught, as a shell expects
+        assert time.monotonic() - started < 6
+    assert '"done":true' in rest[-1]
+
+
+def test_a_second_signal_exits_at_once(endless_served):
+    import signal
+    import socket
+    import time
+
+    process, url = endless_served
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as slow:  # a request whose body never comes holds shutdown
+        slow.sendall(b"POST /api/show HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None  # still waiting (up to 3 s) for the slow request
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 2

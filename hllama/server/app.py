@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -148,12 +151,33 @@ def build_service(settings: Settings, *, budget: Budget | None = None) -> Servic
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    import uvicorn
-
     from hllama.server.security import exposure_warning
 
     service = build_service(settings)
     log.info("memory budget %d bytes (%s)", service.budget.bytes, service.budget.source)
     if warning := exposure_warning(host, has_key=settings.api_key is not None):
         log.warning("%s", warning)
-    uvicorn.run(create_app(service, bind_host=host), host=host, port=port, log_level="info")
+    config = uvicorn.Config(create_app(service, bind_host=host), host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    StoppingServer(config, service).run()
+
+
+#: After a stop signal, how long requests still under way may take to finish before they are cut.
+SHUTDOWN_SECONDS = 3
+
+
+class StoppingServer(uvicorn.Server):
+    """Stops promptly: the first signal cancels running generations (their answers end, as a client's
+    disconnect ends them) and waits at most :data:`SHUTDOWN_SECONDS` for the rest; a second exits at once."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit:
+            log.warning("second signal: exiting now")
+            os._exit(128 + sig)
+        log.info("stopping: cancelling running generations")
+        self.service.cancel_all()
+        super().handle_exit(sig, frame)

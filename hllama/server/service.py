@@ -64,6 +64,13 @@ class Service:
         self.budget = budget
         self.registry: Registry = store.refresh()
         self._replaced: set[tuple] = set()
+        self._running: set[threading.Event] = set()  # the cancel events of generations under way
+
+    def cancel_all(self) -> None:
+        """Stop every generation under way (each within a token, or a chunk of its prompt): the server is
+        going away. Safe to call from a signal handler."""
+        for cancel in list(self._running):
+            cancel.set()
 
     def refresh(self) -> Registry:
         """Recompile the modelfiles and swap the registry; note models whose alias now loads differently."""
@@ -153,6 +160,7 @@ class Service:
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
                                     logprobs=logprobs)
+            self._running.add(generation.cancel)
             generation.start()
             try:
                 while True:
@@ -172,6 +180,7 @@ class Service:
                             return
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()
+                self._running.discard(generation.cancel)
                 await asyncio.shield(asyncio.to_thread(generation.join))
 
 
