@@ -189,3 +189,26 @@ def test_an_alias_template_renders_in_the_bounded_sandbox_too(url: str, hllama_h
     assert answer.json()["message"]["content"] == ANSWER  # the same prompt as the model's own template gives
     looping = httpx.post(f"{url}/api/chat", json={**_chat(), "model": "looping"}, timeout=60)
     assert looping.status_code == 400 and "longer than 2 s" in looping.json()["error"]
+
+
+def test_openapi_documents_every_request_body(url: str):
+    document = httpx.get(f"{url}/openapi.json").json()
+    components = document["components"]["schemas"]
+    bodies = {(path, method): operation["requestBody"]["content"]["application/json"]["schema"]
+              for path, operations in document["paths"].items() for method, operation in operations.items()
+              if method in ("post", "delete")}
+    assert set(bodies) == {(path, "post") for path in (
+        "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/pull", "/api/copy",
+        "/api/create", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")} | {("/api/delete", "delete")}
+    assert {"model", "messages", "options", "format", "stream", "keep_alive", "tools"} <= set(
+        bodies[("/api/chat", "post")]["properties"])
+    assert bodies[("/api/chat", "post")]["properties"]["messages"]["items"] == {
+        "$ref": "#/components/schemas/OllamaMessage"}
+    assert {"model", "messages", "temperature", "response_format"} <= set(
+        bodies[("/v1/chat/completions", "post")]["properties"])
+    refs = json.dumps(document).count('"$ref": "#/components/schemas/')
+    assert refs and all(name in components for name in ("OllamaMessage", "ChatMessage", "ResponseFormat"))
+    for schema in components.values():  # every field says what it is
+        for field in schema.get("properties", {}).values():
+            assert "description" in field or "$ref" in field or schema.get("title") in (
+                "HTTPValidationError", "ValidationError"), (schema.get("title"), field)

@@ -42,6 +42,7 @@ from hllama.errors import (
 )
 from hllama.hardware import Budget, memory_budget
 from hllama.scheduler import Scheduler
+from hllama.server.body import hoist_schemas
 from hllama.server.security import add_access_control
 from hllama.server.service import Service
 from hllama.store import AliasStore
@@ -119,6 +120,14 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     app.include_router(ollama_models.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
+    describe_api = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = hoist_schemas(describe_api())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -59,6 +59,26 @@ def parse_body(model: type[M], raw: bytes) -> M:
         raise InvalidOption(f"invalid {where}: {problem}") from None
 
 
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's ``openapi_extra``: its JSON body, described by ``model`` (the route reads it with :func:`read_body`).
+
+    Nested models are referred to as components; :func:`hoist_schemas` moves them there.
+    """
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def hoist_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI document with each body schema's nested ``$defs`` moved to ``components.schemas``."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if isinstance(schema, dict):
+                components.update(schema.pop("$defs", {}))
+    return document
+
+
 def check_json_value(data: Any) -> None:
     """Refuse nesting deeper than :data:`MAX_DEPTH` and text that is not Unicode (a lone surrogate).
 

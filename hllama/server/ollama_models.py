@@ -23,7 +23,7 @@ from hllama.modelinfo import describe_model, details
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import FOREVER_SECONDS
 from hllama.registry import Registry
-from hllama.server.body import read_body
+from hllama.server.body import json_body, read_body
 from hllama.server.ollama_types import (
     CopyRequest,
     CreateRequest,
@@ -40,17 +40,20 @@ router = APIRouter()
 
 
 
-@router.api_route("/", methods=["GET", "HEAD"])
+@router.get("/")
+@router.head("/", include_in_schema=False)
 async def root() -> Response:
     return PlainTextResponse("Ollama is running")
 
 
-@router.api_route("/api/version", methods=["GET", "HEAD"])
+@router.get("/api/version")
+@router.head("/api/version", include_in_schema=False)
 async def version() -> dict[str, str]:
     return {"version": __version__}
 
 
-@router.api_route("/api/tags", methods=["GET", "HEAD"])
+@router.get("/api/tags")
+@router.head("/api/tags", include_in_schema=False)
 async def tags(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
     registry = service.registry  # one snapshot: a reload may swap service.registry while we list
@@ -75,7 +78,7 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-@router.post("/api/show")
+@router.post("/api/show", openapi_extra=json_body(NameRequest))
 async def show(request: Request) -> dict[str, Any]:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
@@ -122,7 +125,7 @@ async def ps(request: Request) -> dict[str, Any]:
     return {"models": models}
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", openapi_extra=json_body(NameRequest))
 async def delete(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
@@ -137,7 +140,7 @@ async def delete(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/copy")
+@router.post("/api/copy", openapi_extra=json_body(CopyRequest))
 async def copy(request: Request) -> Response:
     body: CopyRequest = await read_body(request, CopyRequest)
     service: Service = request.app.state.service
@@ -158,7 +161,7 @@ def _base_modelfile(service: Service, name: str) -> Modelfile:
     return _validated({"from": resolved.model, "revision": resolved.revision})
 
 
-@router.post("/api/create")
+@router.post("/api/create", openapi_extra=json_body(CreateRequest))
 async def create(request: Request) -> Response:
     body: CreateRequest = await read_body(request, CreateRequest)
     service: Service = request.app.state.service
@@ -213,7 +216,7 @@ def _validated(data: dict[str, Any]) -> Modelfile:
         raise InvalidOption(f"{field_name(tuple(error['loc']))}: {describe(error, schema=Modelfile)}") from None
 
 
-@router.post("/api/pull")
+@router.post("/api/pull", openapi_extra=json_body(NameRequest))
 async def pull(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service

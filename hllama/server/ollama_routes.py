@@ -16,7 +16,7 @@ from hllama.engine.thinking import Thought
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
-from hllama.server.body import read_body
+from hllama.server.body import json_body, read_body
 from hllama.server.ollama_types import (
     ChatRequest,
     EmbedRequest,
@@ -35,7 +35,7 @@ NDJSON = "application/x-ndjson"
 EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=json_body(ChatRequest))
 async def chat(request: Request) -> Response:
     body: ChatRequest = await read_body(request, ChatRequest)
     service: Service = request.app.state.service
@@ -75,7 +75,7 @@ async def chat(request: Request) -> Response:
     return await _respond(events, chunk, final, stream=body.stream, resolved=resolved, before_final=calls)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request) -> Response:
     body: GenerateRequest = await read_body(request, GenerateRequest)
     service: Service = request.app.state.service
@@ -115,7 +115,7 @@ async def generate(request: Request) -> Response:
     return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", openapi_extra=json_body(EmbedRequest))
 async def embed(request: Request) -> dict[str, Any]:
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
@@ -127,7 +127,7 @@ async def embed(request: Request) -> dict[str, Any]:
             "prompt_eval_count": result.embeddings.prompt_tokens}
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", openapi_extra=json_body(EmbedRequest))
 async def embeddings(request: Request) -> dict[str, Any]:
     """The older route: one ``prompt``, one vector, not normalized."""
     body: EmbedRequest = await read_body(request, EmbedRequest)

@@ -29,31 +29,31 @@ class _Lenient(BaseModel):
 
 
 class OllamaFunction(_Lenient):
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="the tool's name")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="its arguments, as a JSON object")
 
 
 class OllamaToolCall(_Lenient):
-    function: OllamaFunction
+    function: OllamaFunction = Field(description="the function called")
 
 
 class OllamaMessage(_Lenient):
-    role: str
-    content: str = ""
-    tool_calls: list[OllamaToolCall] | None = None
-    tool_name: str | None = None
-    thinking: str | None = None
+    role: str = Field(description="system, user, assistant or tool")
+    content: str = Field("", description="the message's text")
+    tool_calls: list[OllamaToolCall] | None = Field(None, description="calls an assistant message made")
+    tool_name: str | None = Field(None, description="the tool whose result a tool message carries")
+    thinking: str | None = Field(None, description="an assistant message's thinking")
 
 
 class _Generation(_Lenient):
-    model: str = ""
-    format: str | dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
-    stream: bool = True
-    keep_alive: float | str | None = None
-    think: bool | ThinkLevel | None = None
-    logprobs: bool = False
-    top_logprobs: int = Field(0, ge=0, le=20)
+    model: str = Field("", description="an alias, a Hub repo id or a local model")
+    format: str | dict[str, Any] | None = Field(None, description='"json", or a JSON schema the answer follows')
+    options: dict[str, Any] | None = Field(None, description="generation parameters (Ollama's names or hllama's)")
+    stream: bool = Field(True, description="NDJSON chunks as they are generated, or one object")
+    keep_alive: float | str | None = Field(None, description="how long the model stays loaded: seconds or '5m'")
+    think: bool | ThinkLevel | None = Field(None, description="a thinking model's thinking: off, on, or a level")
+    logprobs: bool = Field(False, description="each answer token's log-probability")
+    top_logprobs: int = Field(0, ge=0, le=20, description="and this many likeliest alternatives")
 
     @property
     def logprob_alternatives(self) -> int | None:
@@ -62,26 +62,26 @@ class _Generation(_Lenient):
 
 
 class ChatRequest(_Generation):
-    messages: list[OllamaMessage] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
+    messages: list[OllamaMessage] = Field(default_factory=list, description="the conversation; none: load the model")
+    tools: list[dict[str, Any]] | None = Field(None, description="function definitions the model may call")
 
 
 class GenerateRequest(_Generation):
-    prompt: str = ""
-    system: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
-    raw: bool = False
-    suffix: str = ""
+    prompt: str = Field("", description="the prompt; empty: load the model")
+    system: str | None = Field(None, description="a system prompt instead of the alias's")
+    template: str | None = Field(None, description="a Jinja chat template instead of the model's")
+    context: list[int] | None = Field(None, description="the tokens of an earlier answer, to continue from")
+    raw: bool = Field(False, description="send the prompt as it is, without the chat template")
+    suffix: str = Field("", description="text after the insertion point (fill in the middle)")
 
 
 class EmbedRequest(_Generation):
     """``/api/embed``; ``/api/embeddings`` (the older route) sends ``prompt`` instead of ``input``."""
 
-    input: str | list[str] = ""
-    prompt: str = ""
-    truncate: bool = True
-    dimensions: int | None = Field(None, ge=1)
+    input: str | list[str] = Field("", description="a text or a list of texts to embed")
+    prompt: str = Field("", description="the older route's one text")
+    truncate: bool = Field(True, description="cut a text longer than the context, else refuse it")
+    dimensions: int | None = Field(None, ge=1, description="keep only this many leading dimensions")
 
     @property
     def texts(self) -> list[str]:
@@ -94,10 +94,10 @@ class EmbedRequest(_Generation):
 class NameRequest(_Lenient):
     """``/api/show``, ``/api/delete``, ``/api/pull``: ``model``, or the deprecated ``name``."""
 
-    model: str = ""
-    name: str = ""
-    stream: bool = True
-    verbose: bool = False
+    model: str = Field("", description="the model or alias")
+    name: str = Field("", description="the same, under its deprecated name")
+    stream: bool = Field(True, description="progress as NDJSON (pull)")
+    verbose: bool = Field(False, description="accepted for Ollama's clients; no effect")
 
     @property
     def target(self) -> str:
@@ -105,23 +105,23 @@ class NameRequest(_Lenient):
 
 
 class CopyRequest(_Lenient):
-    source: str = ""
-    destination: str = ""
+    source: str = Field("", description="an alias or a downloaded model")
+    destination: str = Field("", description="the new alias's name")
 
 
 class CreateRequest(_Lenient):
-    model: str = ""
-    name: str = ""
-    from_: str | None = Field(None, alias="from")
-    system: str | None = None
-    template: str | None = None
-    license: str | list[str] | None = None
-    parameters: dict[str, Any] | None = None
-    messages: list[OllamaMessage] | None = None
-    quantize: str | None = None
-    files: dict[str, str] | None = None
-    adapters: dict[str, str] | None = None
-    stream: bool = True
+    model: str = Field("", description="the new alias's name")
+    name: str = Field("", description="the same, under its deprecated name")
+    from_: str | None = Field(None, alias="from", description="an alias, a Hub repo id or an absolute model path")
+    system: str | None = Field(None, description="its system prompt")
+    template: str | None = Field(None, description="its Jinja chat template")
+    license: str | list[str] | None = Field(None, description="its license text")
+    parameters: dict[str, Any] | None = Field(None, description="its generation parameters")
+    messages: list[OllamaMessage] | None = Field(None, description="its seed conversation")
+    quantize: str | None = Field(None, description="q8_0 or q4_K_M (8-bit or 4-bit loading), or none")
+    files: dict[str, str] | None = Field(None, description="uploaded files: not supported")
+    adapters: dict[str, str] | None = Field(None, description="adapters: not supported")
+    stream: bool = Field(True, description="statuses as NDJSON")
 
 
 def parameters_from_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from hllama.engine.tools import ToolCall
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
-from hllama.server.body import read_body
+from hllama.server.body import json_body, read_body
 from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import logprob_entries, wire_name
 from hllama.validation import first_problem
@@ -36,7 +36,7 @@ router = APIRouter(prefix="/v1")
 EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body: ChatCompletionRequest = await read_body(request, ChatCompletionRequest)
     if not body.messages:
@@ -82,7 +82,7 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
     return history
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body: CompletionRequest = await read_body(request, CompletionRequest)
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
@@ -98,7 +98,7 @@ async def completions(request: Request) -> Response:
     return await _respond(events, body, resolved, kind="text")
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
 async def embeddings(request: Request) -> dict[str, Any]:
     body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
     if body.encoding_format not in ("float", "base64"):

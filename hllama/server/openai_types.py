@@ -12,27 +12,27 @@ class _Lenient(BaseModel):
 
 
 class ContentPart(_Lenient):
-    type: str
-    text: str = ""
+    type: str = Field(description="text (other parts are not read)")
+    text: str = Field("", description="the part's text")
 
 
 class FunctionCall(_Lenient):
-    name: str
-    arguments: str = "{}"  # a JSON text, in OpenAI's shape
+    name: str = Field(description="the tool's name")
+    arguments: str = Field("{}", description="its arguments, as a JSON text")
 
 
 class ToolCallItem(_Lenient):
-    id: str = ""
-    type: str = "function"
-    function: FunctionCall
+    id: str = Field("", description="the call's id, which its tool message names")
+    type: str = Field("function", description="function")
+    function: FunctionCall = Field(description="the function called")
 
 
 class ChatMessage(_Lenient):
-    role: str
-    content: str | list[ContentPart] | None = ""
-    tool_calls: list[ToolCallItem] | None = None
-    tool_call_id: str | None = None
-    name: str | None = None
+    role: str = Field(description="system, developer, user, assistant or tool")
+    content: str | list[ContentPart] | None = Field("", description="text, or content parts")
+    tool_calls: list[ToolCallItem] | None = Field(None, description="calls an assistant message made")
+    tool_call_id: str | None = Field(None, description="the call a tool message answers")
+    name: str | None = Field(None, description="the tool a tool message comes from")
 
     @property
     def text(self) -> str:
@@ -42,25 +42,25 @@ class ChatMessage(_Lenient):
 
 
 class ResponseFormat(_Lenient):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
+    type: Literal["text", "json_object", "json_schema"] = Field("text", description="the answer's form")
+    json_schema: dict[str, Any] | None = Field(None, description="{name, schema} for json_schema")
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: bool = Field(False, description="a last chunk with token counts")
 
 
 class _Sampling(_Lenient):
-    model: str = ""
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    model: str = Field("", description="an alias, a Hub repo id or a local model")
+    stream: bool = Field(False, description="server-sent events as the answer is generated")
+    stream_options: StreamOptions | None = Field(None, description="what a stream carries")
+    temperature: float | None = Field(None, description="unset: the alias's (or the default)")
+    top_p: float | None = Field(None, description="unset: the alias's (or the default)")
+    max_tokens: int | None = Field(None, description="most tokens to generate")
+    stop: str | list[str] | None = Field(None, description="strings that end the answer")
+    seed: int | None = Field(None, description="same seed, same answer")
+    presence_penalty: float | None = Field(None, description="-2 to 2")
+    frequency_penalty: float | None = Field(None, description="-2 to 2")
 
     def parameters(self) -> dict[str, Any]:
         """What the request sets; what it leaves out stays as the alias (or the defaults) say."""
@@ -71,7 +71,7 @@ class _Sampling(_Lenient):
 
 
 class Reasoning(_Lenient):
-    effort: str | None = None
+    effort: str | None = Field(None, description="none, minimal, low, medium, high, xhigh")
 
 
 #: OpenAI's reasoning efforts as Ollama's ``think`` (False: do not think).
@@ -80,12 +80,12 @@ EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low"
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
-    reasoning_effort: str | None = None
-    reasoning: Reasoning | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    messages: list[ChatMessage] = Field(default_factory=list, description="the conversation")
+    tools: list[dict[str, Any]] | None = Field(None, description="function tools the model may call")
+    reasoning_effort: str | None = Field(None, description="a thinking model's effort; none: no thinking")
+    reasoning: Reasoning | None = Field(None, description="the same, as {effort}")
+    logprobs: bool = Field(False, description="each answer token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="and this many likeliest alternatives")
 
     @property
     def logprob_alternatives(self) -> int | None:
@@ -99,8 +99,8 @@ class ChatCompletionRequest(_Sampling):
         if effort not in EFFORT_TO_THINK:
             raise ValueError(f"invalid reasoning effort {effort!r}: use one of {', '.join(EFFORT_TO_THINK)}")
         return EFFORT_TO_THINK[effort]
-    max_completion_tokens: int | None = None
-    response_format: ResponseFormat | None = None
+    max_completion_tokens: int | None = Field(None, description="most tokens to generate (max_tokens' new name)")
+    response_format: ResponseFormat | None = Field(None, description="JSON mode, or a JSON schema")
 
     def parameters(self) -> dict[str, Any]:
         values = super().parameters()
@@ -110,15 +110,15 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = ""
-    suffix: str | None = None
+    prompt: str | list[str] = Field("", description="the prompt (a list is joined)")
+    suffix: str | None = Field(None, description="text after the insertion point (fill in the middle)")
 
 
 class EmbeddingRequest(_Lenient):
-    model: str = ""
-    input: str | list[Any] = ""
-    encoding_format: str = "float"
-    dimensions: int | None = Field(None, ge=1)
+    model: str = Field("", description="an alias, a Hub repo id or a local model")
+    input: str | list[Any] = Field("", description="a text or a list of texts")
+    encoding_format: str = Field("float", description="float or base64")
+    dimensions: int | None = Field(None, ge=1, description="keep only this many leading dimensions")
 
     @property
     def texts(self) -> list[str]:
