@@ -185,13 +185,14 @@ def local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The cached snapshot of ``repo_id`` at ``revision`` (a ref or a commit), if it has a config and weights."""
     repo = cache_dir() / ("models--" + repo_id.replace("/", "--"))
     ref = revision or "main"
-    commit = ref
-    if (repo / "refs" / ref).is_file():
-        commit = (repo / "refs" / ref).read_text().strip()
-    snapshot = repo / "snapshots" / commit
-    weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
-    complete = ((snapshot / "config.json").is_file() and weights and _all_shards(snapshot)) or \
-        any(snapshot.glob("*.gguf"))
+    try:
+        commit = (repo / "refs" / ref).read_text().strip() if (repo / "refs" / ref).is_file() else ref
+        snapshot = repo / "snapshots" / commit
+        weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+        complete = ((snapshot / "config.json").is_file() and weights and _all_shards(snapshot)) or \
+            any(snapshot.glob("*.gguf"))
+    except (OSError, ValueError):  # a name no file can have (too long, a NUL): nothing cached under it
+        return None
     return snapshot if complete else None
 
 

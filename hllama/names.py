@@ -49,8 +49,8 @@ def is_local_path(text: str) -> bool:
 
 
 def looks_like_repo_id(text: str) -> bool:
-    """``owner/name`` as the Hub spells repository ids (revision not included)."""
-    return bool(_REPO_ID.fullmatch(text)) and ".." not in text
+    """``owner/name`` as the Hub spells repository ids (at most 96 characters; revision not included)."""
+    return len(text) <= 96 and bool(_REPO_ID.fullmatch(text)) and ".." not in text
 
 
 def is_model_path(text: str) -> bool:

@@ -154,3 +154,15 @@ def test_a_cancelled_request_stops_while_its_prompt_is_read(tiny, monkeypatch: p
     *pieces, finished = stream(tiny, ids, GREEDY, cancel=cancel, prefill_chunk=4)
     assert pieces == [] and finished.stats.done_reason == "cancel" and finished.stats.generated_tokens == 0
     assert chunks == [4, 4, 4] and len(ids) > 12
+
+
+def test_num_predict_zero_generates_nothing(tiny):
+    pieces, finished = _run(tiny, CHATS[0][0], GREEDY.model_copy(update={"max_new_tokens": 0}))
+    assert pieces == [] and finished.text == "" and finished.stats.done_reason == "length"
+
+
+def test_an_empty_prompt_is_refused(tiny):
+    from hllama.errors import InvalidOption
+
+    with pytest.raises(InvalidOption, match="the prompt has no tokens"):
+        list(stream(tiny, [], GREEDY))

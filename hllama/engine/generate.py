@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
-from hllama.errors import PromptTooLong
+from hllama.errors import InvalidOption, PromptTooLong
 from hllama.options import Parameters
 
 DoneReason = Literal["stop", "length", "cancel"]
@@ -78,6 +78,8 @@ class Generation:
 
         from hllama.engine.sampling import LogprobRecorder, logits_processors
 
+        if not prompt_ids:
+            raise InvalidOption("the prompt has no tokens (did the template render nothing?)")
         self.started = time.perf_counter_ns()
         self.cancel = cancel or threading.Event()
         self.prompt_length = len(prompt_ids)
@@ -97,13 +99,15 @@ class Generation:
                 halt = worker.matcher.stopped or cancel_event.is_set()
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
-        config = GenerationConfig(max_new_tokens=self.limit, do_sample=False, eos_token_id=eos_ids,
+        config = GenerationConfig(max_new_tokens=max(self.limit, 1), do_sample=False, eos_token_id=eos_ids,
                                   pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
         input_ids = torch.tensor([prompt_ids], device=model.device)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-        self._run = lambda: worker.run(_prefilled_generate, (model, kwargs, self.cancel, prefill_chunk))
+        # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
+        run = _prefilled_generate if self.limit > 0 else _nothing
+        self._run = lambda: worker.run(run, (model, kwargs, self.cancel, prefill_chunk))
         self._executor = loaded.executor
         self._future: Future[None] | None = None
 
@@ -140,6 +144,10 @@ def _prefilled_generate(model: Any, kwargs: dict[str, Any], cancel: threading.Ev
             return
         kwargs = {**kwargs, "past_key_values": cache}
     model.generate(**kwargs)
+
+
+def _nothing(*_: Any) -> None:
+    """What generating zero tokens takes."""
 
 
 def _prefill(model: Any, ids: Any, cancel: threading.Event, chunk: int) -> Any:

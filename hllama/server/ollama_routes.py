@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import logprob_entries, wire_name
 
 router = APIRouter()
+log = logging.getLogger("hllama.server")
 
 NDJSON = "application/x-ndjson"
 EFFECTIVE_HEADER = "X-Hllama-Effective"
@@ -212,6 +214,7 @@ async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: boo
         except HllamaError as exc:
             yield _line({"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be a line, not a status
+            log.exception("unexpected error while streaming %s", resolved.name)
             yield _line({"error": f"{type(exc).__name__}: {exc}"})
         finally:
             await events.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import struct
 import time
@@ -32,6 +33,7 @@ from hllama.validation import first_problem
 from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger("hllama.server")
 
 EFFECTIVE_HEADER = "X-Hllama-Effective"
 
@@ -208,6 +210,10 @@ async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind
                 yield _event({**base, "object": chunk_object, "choices": [], "usage": _usage(item)})
         except HllamaError as exc:
             yield _event({"error": {"message": str(exc), "type": "api_error", "param": None, "code": None}})
+        except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
+            log.exception("unexpected error while streaming %s", resolved.name)
+            yield _event({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "api_error", "param": None,
+                                    "code": None}})
         finally:
             await events.aclose()
         yield b"data: [DONE]\n\n"
