@@ -63,19 +63,23 @@ class AliasStore:
         return self.create(name, modelfile, force=force)
 
     def remove(self, names: list[str]) -> list[str]:
-        """Delete the modelfiles of ``names``; nothing is deleted unless every name exists."""
+        """Delete the modelfiles of ``names``; nothing is deleted unless every name exists.
+
+        A file that never validated has no alias, but its name (the file's stem) still removes it.
+        """
         with self._lock:
             registry = self._compile()
-            entries = []
+            found: list[tuple[str, Path]] = []
             for name in names:
                 entry = registry.get(normalize_alias(name))
-                if entry is None:
+                path = entry.path if entry else _broken_file(registry, normalize_alias(name))
+                if path is None:
                     raise AliasNotFound(name)
-                entries.append(entry)
-            for entry in entries:
-                entry.path.unlink(missing_ok=True)
+                found.append((entry.name if entry else path.stem, path))
+            for _, path in found:
+                path.unlink(missing_ok=True)
             self._compile()
-        return [entry.name for entry in entries]
+        return [name for name, _ in found]
 
     def _write(self, name: str, text: str, suffix: str, *, force: bool) -> RegistryEntry:
         target = self.folder / f"{name}{suffix}"
@@ -101,6 +105,12 @@ class AliasStore:
         registry = compile_folder(self.folder, previous=read_mirror(self.mirror))
         write_mirror(registry, self.mirror)
         return registry
+
+
+def _broken_file(registry: Registry, name: str) -> Path | None:
+    """The file named ``name`` (any case) among those that do not validate, if there is one."""
+    return next((error.path for error in registry.problems
+                 if error.path is not None and error.path.stem.casefold() == name.casefold()), None)
 
 
 def _sweep_temporaries(folder: Path, mirror: Path) -> None:

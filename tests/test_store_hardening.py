@@ -44,7 +44,8 @@ def test_a_lone_surrogate_in_a_yaml_file_is_a_file_line_error(modelfiles: Path, 
     out = capsys.readouterr().out
     assert f"invalid: {modelfiles / 'bad.yaml'}:2: system: not Unicode text" in out
     assert main(["rm", "after"]) == 1  # gone already: one line, no traceback
-    (modelfiles / "bad.yaml").unlink()
+    assert main(["rm", "bad"]) == 0 and not (modelfiles / "bad.yaml").exists()  # a broken file is removable
+    assert "deleted 'bad'" in capsys.readouterr().out
 
 
 def test_undecodable_bytes_in_a_modelfile_are_an_error_not_a_crash(modelfiles: Path, capsys):

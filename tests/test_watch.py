@@ -196,3 +196,24 @@ def test_chat_picks_up_an_edit_between_turns(tiny_cache: Path, hllama_home: Path
         child.expect_exact("Hello there, my \r\n")
         child.sendline("/bye")
         child.expect(pexpect.EOF)
+
+
+def test_files_that_break_the_store_neither_stop_the_server_nor_its_watch(tiny_cache: Path, hllama_home: Path,
+                                                                         caplog):
+    """A lone surrogate, undecodable bytes, a huge file, a FIFO: the server starts, the watch goes on."""
+    folder = hllama_home / "modelfiles"
+    folder.mkdir(parents=True)
+    _write(folder, "tiny.yaml", f"from: {REPO_ID}\n")
+    _write(folder, "surrogate.yaml", f'from: {REPO_ID}\nsystem: "\\uD800"\n')
+    (hllama_home / "registry.json").write_bytes(b"\xff" * 10)
+    with live_server(load_settings()) as url:
+        assert [model["name"] for model in httpx.get(f"{url}/api/tags").json()["models"]][0] == "tiny:latest"
+        (folder / "bytes.yaml").write_bytes(b"from: a/b\nsystem: \xed\xa0\x80\n")
+        (folder / "huge.yaml").write_text("from: a/b\n# " + "x" * 2_000_000 + "\n")
+        os.mkfifo(folder / "pipe.yaml")
+        _write(folder, "later.yaml", f"from: {REPO_ID}\n")
+        assert _until(lambda: _parameters(url, "later") is not None)
+        assert "surrogate" not in {model["name"] for model in httpx.get(f"{url}/api/tags").json()["models"]}
+        assert httpx.request("DELETE", f"{url}/api/delete", json={"model": "surrogate"}).status_code == 200
+        assert not (folder / "surrogate.yaml").exists()
+    assert not [record for record in caplog.records if record.exc_info]

@@ -130,12 +130,14 @@ async def delete(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     name = body.target
-    if service.registry.get(name) is not None:
-        await asyncio.to_thread(service.store.remove, [name])
-    elif looks_like_repo_id(_bare(name)) and hub.local_snapshot(_bare(name)) is not None:
+    if not name:
+        raise InvalidOption("model is required")
+    if service.registry.get(name) is None and looks_like_repo_id(_bare(name)):
+        if hub.local_snapshot(_bare(name)) is None:
+            raise AliasNotFound(name)
         await asyncio.to_thread(hub.clear_cache, [_bare(name)])
-    else:
-        raise AliasNotFound(name)
+    else:  # an alias, or a modelfile that never validated (no alias, but its name still removes it)
+        await asyncio.to_thread(service.store.remove, [name])
     service.refresh()
     return Response(status_code=200)
 
