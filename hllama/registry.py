@@ -178,6 +178,7 @@ def _digest(text: str) -> str:
 
 
 def to_json(registry: Registry) -> str:
+    # the digest of the text each parse error came from (a duplicate is no parse error, so by identity)
     parse_errors = {id(outcome): digest for digest, outcome in registry.parsed.values()
                     if isinstance(outcome, ModelfileError)}
     document = {
