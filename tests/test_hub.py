@@ -174,4 +174,5 @@ def test_show_describes_a_cached_model_that_is_no_alias(tiny_cache: Path):
                              "    context length      256\n    embedding length    64\n    quantization        F32\n"
                              "    format              safetensors\n\n  Capabilities\n    completion\n\n")
     missing = hllama("show", "org/not-cached")
-    assert missing.returncode == 1 and missing.stderr == "Error: model 'org/not-cached' not found, try pulling it first\n"
+    assert missing.returncode == 1
+    assert missing.stderr == "Error: model 'org/not-cached' not found, try pulling it first\n"

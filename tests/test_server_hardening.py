@@ -147,7 +147,8 @@ def test_num_ctx_is_capped_at_the_models_context(url: str):
     huge = {"role": "user", "content": "tell me more " * 3000}
     answer = httpx.post(f"{url}/api/chat", json={**_chat(options={"num_ctx": 1e12}), "messages": [huge]}, timeout=60)
     assert answer.status_code == 400 and "the context is 256 tokens" in answer.json()["error"]
-    history = [{"role": role, "content": f"turn {index} " * 20} for index in range(40) for role in ("user", "assistant")]
+    history = [{"role": role, "content": f"turn {index} " * 20} for index in range(40)
+               for role in ("user", "assistant")]
     long_talk = {**_chat(options={"num_ctx": 10**12}), "messages": [*history, {"role": "user", "content": QUESTION}]}
     answer = httpx.post(f"{url}/api/chat", json=long_talk, timeout=60)
     assert answer.status_code == 200, answer.text
