@@ -125,35 +125,22 @@ def test_a_nucleus_or_min_p_of_one_token_is_greedy(tiny, narrow):
     assert _run(tiny, UNSEEN, wide)[1].text != _run(tiny, UNSEEN, greedy)[1].text
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 16])
-def test_a_prompt_read_in_chunks_gives_the_same_answer(tiny, chunk):
-    question, answer = CHATS[4]
-    whole = _run(tiny, question, GREEDY)[1]
-    chunked = _run(tiny, question, GREEDY, prefill_chunk=chunk)[1]
-    assert chunked.text == whole.text == answer
-    assert chunked.generated_ids == whole.generated_ids and chunked.stats.prompt_tokens == whole.stats.prompt_tokens
-    sampled = Parameters(temperature=0.9, seed=11, max_new_tokens=30)
-    assert _run(tiny, UNSEEN, sampled, prefill_chunk=chunk)[1].text == _run(tiny, UNSEEN, sampled)[1].text
-
-
-def test_a_cancelled_request_stops_while_its_prompt_is_read(tiny, monkeypatch: pytest.MonkeyPatch):
-    """Cancelling between two chunks of a long prompt stops it there: no more chunks, no answer."""
+def test_a_cancel_stops_the_pass_that_reads_the_prompt(tiny):
+    """A long prompt is one forward pass: a cancel set while it runs stops it at the next layer, with no answer."""
+    layers = tiny.model.base_model.layers
     cancel = threading.Event()
-    chunks = []
-    body = type(tiny.model.base_model)
-    real = body.forward
-
-    def counting(self, *args, **kwargs):
-        chunks.append(kwargs["input_ids"].shape[1])
-        if len(chunks) == 3:
-            cancel.set()  # the client leaves while the prompt is being read
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(body, "forward", counting)
-    ids = _ids(tiny, CHATS[4][0])
-    *pieces, finished = stream(tiny, ids, GREEDY, cancel=cancel, prefill_chunk=4)
+    ran: list[int] = []
+    hooks = [layer.register_forward_pre_hook(lambda module, args, index=index: ran.append(index))
+             for index, layer in enumerate(layers)]
+    hooks.append(layers[0].register_forward_hook(lambda *_: cancel.set()))  # the client leaves meanwhile
+    try:
+        *pieces, finished = stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY, cancel=cancel)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert pieces == [] and finished.stats.done_reason == "cancel" and finished.stats.generated_tokens == 0
-    assert chunks == [4, 4, 4] and len(ids) > 12
+    assert ran == [0] and len(layers) > 1
+    assert _run(tiny, CHATS[0][0], GREEDY)[1].text == CHATS[0][1]  # the model is whole for the next request
 
 
 def test_num_predict_zero_generates_nothing(tiny):

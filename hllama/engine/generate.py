@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hllama.engine.cancel import PassAbandoned, cancellable
 from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
 from hllama.errors import InvalidOption, PromptTooLong
@@ -24,8 +25,6 @@ from hllama.options import Parameters
 
 DoneReason = Literal["stop", "length", "cancel"]
 
-#: Tokens of a prompt read in one forward pass; between two, a cancelled request stops.
-PREFILL_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,8 @@ class Generation:
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
-                 logprobs: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> None:
-        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
-        ``prefill_chunk``: a longer prompt is read in pieces of this many tokens, so cancelling stops it."""
+                 logprobs: int | None = None) -> None:
+        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20)."""
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
@@ -106,8 +104,8 @@ class Generation:
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
         # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
-        run = _prefilled_generate if self.limit > 0 else _nothing
-        self._run = lambda: worker.run(run, (model, kwargs, self.cancel, prefill_chunk))
+        run = model.generate if self.limit > 0 else _nothing
+        self._run = lambda: worker.run(run, kwargs)
         self._executor = loaded.executor
         self._future: Future[None] | None = None
 
@@ -131,49 +129,15 @@ class Generation:
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
-def _prefilled_generate(model: Any, kwargs: dict[str, Any], cancel: threading.Event, chunk: int) -> None:
-    """``model.generate``, after reading a long prompt into the KV cache a chunk at a time.
-
-    One forward pass over a long prompt cannot be interrupted; chunks can: a client that leaves (or a
-    server shutting down) stops the work within one chunk rather than after the whole prompt.
-    """
-    input_ids = kwargs["input_ids"]
-    if input_ids.shape[1] > chunk:
-        cache = _prefill(model, input_ids[:, :-1], cancel, chunk)
-        if cache is None:
-            return
-        kwargs = {**kwargs, "past_key_values": cache}
-    model.generate(**kwargs)
-
-
-def _nothing(*_: Any) -> None:
+def _nothing(**_: Any) -> None:
     """What generating zero tokens takes."""
 
 
-def _prefill(model: Any, ids: Any, cancel: threading.Event, chunk: int) -> Any:
-    """The KV cache of ``ids``, or None when cancelled on the way."""
-    import torch
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    body = model.base_model  # the transformer without its language-model head: no logits to compute
-    with torch.inference_mode():
-        for start in range(0, ids.shape[1], chunk):
-            if cancel.is_set():
-                return None
-            piece = ids[:, start:start + chunk]
-            body(input_ids=piece, past_key_values=cache, use_cache=True,
-                 attention_mask=torch.ones((1, start + piece.shape[1]), dtype=torch.long, device=ids.device),
-                 cache_position=torch.arange(start, start + piece.shape[1], device=ids.device))
-    return cache
-
-
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
-           cancel: threading.Event | None = None, prefill_chunk: int = PREFILL_CHUNK) -> Iterator[str | Finished]:
+           cancel: threading.Event | None = None) -> Iterator[str | Finished]:
     """Generate from ``prompt_ids``; yields ``str`` pieces, then a :class:`Finished`."""
     events: queue.Queue[Any] = queue.Queue()
-    generation = Generation(loaded, prompt_ids, params, sink=events.put, stops=stops, cancel=cancel,
-                            prefill_chunk=prefill_chunk).start()
+    generation = Generation(loaded, prompt_ids, params, sink=events.put, stops=stops, cancel=cancel).start()
     try:
         while (item := events.get()) is not END:
             if isinstance(item, BaseException):
@@ -213,12 +177,15 @@ class _Worker:
         self.top_logprobs = 0
         self.logprobs: list[TokenLogprob] = []
 
-    def run(self, generate: Callable[..., None], arguments: tuple[Any, ...]) -> None:
+    def run(self, generate: Callable[..., None], kwargs: dict[str, Any]) -> None:
         try:
-            generate(*arguments)
+            with cancellable(self.cancel):  # a long prompt's single pass stops at the next layer too
+                generate(**kwargs)
             if not self.matcher.stopped:
                 if piece := self.matcher.flush(self.decoder.text):
                     self.sink(piece)
+        except PassAbandoned:  # cancelled while the model read the prompt: an answer that ends here
+            pass
         except BaseException as exc:  # handed to the consumer, never lost in this thread
             self.sink(exc)
         finally:
