@@ -39,7 +39,6 @@ from hllama.validation import describe, field_name
 router = APIRouter()
 
 
-
 @router.get("/")
 @router.head("/", include_in_schema=False)
 async def root() -> Response:

@@ -67,7 +67,7 @@ class Service:
         self._running: set[threading.Event] = set()  # the cancel events of generations under way
 
     def cancel_all(self) -> None:
-        """Stop every generation under way (each within a token, or a chunk of its prompt): the server is
+        """Stop every generation under way (within a token, or a layer of the pass reading its prompt): the server is
         going away. Safe to call from a signal handler."""
         for cancel in list(self._running):
             cancel.set()
