@@ -37,9 +37,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="the server's HLLAMA_NUM_PARALLEL (default 1)")
     parser.add_argument("--wide", action="store_true",
                         help="use a wider random model (35M parameters) instead of the tiny one")
+    parser.add_argument("--checkpoint-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="what the built model is stored in (both sides load it with dtype auto)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
-    model = args.model or str(_wide_endless(work) if args.wide else _tiny_endless(work))
+    model = args.model or str(_wide_endless(work, args.checkpoint_dtype) if args.wide else _tiny_endless(work))
     prompt = "Tell me a story."
 
     direct_rate, direct_ttft = _direct(model, prompt, args.tokens, args.runs)
@@ -64,8 +66,9 @@ def _tiny_endless(work: Path) -> Path:
     return endless_variant(build_model(work / "tiny"), work / "tiny-endless")
 
 
-def _wide_endless(work: Path) -> Path:
+def _wide_endless(work: Path, dtype: str) -> Path:
     """Random weights, 8 layers of width 512: per-token work closer to a real model's, on this CPU."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tests.tinymodel import build_tokenizer, endless_variant
@@ -75,19 +78,19 @@ def _wide_endless(work: Path) -> Path:
                          num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(work / "wide")
+    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(work / "wide")
     tokenizer.save_pretrained(work / "wide")
     return endless_variant(work / "wide", work / "wide-endless")
 
 
 def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, float]:
-    """Plain transformers: the prompt through the chat template, greedy ``generate`` of ``tokens`` tokens."""
-    import torch
+    """Plain transformers at the checkpoint's dtype: the prompt through the chat template, greedy ``generate``
+    of ``tokens`` tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.generation.streamers import BaseStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto").eval()
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)

@@ -42,6 +42,7 @@ class Footprint:
     quantizable: int = 0  # parameters in the 2-D weights bitsandbytes would quantize
     config: Mapping[str, Any] = field(default_factory=dict)
     format: str = "safetensors"  # of the weight files: safetensors, pytorch (.bin) or gguf
+    dtype: str | None = None  # what the checkpoint stores its weights in (float32, bfloat16, float16), if known
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,31 @@ def footprint_from_tensors(tensors: Iterable[tuple[str, str, Iterable[int]]], *,
                            config: Mapping[str, Any]) -> Footprint:
     """A footprint from (name, safetensors dtype, shape) triples, local or read from the Hub."""
     parameters = quantizable = 0
-    for name, _dtype, shape in tensors:
+    by_dtype: dict[str, int] = {}
+    for name, dtype, shape in tensors:
         dims = list(shape)
         count = 1
         for dim in dims:
             count *= dim
         parameters += count
+        if dtype in _FLOAT_DTYPES:
+            by_dtype[_FLOAT_DTYPES[dtype]] = by_dtype.get(_FLOAT_DTYPES[dtype], 0) + count
         if len(dims) == 2 and not any(part in name for part in _NOT_QUANTIZED):
             quantizable += count
-    return Footprint(files_bytes=files_bytes, parameters=parameters, quantizable=quantizable, config=config)
+    stored = max(by_dtype, key=by_dtype.__getitem__) if by_dtype else _config_dtype(config)
+    return Footprint(files_bytes=files_bytes, parameters=parameters, quantizable=quantizable, config=config,
+                     dtype=stored)
+
+
+#: safetensors' names of the floating-point dtypes a model loads in.
+_FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def _config_dtype(config: Mapping[str, Any]) -> str | None:
+    """What config.json says the weights are (``torch_dtype``, or ``dtype`` since transformers 5)."""
+    text = text_config(config)
+    stored = text.get("dtype") or text.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
+    return stored if stored in _FLOAT_DTYPES.values() else None
 
 
 def local_footprint(folder: Path, *, gguf_file: str | None = None) -> Footprint:
@@ -105,7 +122,8 @@ def local_footprint(folder: Path, *, gguf_file: str | None = None) -> Footprint:
         return footprint_from_tensors(tensors, files_bytes=sum(path.stat().st_size for path in weights),
                                       config=config)
     legacy = sorted(folder.glob("*.bin"))
-    return Footprint(files_bytes=sum(path.stat().st_size for path in legacy), config=config, format="pytorch")
+    return Footprint(files_bytes=sum(path.stat().st_size for path in legacy), config=config, format="pytorch",
+                     dtype=_config_dtype(config))
 
 
 def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
@@ -117,7 +135,9 @@ def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
 
 
 def estimate(footprint: Footprint, *, precision: str, context: int | None, device: Device) -> Estimate:
-    compute_bytes = 4 if device == "cpu" else 2
+    """What loading at ``precision`` takes; the KV cache is kept in the precision the model computes in."""
+    compute_bytes = int(PRECISION_BYTES[precision]) if precision in _FLOAT_DTYPES.values() else \
+        4 if device == "cpu" else 2
     rule_of_thumb = int(1.5 * footprint.files_bytes)
     if footprint.parameters:
         if precision in ("8bit", "4bit"):
@@ -135,7 +155,7 @@ def estimate(footprint: Footprint, *, precision: str, context: int | None, devic
 
 def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget: Budget) -> Plan:
     """Estimates for the requested precision; ``quantize: auto`` takes the best one that fits."""
-    full = default_dtype(load.dtype, budget.device)
+    full = default_dtype(load.dtype, budget, stored=footprint.dtype)
     candidates = [full, "8bit", "4bit"]
     estimates = {precision: estimate(footprint, precision=precision, context=context, device=budget.device)
                  for precision in candidates}
@@ -147,11 +167,22 @@ def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget
     return Plan(chosen=chosen, budget=budget, alternatives=tuple(estimates.values()), footprint=footprint)
 
 
-def default_dtype(dtype: str | None, device: Device) -> str:
-    """``auto``: bfloat16 on a GPU, float32 on the CPU (half precision is slow there)."""
+def default_dtype(dtype: str | None, budget: Budget, *, stored: str | None = None) -> str:
+    """``auto``: what the checkpoint stores, where the hardware computes in it natively.
+
+    A half-precision checkpoint loads as it is where the GPU or CPU runs that precision (bfloat16 from
+    Ampere on, and on CPUs with AVX-512 BF16 or AMX); a GPU without bfloat16 takes float16; a CPU without
+    it, float32 (converting every value would be slower than that). A float32 checkpoint loads as bfloat16
+    (else float16) on a GPU, as float32 on a CPU.
+    """
     if dtype and dtype != "auto":
         return dtype
-    return "bfloat16" if device == "cuda" else "float32"
+    half = budget.half_precisions
+    if stored in ("bfloat16", "float16") and stored in half:
+        return stored
+    if budget.device == "cuda":
+        return "bfloat16" if "bfloat16" in half or not half else "float16"
+    return "float32"
 
 
 def context_for_estimate(footprint: Footprint, context: int | None) -> int:

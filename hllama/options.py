@@ -132,7 +132,8 @@ class LoadOptions(BaseModel):
 
     quantize: Quantize | None = Field(
         None, description="none | 8bit | 4bit (bitsandbytes) | auto: the best precision that fits")
-    dtype: DType | None = Field(None, description="auto picks bf16/fp16 on a GPU, float32 on the CPU")
+    dtype: DType | None = Field(None, description="auto: the checkpoint's dtype where the hardware runs it "
+                                                  "natively; else bf16 on a GPU, float32 on a CPU")
     device_map: Text | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
     trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")
 

@@ -141,3 +141,54 @@ def _count(shape: list[int]) -> int:
     for dim in shape:
         total *= dim
     return total
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 avx512f avx512_bf16 amx_tile", {"bfloat16"}),
+    ("fpu avx512f amx_bf16 amx_fp16 avx512_fp16", {"bfloat16", "float16"}),
+    ("fpu sse2 avx2 avx512f", set()),
+])
+def test_cpu_half_precisions_come_from_its_flags(flags: str, expected: set[str]):
+    from hllama.hardware import cpu_half_precisions
+
+    assert cpu_half_precisions(f"processor\t: 0\nflags\t\t: {flags}\nbugs\t\t: spectre\n") == expected
+
+
+def test_a_gpu_has_bfloat16_from_ampere_on():
+    ampere = Gpu(0, "NVIDIA A10", 24 * 2**30, 20 * 2**30, (8, 6))
+    turing = Gpu(1, "Tesla T4", 16 * 2**30, 15 * 2**30, (7, 5))
+    assert ampere.half_precisions == {"bfloat16", "float16"} and turing.half_precisions == {"float16"}
+    mixed = memory_budget(load_settings(), Hardware(gpus=(ampere, turing), ram_total=2**40, ram_available=2**39))
+    assert mixed.half_precisions == {"float16"}  # what every GPU of the budget runs
+
+
+@pytest.mark.parametrize("stored, device, half, chosen", [
+    ("bfloat16", "cpu", {"bfloat16"}, "bfloat16"),  # AVX-512 BF16 / AMX: the checkpoint as it is
+    ("bfloat16", "cpu", set(), "float32"),  # converting every value would be slower than float32
+    ("float16", "cpu", {"bfloat16"}, "float32"),
+    ("float16", "cpu", {"bfloat16", "float16"}, "float16"),
+    ("float32", "cpu", {"bfloat16"}, "float32"),
+    (None, "cpu", {"bfloat16"}, "float32"),
+    ("bfloat16", "cuda", {"bfloat16", "float16"}, "bfloat16"),
+    ("bfloat16", "cuda", {"float16"}, "float16"),  # a GPU before Ampere
+    ("float16", "cuda", {"bfloat16", "float16"}, "float16"),
+    ("float32", "cuda", {"bfloat16", "float16"}, "bfloat16"),
+    ("float32", "cuda", {"float16"}, "float16"),
+])
+def test_auto_loads_the_checkpoints_dtype_where_the_hardware_runs_it(stored, device, half, chosen):
+    budget = Budget(2**40, device, "test", frozenset(half))
+    footprint = Footprint(files_bytes=10**6, parameters=5 * 10**5, config=CONFIG, dtype=stored)
+    assert plan(footprint, load=LoadOptions(dtype="auto"), context=None, budget=budget).chosen.precision == chosen
+    assert plan(footprint, load=LoadOptions(dtype="float32"), context=None, budget=budget).chosen.precision == \
+        "float32"  # an explicit dtype always wins
+
+
+def test_the_checkpoints_dtype_is_read_from_its_headers_or_config():
+    tensors = [("model.embed_tokens.weight", "BF16", [1000, 64]), ("model.layers.0.mlp.weight", "BF16", [64, 64]),
+               ("model.norm.weight", "F32", [64])]
+    assert footprint_from_tensors(tensors, files_bytes=1, config={}).dtype == "bfloat16"
+    assert footprint_from_tensors([], files_bytes=1, config={"torch_dtype": "float16"}).dtype == "float16"
+    assert footprint_from_tensors([], files_bytes=1, config={"dtype": "int8"}).dtype is None
+    bf16 = estimate(BIG, precision="bfloat16", context=4096, device="cpu")
+    f32 = estimate(BIG, precision="float32", context=4096, device="cpu")
+    assert f32.kv_cache == 2 * bf16.kv_cache  # the KV cache is kept in the precision the model computes in

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,23 @@ def test_a_real_gguf_chat_model():
     assert (config["model_type"], config["num_hidden_layers"], config["num_key_value_heads"]) == ("llama", 30, 3)
     assert config["chat_template"] == loaded.tokenizer.chat_template
     assert loaded.plan.chosen.kv_cache == 2 * 30 * 3 * 64 * 4096 * 4 and loaded.plan.footprint.format == "gguf"
+
+
+def test_a_bfloat16_checkpoint_loads_as_bfloat16_where_the_cpu_runs_it(tiny_model_dir: Path, tmp_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hllama.options import Parameters
+
+    folder = tmp_path / "tiny-bf16"
+    shutil.copytree(tiny_model_dir, folder)
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(folder)
+    resolved = _resolve(str(folder))
+    native = load_model(resolved, budget=Budget(2**40, "cpu", "test", frozenset({"bfloat16"})))
+    assert native.precision == "bfloat16" and native.model.dtype == torch.bfloat16
+    assert native.plan.footprint.dtype == "bfloat16"
+    *_, finished = stream(native, native.tokenizer("Say hello.")["input_ids"], Parameters(temperature=0,
+                                                                                          max_new_tokens=5))
+    assert finished.stats.generated_tokens > 0
+    converted = load_model(resolved, budget=Budget(2**40, "cpu", "test"))  # a CPU without bfloat16
+    assert converted.precision == "float32" and converted.model.dtype == torch.float32

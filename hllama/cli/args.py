@@ -51,7 +51,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--quantize", dest="load_quantize", choices=["none", "8bit", "4bit", "auto"],
                            help="precision; auto picks the best one that fits in memory")
     group.add_argument("--dtype", dest="load_dtype", choices=["auto", "float32", "float16", "bfloat16"],
-                       help="weight dtype (auto: bf16/fp16 on a GPU, float32 on the CPU)")
+                       help="weight dtype (auto: the checkpoint's, where the hardware runs it; else float32 on a CPU)")
     group.add_argument("--device-map", dest="load_device_map", metavar="MAP", help="accelerate device map")
     group.add_argument("--trust-remote-code", dest="load_trust_remote_code", action="store_const", const=True,
                        help="allow code shipped with the model to run")

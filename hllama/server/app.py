@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -149,10 +150,10 @@ def build_service(settings: Settings, *, budget: Budget | None = None) -> Servic
 
     def size(resolved, available: int) -> int:
         source = locate(resolved.model, resolved.revision)
-        return plan_load(resolved, source, Budget(available, budget.device, budget.source)).chosen.total
+        return plan_load(resolved, source, replace(budget, bytes=available)).chosen.total
 
     def load(resolved, available: int):
-        return load_model(resolved, budget=Budget(available, budget.device, "memory left for models"))
+        return load_model(resolved, budget=replace(budget, bytes=available, source="memory left for models"))
 
     scheduler = Scheduler(load=load, size=size, budget=budget.bytes, max_loaded=settings.max_loaded_models,
                           max_queue=settings.max_queue, parallel=settings.num_parallel)
