@@ -153,3 +153,58 @@ def test_an_empty_prompt_is_refused(tiny):
 
     with pytest.raises(InvalidOption, match="the prompt has no tokens"):
         list(stream(tiny, [], GREEDY))
+
+
+def _conversation_ids(tiny, turns: list[tuple[str, str | None]]) -> list[int]:
+    messages = []
+    for question, answer in turns:
+        messages.append({"role": "user", "content": question})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    return build_prompt(tiny.tokenizer, messages).ids
+
+
+def test_a_follow_up_turn_reads_only_what_is_new(tiny):
+    """The first turn's KV cache is kept; the second reads only its new tokens and answers as a cold run does."""
+    tiny.prefixes.clear()
+    (q1, a1), (q2, _) = CHATS[0], CHATS[3]
+    *_, first = stream(tiny, _conversation_ids(tiny, [(q1, None)]), GREEDY)
+    assert first.text == a1 and first.stats.cached_tokens == 0 and tiny.prefixes.bytes > 0
+    follow_up = _conversation_ids(tiny, [(q1, a1), (q2, None)])
+    *_, warm = stream(tiny, follow_up, GREEDY)
+    assert warm.stats.cached_tokens >= first.stats.prompt_tokens
+    assert warm.stats.evaluated_tokens == len(follow_up) - warm.stats.cached_tokens
+    tiny.prefixes.clear()
+    *_, cold = stream(tiny, follow_up, GREEDY)
+    assert cold.stats.cached_tokens == 0 and cold.stats.evaluated_tokens == len(follow_up)
+    assert warm.text == cold.text and warm.generated_ids == cold.generated_ids
+
+
+def test_kept_caches_stay_within_their_bound_least_recently_used_first(tiny):
+    from hllama.engine.prefix import PrefixCache
+
+    kept = tiny.prefixes
+    try:
+        tiny.prefixes = probe = PrefixCache(2**40)
+        list(stream(tiny, _ids(tiny, CHATS[0][0]), GREEDY))
+        one = probe.bytes
+        tiny.prefixes = bounded = PrefixCache(int(one * 1.5))  # room for one conversation of this length
+        for question, _ in CHATS[:3]:
+            list(stream(tiny, _ids(tiny, question), GREEDY))
+            assert 0 < bounded.bytes <= bounded.max_bytes
+        cache, reused = bounded.take(_ids(tiny, CHATS[2][0]) + [5])  # the newest is the one kept
+        assert cache is not None and reused == len(_ids(tiny, CHATS[2][0]))
+        assert bounded.take(_ids(tiny, CHATS[0][0]) + [5])[0] is None
+        tiny.prefixes = PrefixCache(one // 2)  # a cache larger than the bound is not kept at all
+        list(stream(tiny, _ids(tiny, CHATS[0][0]), GREEDY))
+        assert tiny.prefixes.bytes == 0
+    finally:
+        tiny.prefixes = kept
+
+
+def test_a_cancelled_answer_leaves_no_cache(tiny):
+    tiny.prefixes.clear()
+    cancel = threading.Event()
+    for _ in stream(tiny, _ids(tiny, CHATS[4][0]), GREEDY, cancel=cancel):
+        cancel.set()
+    assert tiny.prefixes.bytes == 0

@@ -289,3 +289,20 @@ def test_the_seed_workflow(url: str, hllama_home: Path):
     assert "friend" not in response.json()["message"]["content"]
     [running] = httpx.get(f"{url}/api/ps").json()["models"]
     assert running["name"] == "assistant:latest" and running["details"]["quantization_level"] == "INT8"
+
+
+def test_a_follow_up_turn_reuses_the_conversations_cache(client: ollama.Client, url: str):
+    """prompt_eval_count counts what the model read, as Ollama's does: the second turn reads only its new part."""
+    (q1, a1), (q2, a2) = CHATS[0], CHATS[3]
+    first = client.chat("tiny", messages=[{"role": "user", "content": q1}])
+    assert first.message.content == a1
+    turns = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+    second = client.chat("tiny", messages=turns)  # (the tiny model was trained on single turns: any answer)
+    assert second.done
+    assert second.prompt_eval_count < first.prompt_eval_count  # only the answer's end and the new question
+    import openai
+
+    third = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(
+        model="tiny", messages=[*turns, {"role": "assistant", "content": a2}, {"role": "user", "content": q1}])
+    assert third.usage.prompt_tokens_details.cached_tokens > second.prompt_eval_count
+    assert third.usage.prompt_tokens > third.usage.prompt_tokens_details.cached_tokens

@@ -205,7 +205,7 @@ def _print_stats(finished, load_ns: int) -> None:
     stats = finished.stats
     rate = stats.generated_tokens / (stats.eval_ns / 1e9) if stats.eval_ns else 0.0
     print(f"load duration:        {load_ns / 1e9:.3f}s\n"
-          f"prompt eval count:    {stats.prompt_tokens} token(s)\n"
+          f"prompt eval count:    {stats.evaluated_tokens} token(s)\n"
           f"prompt eval duration: {stats.prompt_eval_ns / 1e9:.3f}s\n"
           f"eval count:           {stats.generated_tokens} token(s)\n"
           f"eval duration:        {stats.eval_ns / 1e9:.3f}s\n"

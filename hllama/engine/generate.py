@@ -35,6 +35,12 @@ class Stats:
     eval_ns: int  # from the first new token to the end
     total_ns: int
     done_reason: DoneReason
+    cached_tokens: int = 0  # of the prompt, taken from an earlier turn's KV cache rather than read again
+
+    @property
+    def evaluated_tokens(self) -> int:
+        """The prompt tokens the model read (Ollama's ``prompt_eval_count``)."""
+        return self.prompt_tokens - self.cached_tokens
 
 
 @dataclass(frozen=True)
@@ -98,14 +104,25 @@ class Generation:
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
         config = GenerationConfig(max_new_tokens=max(self.limit, 1), do_sample=False, eos_token_id=eos_ids,
-                                  pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id)
+                                  pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id,
+                                  return_dict_in_generate=True)  # its KV cache comes back, for the next turn
         input_ids = torch.tensor([prompt_ids], device=model.device)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
+        cache, self.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares a prefix
+        if cache is not None:
+            kwargs[_cache_keyword(model.forward)] = cache
+
+        def keep(result: Any) -> None:
+            """An answer that ended by itself leaves its cache for the next turn."""
+            if result is not None and not self.cancel.is_set():  # ``cache`` since transformers 5.24
+                cache = result.get("cache") if "cache" in result else result.get("past_key_values")
+                loaded.prefixes.put([*prompt_ids, *worker.ids], cache)
+
         # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
         run = model.generate if self.limit > 0 else _nothing
-        self._run = lambda: worker.run(run, kwargs)
+        self._run = lambda: worker.run(run, kwargs, keep)
         self._executor = loaded.executor
         self._future: Future[None] | None = None
 
@@ -125,12 +142,19 @@ class Generation:
         return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), logprobs=tuple(worker.logprobs),
                         stats=Stats(
             prompt_tokens=self.prompt_length, generated_tokens=len(worker.ids), prompt_eval_ns=first - self.started,
-            eval_ns=ended - first, total_ns=ended - self.started,
+            eval_ns=ended - first, total_ns=ended - self.started, cached_tokens=self.reused,
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
 def _nothing(**_: Any) -> None:
     """What generating zero tokens takes."""
+
+
+def _cache_keyword(forward: Any) -> str:
+    """What a model calls its KV cache argument: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
@@ -177,10 +201,10 @@ class _Worker:
         self.top_logprobs = 0
         self.logprobs: list[TokenLogprob] = []
 
-    def run(self, generate: Callable[..., None], kwargs: dict[str, Any]) -> None:
+    def run(self, generate: Callable[..., Any], kwargs: dict[str, Any], keep: Callable[[Any], None]) -> None:
         try:
             with cancellable(self.cancel):  # a long prompt's single pass stops at the next layer too
-                generate(**kwargs)
+                keep(generate(**kwargs))
             if not self.matcher.stopped:
                 if piece := self.matcher.flush(self.decoder.text):
                     self.sink(piece)

@@ -13,6 +13,7 @@ from typing import Any
 from hllama import hub
 from hllama.engine.cancel import make_cancellable
 from hllama.engine.embed import Pooling, pooling_of
+from hllama.engine.prefix import PrefixCache
 from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, NoModelAtPath, QuantizationUnavailable
 from hllama.footprint import Plan, local_footprint, plan, text_config
 from hllama.hardware import Budget
@@ -47,6 +48,7 @@ class LoadedModel:
     generates: bool = True  # False: an embedding model (an encoder), which only embeds
     pooling: Pooling = "mean"  # how its hidden states become one embedding
     cancel_hooks: list[Any] = field(default_factory=list)  # removable: a cancel stops a forward pass at a layer
+    prefixes: PrefixCache = field(default_factory=lambda: PrefixCache(0))  # earlier turns' KV caches
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
 
@@ -127,7 +129,8 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         model=model, tokenizer=tokenizer, memory_bytes=int(model.get_memory_footprint()),
         load_duration_ns=time.perf_counter_ns() - started,
         context_length=trained if isinstance(trained, int) else None, generates=generates,
-        pooling=pooling_of(source.folder), cancel_hooks=make_cancellable(model))
+        pooling=pooling_of(source.folder), cancel_hooks=make_cancellable(model),
+        prefixes=PrefixCache(load_plan.chosen.kv_cache))  # within the KV cache its estimate reserves
 
 
 def is_generative(config: dict[str, Any]) -> bool:

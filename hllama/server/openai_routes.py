@@ -240,10 +240,11 @@ def _tool_calls(result: Result) -> list[dict[str, Any]]:
             for index, call in enumerate(result.tool_calls)]
 
 
-def _usage(result: Result) -> dict[str, int]:
+def _usage(result: Result) -> dict[str, Any]:
     stats = result.finished.stats
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.prompt_tokens + stats.generated_tokens}
+            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
 
 
 def _event(document: dict[str, Any]) -> bytes:
