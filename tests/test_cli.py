@@ -208,8 +208,17 @@ def test_commands_without_a_model_do_not_import_torch_or_transformers():
 def test_a_relative_model_path_is_relative_to_where_the_command_runs(capsys, monkeypatch, tmp_path: Path,
                                                                        modelfiles: Path):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "config.json").write_text("{}")
     assert run(capsys, "create", "--alias", "local", "--model", "./weights")[0] == 0
     assert (modelfiles / "local.yaml").read_text() == f"from: {tmp_path / 'weights'}\n"
+
+
+def test_a_local_path_that_holds_no_model_is_refused(capsys, tmp_path: Path, modelfiles: Path):
+    for path in ("/etc", str(tmp_path / "missing"), "./nothing-here"):
+        code, _, err = run(capsys, "create", "--alias", "x", "--model", path)
+        assert code == 1 and err.startswith(f"Error: no model at '{path}'") and err.count("\n") == 1
+    assert list(modelfiles.iterdir()) == []
 
 
 def test_model_reference_is_checked(capsys):

@@ -14,9 +14,10 @@ from hllama.cli.args import add_generation_options, add_load_options, invalid_op
 from hllama.cli.models import plan_lines
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
-from hllama.errors import InvalidOption, ModelNotDownloaded
+from hllama.errors import InvalidOption, ModelNotDownloaded, NoModelAtPath
 from hllama.hardware import memory_budget
 from hllama.modelfile import Modelfile, dump_yaml
+from hllama.names import is_local_path, is_model_path
 from hllama.registry import Registry
 from hllama.resolve import Resolved, resolve
 from hllama.store import AliasStore
@@ -75,7 +76,10 @@ def _modelfile_from_flags(args: argparse.Namespace, overrides: Any) -> Modelfile
         modelfile = Modelfile.model_validate(data)
     except ValidationError as exc:
         raise invalid_option(exc, schema=Modelfile) from None
-    return modelfile.with_local_path_from(Path.cwd())  # a path typed on the command line is relative to here
+    modelfile = modelfile.with_local_path_from(Path.cwd())  # a path typed on the command line is relative to here
+    if is_local_path(args.model) and not is_model_path(modelfile.from_):
+        raise NoModelAtPath(args.model)
+    return modelfile
 
 
 def run_show(args: argparse.Namespace) -> int:
