@@ -8,14 +8,14 @@ from pathlib import Path
 from hllama.errors import InvalidAliasName
 
 _PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
-
-#: Room for the file's suffix and its temporary name within the 255 bytes a file name may have.
-MAX_ALIAS_LENGTH = 200
 _ALIAS = re.compile(rf"{_PART}(?::{_PART})?")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: Early Hub models have no owner ("gpt2").
 LEGACY_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+#: Room for the file's suffix and its temporary name within the 255 bytes a file name may have.
+MAX_ALIAS_LENGTH = 200
 
 #: A branch, tag or commit on the Hub (``main``, ``v1.0``, ``refs/pr/1``, a 40-digit sha).
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")

@@ -9,6 +9,7 @@ Nothing here knows about HTTP or terminals.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -24,7 +25,6 @@ from hllama.errors import InvalidOption, PromptTooLong
 from hllama.options import Parameters
 
 DoneReason = Literal["stop", "length", "cancel"]
-
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Generation:
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
         cache, self.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares a prefix
         if cache is not None:
-            kwargs[_cache_keyword(model.forward)] = cache
+            kwargs[_cache_keyword(type(model))] = cache
 
         def keep(result: Any) -> None:
             """An answer that ended by itself leaves its cache for the next turn."""
@@ -150,11 +150,13 @@ def _nothing(**_: Any) -> None:
     """What generating zero tokens takes."""
 
 
-def _cache_keyword(forward: Any) -> str:
-    """What a model calls its KV cache argument: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """What a model class calls its KV cache argument: ``cache`` since transformers 5.24, ``past_key_values``
+    before (read once per class, not on every request)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),

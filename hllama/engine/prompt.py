@@ -123,6 +123,7 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     if not fits(newest):
         raise PromptTooLong(len(newest.ids) + 1, ctx or 0)
     # The fewest turns to drop, by bisection: a long history costs a few renders, not one per turn.
+    # ``best`` is always the attempt at ``high``, the fewest drops known to fit.
     low, high, best = 1, len(turns) - 1, newest
     while low < high:
         middle = (low + high) // 2
@@ -130,7 +131,7 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
             high, best = middle, candidate
         else:
             low = middle + 1
-    return best if best.dropped_turns == low else attempt(low)
+    return best
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,

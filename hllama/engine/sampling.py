@@ -65,8 +65,7 @@ class SeededSampler(LogitsProcessor):
 def _finite(scores: torch.Tensor) -> torch.Tensor:
     """Logits an extreme penalty pushed to +inf (or NaN) would make every probability NaN: the tokens at +inf
     share the draw, and NaN counts as excluded."""
-    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
-    return scores
+    return torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
 
 
 class LogprobRecorder(LogitsProcessor):
