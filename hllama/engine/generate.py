@@ -9,7 +9,6 @@ Nothing here knows about HTTP or terminals.
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -18,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hllama.engine.batch import Row, cache_keyword
 from hllama.engine.cancel import PassAbandoned, cancellable
 from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
@@ -77,11 +77,6 @@ class Generation:
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
                  logprobs: int | None = None) -> None:
         """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20)."""
-        import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-        from hllama.engine.sampling import LogprobRecorder, logits_processors
-
         if not prompt_ids:
             raise InvalidOption("the prompt has no tokens (did the template render nothing?)")
         self.started = time.perf_counter_ns()
@@ -90,48 +85,74 @@ class Generation:
         self.limit = _token_limit(loaded, len(prompt_ids), params)
         model = loaded.model
         eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
-        self.worker = worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
-                                       eos_ids, sink)
+        self.worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
+                              eos_ids, sink)
+        self.worker.top_logprobs = logprobs or 0
+        self._executor = loaded.executor
+        self._future: Future[None] | None = None
+        self._row: Row | None = None
+        self._batcher = loaded.batcher
+        if self._batcher is not None and self.limit > 0:
+            from hllama.engine.picking import RowSampler
+
+            sampler = RowSampler(params, prompt_ids, vocab_size=_vocab_size(model), device=model.device)
+            self._row = Row(prompt_ids=list(prompt_ids), limit=self.limit, sampler=sampler, worker=self.worker,
+                            cancel=self.cancel, logprobs=logprobs is not None)
+        elif self.limit > 0:
+            kwargs, keep = self._generate_call(loaded, prompt_ids, params, eos_ids, logprobs is not None)
+            self._run = lambda: self.worker.run(model.generate, kwargs, keep)
+        else:  # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
+            self._run = self.worker.finish
+
+    def _generate_call(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, eos_ids: list[int],
+                       logprobs: bool) -> tuple[dict[str, Any], Callable[[Any], None]]:
+        """``generate``'s arguments for a model that is not batched, and what keeps its cache afterwards."""
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        from hllama.engine.sampling import LogprobRecorder, logits_processors
+
+        model, worker, cancel = loaded.model, self.worker, self.cancel
         processors = logits_processors(params, prompt_length=len(prompt_ids))
-        if logprobs is not None:
-            worker.recorder, worker.top_logprobs = LogprobRecorder(), logprobs
+        if logprobs:
+            worker.recorder = LogprobRecorder()
             processors.insert(0, worker.recorder)
-        cancel_event = self.cancel
 
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                halt = worker.matcher.stopped or cancel_event.is_set()
+                halt = worker.matcher.stopped or cancel.is_set()
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
-        config = GenerationConfig(max_new_tokens=max(self.limit, 1), do_sample=False, eos_token_id=eos_ids,
+        config = GenerationConfig(max_new_tokens=self.limit, do_sample=False, eos_token_id=eos_ids,
                                   pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id,
                                   return_dict_in_generate=True)  # its KV cache comes back, for the next turn
         input_ids = torch.tensor([prompt_ids], device=model.device)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-        cache, self.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares a prefix
+        cache, worker.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares a prefix
         if cache is not None:
-            kwargs[_cache_keyword(type(model))] = cache
+            kwargs[cache_keyword(type(model))] = cache
 
         def keep(result: Any) -> None:
             """An answer that ended by itself leaves its cache for the next turn."""
-            if result is not None and not self.cancel.is_set():  # ``cache`` since transformers 5.24
+            if result is not None and not cancel.is_set():  # ``cache`` since transformers 5.24
                 cache = result.get("cache") if "cache" in result else result.get("past_key_values")
                 loaded.prefixes.put([*prompt_ids, *worker.ids], cache)
 
-        # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
-        run = model.generate if self.limit > 0 else _nothing
-        self._run = lambda: worker.run(run, kwargs, keep)
-        self._executor = loaded.executor
-        self._future: Future[None] | None = None
+        return kwargs, keep
 
     def start(self) -> Generation:
-        self._future = self._executor.submit(self._run)
+        if self._row is not None:
+            self._batcher.submit(self._row)  # type: ignore[union-attr]
+        else:
+            self._future = self._executor.submit(self._run)
         return self
 
     def join(self) -> None:
-        if self._future is not None:
+        if self._row is not None:
+            self._row.ended.wait()
+        elif self._future is not None:
             self._future.result()
 
     def finished(self) -> Finished:
@@ -142,21 +163,14 @@ class Generation:
         return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), logprobs=tuple(worker.logprobs),
                         stats=Stats(
             prompt_tokens=self.prompt_length, generated_tokens=len(worker.ids), prompt_eval_ns=first - self.started,
-            eval_ns=ended - first, total_ns=ended - self.started, cached_tokens=self.reused,
+            eval_ns=ended - first, total_ns=ended - self.started, cached_tokens=worker.reused,
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
-def _nothing(**_: Any) -> None:
-    """What generating zero tokens takes."""
-
-
-@functools.cache
-def _cache_keyword(model_class: type) -> str:
-    """What a model class calls its KV cache argument: ``cache`` since transformers 5.24, ``past_key_values``
-    before (read once per class, not on every request)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+def _vocab_size(model: Any) -> int:
+    """The width of the model's logits (the output embedding's rows; config.json may say less)."""
+    output = model.get_output_embeddings()
+    return int(output.weight.shape[0]) if output is not None else int(model.config.vocab_size)
 
 
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
@@ -202,36 +216,50 @@ class _Worker:
         self.recorder: Any = None  # a LogprobRecorder when log-probabilities were asked for
         self.top_logprobs = 0
         self.logprobs: list[TokenLogprob] = []
+        self.reused = 0  # prompt tokens taken from an earlier turn's KV cache
 
     def run(self, generate: Callable[..., Any], kwargs: dict[str, Any], keep: Callable[[Any], None]) -> None:
+        """The thread body of a ``generate`` call (models that are not batched)."""
+        error: BaseException | None = None
         try:
             with cancellable(self.cancel):  # a long prompt's single pass stops at the next layer too
                 keep(generate(**kwargs))
-            if not self.matcher.stopped:
-                if piece := self.matcher.flush(self.decoder.text):
-                    self.sink(piece)
         except PassAbandoned:  # cancelled while the model read the prompt: an answer that ends here
             pass
         except BaseException as exc:  # handed to the consumer, never lost in this thread
-            self.sink(exc)
+            error = exc
+        self.finish(error)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The answer is over: show what a possible stop string held back (or hand over ``error``), then END."""
+        try:
+            if error is not None:
+                self.sink(error)
+            elif not self.matcher.stopped and (piece := self.matcher.flush(self.decoder.text)):
+                self.sink(piece)
         finally:
             self.ended_at = time.perf_counter_ns()
             self.sink(END)
 
     def put(self, value: Any) -> None:
+        """The streamer interface ``generate`` calls, once with the prompt, then once per token."""
         if not self._prompt_seen:  # generate first hands over the prompt itself
             self._prompt_seen = True
             return
+        latest = self.recorder.latest if self.recorder is not None else None
+        self.accept(int(value.reshape(-1)[0]), latest)
+
+    def accept(self, token: int, logprob_row: Any = None) -> None:
+        """One new token; ``logprob_row``: the step's log-probabilities, when they were asked for."""
         if self.cancel.is_set():
             return
-        token = int(value.reshape(-1)[0])
         self.ids.append(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter_ns()
         if token in self.eos_ids:
             self.saw_eos = True
-        elif self.recorder is not None and self.recorder.latest is not None:
-            self.logprobs.append(self._logprob(token, self.recorder.latest))
+        elif logprob_row is not None:
+            self.logprobs.append(self._logprob(token, logprob_row))
         text = self.decoder.add(token)
         if piece := self.matcher.feed(text.rstrip("\ufffd")):  # an incomplete character waits
             self.sink(piece)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hllama import hub
+from hllama.engine.batch import BatchEngine, batchable
 from hllama.engine.cancel import make_cancellable
 from hllama.engine.embed import Pooling, pooling_of
 from hllama.engine.prefix import PrefixCache
@@ -51,6 +52,7 @@ class LoadedModel:
     prefixes: PrefixCache = field(default_factory=lambda: PrefixCache(0))  # earlier turns' KV caches
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
+    batcher: BatchEngine | None = None  # None: each request runs its own ``generate`` (see batch.batchable)
 
     @property
     def precision(self) -> str:
@@ -124,13 +126,16 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         raise ModelLoadError(f"cannot load '{resolved.model}': {str(exc).strip().splitlines()[0]}") from exc
     model.eval()
     trained = text_config(model.config.to_dict()).get("max_position_embeddings")
-    return LoadedModel(
+    loaded = LoadedModel(
         model_id=resolved.model, revision=resolved.revision, load=resolved.load, source=source, plan=load_plan,
         model=model, tokenizer=tokenizer, memory_bytes=int(model.get_memory_footprint()),
         load_duration_ns=time.perf_counter_ns() - started,
         context_length=trained if isinstance(trained, int) else None, generates=generates,
         pooling=pooling_of(source.folder), cancel_hooks=make_cancellable(model),
         prefixes=PrefixCache(load_plan.chosen.kv_cache))  # within the KV cache its estimate reserves
+    if generates and batchable(model):
+        loaded.batcher = BatchEngine(loaded)
+    return loaded
 
 
 def is_generative(config: dict[str, Any]) -> bool:
