@@ -55,13 +55,19 @@ def test_the_kept_tokens_are_the_ones_transformers_keeps(params):
         assert torch.equal(kept(tempered, [sampler]), _transformers_kept(scores[row:row + 1], params))
 
 
-def test_every_draw_is_a_kept_token_and_follows_the_probabilities():
-    params = Parameters(temperature=1.0, top_k=5, seed=3)
+@pytest.mark.parametrize("top_k", [5, 0])
+def test_every_draw_is_a_kept_token_and_follows_the_probabilities(top_k):
+    params = Parameters(temperature=1.0, top_k=top_k, seed=3)
     sampler = RowSampler(params, [], vocab_size=VOCAB)
     scores = _logits(1)
-    allowed = set(scores[0].topk(5).indices.tolist())
-    probabilities = torch.softmax(scores[0].topk(5).values, dim=-1)
-    draws = [pick(scores.clone(), [sampler])[0] for _ in range(4000)]
+    scores[0, :5] += 12  # five likely tokens, the rest of the vocabulary about 1% together
+    allowed = set(scores[0].topk(5).indices.tolist()) if top_k else set(range(VOCAB))
+    candidates = scores[0] if not top_k else scores[0].topk(5).values
+    probabilities = torch.softmax(candidates, dim=-1).sort(descending=True).values
+    draws = []
+    for _ in range(4000):
+        draws.append(pick(scores.clone(), [sampler])[0])
+        sampler.accept(draws[-1])  # the next step draws new noise
     assert set(draws) <= allowed
     top = int(scores[0].argmax())
     assert abs(draws.count(top) / len(draws) - float(probabilities[0])) < 0.03
@@ -75,10 +81,14 @@ def test_a_rows_draw_does_not_depend_on_the_rows_beside_it():
     others = [(0.0, 0), (1.2, 0), (0.5, 2000), (1.0, 10), (0.7, 0), (2.0, 1), (0.0, 0)]  # (temperature, top_k)
     neighbours = [RowSampler(Parameters(temperature=t, top_k=k, seed=i), [], vocab_size=VOCAB)
                   for i, (t, k) in enumerate(others)]
+    rows = [*neighbours[:3], crowded, *neighbours[3:]]
     for _ in range(20):
         own = pick(scores[3:4].clone(), [alone])[0]
-        together = pick(scores.clone(), [*neighbours[:3], crowded, *neighbours[3:]])
+        together = pick(scores.clone(), rows)
         assert together[3] == own
+        alone.accept(own)
+        for sampler, token in zip(rows, together, strict=True):
+            sampler.accept(token)
 
 
 def test_greedy_rows_take_the_best_token_and_temperature_zero_never_samples():

@@ -2,11 +2,11 @@
 
 Each request keeps its own :class:`RowSampler`: its settings, its own ``torch.Generator`` and the token
 history its penalties read. :func:`pick` applies them to all rows of a step at once: penalties as masks
-over the stacked rows, greedy rows by one ``argmax``, sampling rows by one ``topk`` over the rows'
-candidates. The draw is an exponential race (``argmax p / q`` with ``q ~ Exp(1)`` from the row's own
-generator, one per vocabulary entry per step): its outcome depends only on the kept tokens and their
-probabilities, never on the order they were found in or on the other rows, so a seed gives the same
-answer alone and in a batch (exactly in float32).
+over each row's own history (never the whole vocabulary), greedy rows by one ``argmax``, sampling rows
+by one ``topk`` over the rows' candidates. The draw is a Gumbel race, ``argmax log p - log q`` with
+``q ~ Exp(1)``, where each token's ``q`` is a hash of (seed, step, token): it is the same whichever
+tokens are looked at and in whatever order, so only the candidates' noise is ever computed, and a seed
+gives the same answer alone and in a batch (exactly in float32).
 
 The chain is the one :func:`hllama.engine.sampling.logits_processors` builds for ``generate``, in its
 order: repetition penalty, presence and frequency penalties, then (temperature above
@@ -46,34 +46,48 @@ class RowSampler:
         self.seed = params.seed % 2**64 if params.seed not in (None, -1) else secrets.randbits(63)
         self.device = torch.device(device)
         self.vocab_size = vocab_size
-        self._generator: torch.Generator | None = None
-        self.seen: torch.Tensor | None = None  # every token of prompt and answer: the repetition penalty's
+        self.steps = 0  # tokens chosen so far: each step's noise is its own
+        self._seen: set[int] = set()  # every token of prompt and answer: the repetition penalty's
+        self._seen_ids: torch.Tensor | None = None
         if self.repetition is not None:
-            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=self.device)
-            self.seen[torch.tensor([i for i in prompt_ids if 0 <= i < vocab_size], dtype=torch.long,
-                                   device=self.device)] = True
-        self.counts: torch.Tensor | None = None  # the answer's tokens: presence and frequency penalties'
-        if self.presence or self.frequency:
-            self.counts = torch.zeros(vocab_size, dtype=torch.float32, device=self.device)
+            self._seen = {token for token in prompt_ids if 0 <= token < vocab_size}
+        self.counts: dict[int, int] = {}  # the answer's tokens: presence and frequency penalties'
 
     @property
     def truncates(self) -> bool:
         return bool(self.top_k or self.top_p < 1.0 or self.min_p)
 
+    @property
+    def penalises(self) -> bool:
+        return self.repetition is not None or bool(self.presence or self.frequency)
+
     def accept(self, token: int) -> None:
-        """The row's new token joins the history its penalties read."""
+        """The row's new token: the next step draws new noise, and the penalties read it."""
+        self.steps += 1
         if not 0 <= token < self.vocab_size:
             return
-        if self.seen is not None:
-            self.seen[token] = True
-        if self.counts is not None:
-            self.counts[token] += 1
+        if self.repetition is not None and token not in self._seen:
+            self._seen.add(token)
+            self._seen_ids = None
+        if self.presence or self.frequency:
+            self.counts[token] = self.counts.get(token, 0) + 1
 
-    def exponentials(self) -> torch.Tensor:
-        """This step's race times, one per vocabulary entry, from the row's own generator."""
-        if self._generator is None:
-            self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        return torch.empty(self.vocab_size, device=self.device).exponential_(generator=self._generator)
+    def penalise(self, scores: torch.Tensor) -> None:
+        """Apply this row's penalties to its ``scores`` (``[vocab]``) in place, touching only tokens it has seen."""
+        if self.repetition is not None and self._seen:
+            if self._seen_ids is None:
+                self._seen_ids = torch.tensor(sorted(self._seen), dtype=torch.long, device=scores.device)
+            part = scores[self._seen_ids]
+            scores[self._seen_ids] = torch.where(part < 0, part * self.repetition, part / self.repetition)
+        if self.counts:
+            ids = torch.tensor(list(self.counts), dtype=torch.long, device=scores.device)
+            counts = torch.tensor(list(self.counts.values()), dtype=scores.dtype, device=scores.device)
+            scores[ids] -= self.frequency * counts + self.presence
+
+    @property
+    def key(self) -> int:
+        """This step's noise key, a signed 64-bit integer mixed from the seed and the step."""
+        return _signed(_splitmix(self.seed ^ _splitmix(self.steps)))
 
 
 def pick(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[int]:
@@ -99,54 +113,51 @@ def penalised(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Ten
     the answer, for the rows that have them. Scores an extreme penalty pushed to +inf (or NaN) would make every
     probability NaN: the tokens at +inf share the draw, and NaN counts as excluded."""
     scores = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
-    rows = [row for row, sampler in enumerate(samplers) if sampler.seen is not None]
-    if rows:
-        index = _index(rows, scores)
-        penalty = torch.tensor([samplers[row].repetition for row in rows], device=scores.device)[:, None]
-        seen = torch.stack([samplers[row].seen for row in rows])  # type: ignore[misc]
-        part = scores.index_select(0, index)
-        penalised = torch.where(part < 0, part * penalty, part / penalty)
-        scores[index] = torch.where(seen, penalised, part)
-    rows = [row for row, sampler in enumerate(samplers) if sampler.counts is not None]
-    if rows:
-        index = _index(rows, scores)
-        counts = torch.stack([samplers[row].counts for row in rows])  # type: ignore[misc]
-        frequency = torch.tensor([samplers[row].frequency for row in rows], device=scores.device)[:, None]
-        presence = torch.tensor([samplers[row].presence for row in rows], device=scores.device)[:, None]
-        scores[index] = scores.index_select(0, index) - frequency * counts - presence * (counts > 0).float()
+    for row, sampler in enumerate(samplers):
+        if sampler.penalises:
+            sampler.penalise(scores[row])
     return scores
 
 
 def _sample(scores: torch.Tensor, rows: list[int], samplers: Sequence[RowSampler]) -> torch.Tensor:
     """Tokens for the sampling ``rows``: temperature, the truncations, then each row's own race."""
-    part = scores.index_select(0, _index(rows, scores))
-    part /= torch.tensor([samplers[row].temperature for row in rows], device=scores.device)[:, None]
-    noise = torch.stack([samplers[row].exponentials() for row in rows])
-    race = part - noise.log()  # argmax of p / q, in logs: the softmax's normaliser cannot change the winner
-    chosen = race.argmax(dim=-1)
+    chosen = torch.empty(len(rows), dtype=torch.long, device=scores.device)
+    whole = [at for at, row in enumerate(rows) if not samplers[row].truncates]
+    if whole:  # plain sampling: every token races
+        settings = [samplers[rows[at]] for at in whole]
+        part = scores.index_select(0, _index([rows[at] for at in whole], scores))
+        tempered = part / torch.tensor([sampler.temperature for sampler in settings], device=scores.device)[:, None]
+        every = torch.arange(part.shape[-1], device=scores.device).expand(len(whole), -1)
+        chosen[_index(whole, scores)] = (tempered - _noise(settings, every).log()).argmax(dim=-1)
     truncated = [at for at, row in enumerate(rows) if samplers[row].truncates]
     if truncated:
-        at = _index(truncated, scores)
-        settings = [samplers[rows[i]] for i in truncated]
-        chosen[at] = _truncated_race(part.index_select(0, at), race.index_select(0, at), settings)
+        settings = [samplers[rows[at]] for at in truncated]
+        part = scores.index_select(0, _index([rows[at] for at in truncated], scores))
+        chosen[_index(truncated, scores)] = _truncated_race(part, settings)
     return chosen
 
 
-def _truncated_race(scores: torch.Tensor, race: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
+def _truncated_race(scores: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
     """The race among the tokens top_k, top_p and min_p keep, found among each row's likeliest candidates."""
     vocab = scores.shape[-1]
-    every_row_top_k = all(sampler.top_k for sampler in samplers)
     width = max(sampler.top_k for sampler in samplers)
-    if not every_row_top_k:
+    if not all(sampler.top_k for sampler in samplers):
         width = max(width, CANDIDATES)
     width = min(width, vocab)
-    values, indices = scores.topk(width, dim=-1)
-    keep, exact = _kept(scores, values, samplers)
-    candidates = race.gather(1, indices).masked_fill(~keep, float("-inf"))
-    chosen = indices.gather(1, candidates.argmax(dim=-1, keepdim=True)).squeeze(1)
+    temperature = torch.tensor([sampler.temperature for sampler in samplers], device=scores.device)[:, None]
+    values, indices = scores.topk(width, dim=-1)  # a temperature changes no order: divide only what is kept
+    tempered = values / temperature
+    needs_whole = not all(sampler.top_k for sampler in samplers)
+    whole = (scores / temperature).logsumexp(dim=-1) if needs_whole else None
+    keep, exact = _kept(tempered, samplers, whole, vocab=vocab)
+    race = (tempered - _noise(samplers, indices).log()).masked_fill(~keep, float("-inf"))
+    chosen = indices.gather(1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
     for row in (~exact).nonzero().flatten().tolist():  # its kept tokens reach past the candidates
-        keep_all = kept(scores[row:row + 1], samplers[row:row + 1])
-        chosen[row] = race[row:row + 1].masked_fill(~keep_all, float("-inf")).argmax()
+        one = samplers[row:row + 1]
+        tempered_row = scores[row:row + 1] / one[0].temperature
+        every = torch.arange(vocab, device=scores.device)[None, :]
+        whole_race = (tempered_row - _noise(one, every).log()).masked_fill(~kept(tempered_row, one), float("-inf"))
+        chosen[row] = whole_race.argmax()
     return chosen
 
 
@@ -154,14 +165,15 @@ def kept(scores: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Tensor:
     """``[rows, vocab]``: the tokens each row's top_k, top_p and min_p keep of ``scores`` (already divided by
     the temperature), over the whole vocabulary."""
     values, indices = scores.sort(dim=-1, descending=True)
-    keep, _ = _kept(scores, values, list(samplers))
+    keep, _ = _kept(values, list(samplers), scores.logsumexp(dim=-1), vocab=scores.shape[-1])
     return torch.zeros_like(keep).scatter_(1, indices, keep)
 
 
-def _kept(scores: torch.Tensor, values: torch.Tensor, samplers: list[RowSampler]
+def _kept(values: torch.Tensor, samplers: list[RowSampler], normaliser: torch.Tensor | None, *, vocab: int
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which of the sorted candidates ``values`` each row keeps, and whether that is exact (every kept token of
-    the whole vocabulary is among the candidates)."""
+    the whole vocabulary is among the candidates). ``normaliser``: each row's log-sum-exp over the whole
+    vocabulary, which the probabilities of a row without top_k need (None when every row has top_k)."""
     device = values.device
     width = values.shape[-1]
     position = torch.arange(width, device=device)[None, :]
@@ -169,9 +181,9 @@ def _kept(scores: torch.Tensor, values: torch.Tensor, samplers: list[RowSampler]
     keep = position < top_k
     has_top_k = torch.tensor([bool(sampler.top_k) for sampler in samplers], device=device)
     # probabilities: after top_k, renormalised over the k kept; without it, over the whole vocabulary
-    normaliser = torch.where(has_top_k, values.masked_fill(~keep, float("-inf")).logsumexp(dim=-1),
-                             scores.logsumexp(dim=-1))
-    probabilities = (values - normaliser[:, None]).exp().masked_fill(~keep, 0.0)
+    within = values.masked_fill(~keep, float("-inf")).logsumexp(dim=-1)
+    total = within if normaliser is None else torch.where(has_top_k, within, normaliser)
+    probabilities = (values - total[:, None]).exp().masked_fill(~keep, 0.0)
     top_p = torch.tensor([sampler.top_p if sampler.top_p < 1.0 else math.inf for sampler in samplers],
                          device=device)[:, None]
     before = probabilities.cumsum(dim=-1) - probabilities  # the mass of likelier tokens
@@ -180,5 +192,39 @@ def _kept(scores: torch.Tensor, values: torch.Tensor, samplers: list[RowSampler]
                              device=device)[:, None]
     keep &= values - values[:, :1] >= log_min_p
     keep[:, 0] = True  # every warper keeps at least one token
-    exact = has_top_k | ~keep[:, -1] | (width == scores.shape[-1])
+    exact = has_top_k | ~keep[:, -1] | (width >= vocab)
     return keep, exact
+
+
+def _noise(samplers: Sequence[RowSampler], tokens: torch.Tensor) -> torch.Tensor:
+    """``q ~ Exp(1)`` for each of ``tokens`` (``[rows, n]``), a hash of the row's seed, its step and the token."""
+    keys = torch.tensor([sampler.key for sampler in samplers], dtype=torch.long, device=tokens.device)[:, None]
+    mixed = _mix(tokens * _GOLDEN + keys)
+    uniform = (((mixed >> 11) & (2**53 - 1)).double() + 0.5) * 2.0**-53  # in (0, 1), never 0
+    return -uniform.log().float()
+
+
+_MASK64 = 2**64 - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _splitmix(value: int) -> int:
+    """splitmix64's output function (Python integers), for the per-step keys."""
+    value = (value * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function over int64 tensors (which wrap on overflow; shifts made logical by masks)."""
+    x = (x ^ ((x >> 30) & (2**34 - 1))) * _MIX1
+    x = (x ^ ((x >> 27) & (2**37 - 1))) * _MIX2
+    return x ^ ((x >> 31) & (2**33 - 1))
