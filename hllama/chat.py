@@ -1,22 +1,26 @@
-"""A conversation with a loaded model: the live context, its history file, and one streamed turn at a time."""
+"""A conversation in the terminal: the live context, its history file, and one streamed turn at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from hllama.engine import Finished, LoadedModel, build_prompt, conversation, stream
-from hllama.engine.thinking import ThinkingParts, Thought
+from hllama.engine.thinking import Thought
 from hllama.errors import InvalidOption
 from hllama.fsutil import atomic_write_text
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
+from hllama.scheduler import load_key
+from hllama.service import Result, Service
 
 _MESSAGES = TypeAdapter(list[Message])
+T = TypeVar("T")
 
 
 def load_history(path: Path) -> list[Message]:
@@ -40,38 +44,51 @@ def save_history(path: Path, messages: list[Message]) -> None:
 
 
 class ChatSession:
-    """The context sent with each turn. ``resolved`` may be replaced between turns (``/set``)."""
+    """The context sent with each turn, answered through the same :class:`Service` the server uses.
 
-    def __init__(self, loaded: LoadedModel, resolved: Resolved, *, history: list[Message] | None = None,
+    ``resolved`` may be replaced between turns (``/set``, an edited modelfile). The model stays loaded for
+    the whole session (its keep_alive is forever here) and is unloaded by :meth:`close`.
+    """
+
+    def __init__(self, service: Service, resolved: Resolved, *, history: list[Message] | None = None,
                  history_file: Path | None = None, think: bool | str | None = None) -> None:
-        self.loaded = loaded
+        self.service = service
         self.resolved = resolved
         self.think = think  # for thinking models: None is the model's own default
         self.history_file = history_file
         self.log = list(history or [])  # every turn, kept in history_file
         self.messages = list(self.log)  # what the model sees; /clear empties it
+        self._loop = asyncio.new_event_loop()  # the session's own: each call below runs it until done
 
-    def ask(self, text: str, *, cancel: threading.Event | None = None) -> Iterator[str | Thought | Finished]:
-        """Stream one answer (a thinking model's thinking as :class:`Thought` pieces). An interrupted answer
-        stays in the context as far as it got; thinking is not kept."""
+    def load(self) -> None:
+        """Load the model now (a chat shows its prompt once the model is ready, and fails before it if not)."""
+        self._run(self.service.scheduler.load(self._held(self.resolved)))
+
+    def switch(self, resolved: Resolved) -> None:
+        """Use ``resolved`` from the next turn; a model it no longer uses is unloaded."""
+        before, self.resolved = load_key(self.resolved), resolved
+        if load_key(resolved) != before:
+            self._run(self.service.scheduler.retire(before))
+
+    def ask(self, text: str) -> Iterator[str | Thought | Result]:
+        """Stream one answer (a thinking model's thinking as :class:`Thought` pieces), then its :class:`Result`.
+        An interrupted answer (closing the iterator, Ctrl+C) stays in the context as far as it got; thinking is
+        not kept."""
         question = Message(role="user", content=text)
-        prompt = build_prompt(self.loaded.tokenizer, conversation(self.resolved, [*self.messages, question]),
-                              template=self.resolved.template,
-                              ctx=self.loaded.context_for(self.resolved.parameters.ctx), think=self.think,
-                              model=self.resolved.name)
+        events = self.service.chat(self._held(self.resolved), [*self.messages, question], think=self.think)
         self.messages.append(question)
-        parts = ThinkingParts(prompt)
         pieces: list[str] = []
         try:
-            for item in stream(self.loaded, prompt.ids, self.resolved.parameters, stops=prompt.extra_stops,
-                               cancel=cancel):
-                for part in parts.finish() if isinstance(item, Finished) else parts.of(item):
-                    if isinstance(part, str):
-                        pieces.append(part)
-                    yield part
-                if isinstance(item, Finished):
-                    yield item
+            while True:
+                try:
+                    item = self._run(anext(events))
+                except StopAsyncIteration:
+                    return
+                if isinstance(item, str):
+                    pieces.append(item)
+                yield item
         finally:
+            self._run(events.aclose())  # the generation stops and the model is free again
             reply = Message(role="assistant", content="".join(pieces))
             self.messages.append(reply)
             self.log += [question, reply]
@@ -80,3 +97,26 @@ class ChatSession:
 
     def clear(self) -> None:
         self.messages = []
+
+    def close(self) -> None:
+        try:
+            self._run(self.service.scheduler.close())
+        finally:
+            self._loop.close()
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the session's loop; Ctrl+C meanwhile cancels it (letting it clean up), then goes on."""
+        task = self._loop.create_task(work)
+        try:
+            return self._loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(task)
+            raise
+
+    @staticmethod
+    def _held(resolved: Resolved) -> Resolved:
+        """The session keeps its model loaded between turns, however long a person takes to type."""
+        parameters = resolved.parameters.model_copy(update={"keep_alive": -1})
+        return resolved.model_copy(update={"parameters": parameters})

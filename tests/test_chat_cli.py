@@ -188,3 +188,19 @@ def test_an_embedding_model_cannot_chat(capsys, monkeypatch, encoder_model_dir: 
     assert (code, out) == (1, "")
     assert err == (f"Error: {ENCODER_REPO_ID} does not support chat (it is an embedding model; serve it and use "
                    "/api/embed)\n")
+
+
+def test_run_and_the_server_give_the_same_greedy_answer(capsys, monkeypatch, tiny_alias):
+    """One pipeline: the CLI answers through the service the server uses, so both say the same."""
+    import httpx
+
+    from hllama.config import load_settings
+
+    from .liveserver import live_server
+
+    question = "Write about rivers and robots."
+    code, out, _ = run(capsys, monkeypatch, "run", tiny_alias, question)
+    with live_server(load_settings(), watch=False) as url:
+        reply = httpx.post(f"{url}/api/chat", timeout=60, json={
+            "model": tiny_alias, "stream": False, "messages": [{"role": "user", "content": question}]}).json()
+    assert code == 0 and out == reply["message"]["content"] + "\n" and len(out) > 10

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from hllama.config import Settings, load_settings
 from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded, NotSupported
 from hllama.options import SYNONYMS, Parameters
 from hllama.resolve import Overrides, Resolved, resolve
-from hllama.scheduler import load_key
 from hllama.store import AliasStore
 
 HELP = """Commands:
@@ -90,14 +88,7 @@ class _Conversation:
             return f"(modelfile changed but is invalid, keeping its last good version: {after.error})"
         if after.digest == before.digest and after.path == before.path:
             return None
-        resolved = self.resolve()
-        if load_key(resolved) != load_key(session.resolved):
-            from hllama.engine import load_model
-            from hllama.hardware import memory_budget
-
-            session.loaded.close()
-            session.loaded = load_model(resolved, budget=memory_budget(self.settings))
-        session.resolved = resolved
+        session.switch(self.resolve())  # its model loads at the next turn if the edit changed how
         return f"(modelfile {after.path.name} changed: now using its new settings)"
 
 
@@ -114,10 +105,13 @@ def run_chat(args: argparse.Namespace) -> int:
 
     history = load_history(args.history) if args.history else []  # a bad file fails before any download
     session = _open_session(talk.resolve(), settings, args, history)
-    show = _Shown(verbose=args.verbose, thinking=not args.hidethinking)
-    if first is not None:
-        _answer(session, first, show)
-    return _repl(session, talk, show) if interactive else 0
+    try:
+        show = _Shown(verbose=args.verbose, thinking=not args.hidethinking)
+        if first is not None:
+            _answer(session, first, show)
+        return _repl(session, talk, show) if interactive else 0
+    finally:
+        session.close()
 
 
 #: More text than any model's context holds.
@@ -144,8 +138,8 @@ def _first_message(args: argparse.Namespace) -> str | None:
 
 def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespace, history: list):
     from hllama.chat import ChatSession
-    from hllama.engine import load_model, locate
-    from hllama.hardware import memory_budget
+    from hllama.engine import locate
+    from hllama.service import build_service
 
     try:
         locate(resolved.model, resolved.revision)
@@ -155,11 +149,16 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
         if not pull_model(resolved.model, revision=resolved.revision, settings=settings, yes=args.yes,
                           load=resolved.load, context=resolved.parameters.ctx):
             raise ModelNotDownloaded(resolved.model) from None
-    loaded = load_model(resolved, budget=memory_budget(settings), force=args.force)
-    if not loaded.generates:
-        loaded.close()
-        raise NotSupported(resolved.name, "chat", "it is an embedding model; serve it and use /api/embed")
-    return ChatSession(loaded, resolved, history=history, history_file=args.history, think=args.think)
+    service = build_service(settings.model_copy(update={"num_parallel": 1}), force=args.force)
+    session = ChatSession(service, resolved, history=history, history_file=args.history, think=args.think)
+    try:
+        session.load()
+        if not service.scheduler.runners[0].model.generates:  # type: ignore[attr-defined]
+            raise NotSupported(resolved.name, "chat", "it is an embedding model; serve it and use /api/embed")
+    except BaseException:
+        session.close()
+        raise
+    return session
 
 
 @dataclass(frozen=True)
@@ -170,16 +169,16 @@ class _Shown:
 
 def _answer(session, text: str, show: _Shown) -> None:
     """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it."""
-    from hllama.engine import Finished
     from hllama.engine.thinking import Thought
+    from hllama.service import Result
 
-    cancel = threading.Event()
-    finished = None
+    result = None
     thinking = False
+    answer = session.ask(text)
     try:
-        for item in session.ask(text, cancel=cancel):
-            if isinstance(item, Finished):
-                finished = item
+        for item in answer:
+            if isinstance(item, Result):
+                result = item
                 continue
             if isinstance(item, Thought):
                 if not show.thinking:
@@ -195,14 +194,14 @@ def _answer(session, text: str, show: _Shown) -> None:
                 sys.stdout.write(item)
             sys.stdout.flush()
     except KeyboardInterrupt:
-        cancel.set()
+        answer.close()  # the generation stops; what was said so far stays in the conversation
     print()
-    if show.verbose and finished is not None:
-        _print_stats(finished, session.loaded.load_duration_ns)
+    if show.verbose and result is not None:
+        _print_stats(result)
 
 
-def _print_stats(finished, load_ns: int) -> None:
-    stats = finished.stats
+def _print_stats(result) -> None:
+    stats, load_ns = result.finished.stats, result.load_ns
     rate = stats.generated_tokens / (stats.eval_ns / 1e9) if stats.eval_ns else 0.0
     print(f"load duration:        {load_ns / 1e9:.3f}s\n"
           f"prompt eval count:    {stats.evaluated_tokens} token(s)\n"

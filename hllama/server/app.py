@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -41,12 +40,9 @@ from hllama.errors import (
     ServerBusy,
     UnsupportedMediaType,
 )
-from hllama.hardware import Budget, memory_budget
-from hllama.scheduler import Scheduler
 from hllama.server.body import hoist_schemas
 from hllama.server.security import add_access_control
-from hllama.server.service import Service
-from hllama.store import AliasStore
+from hllama.service import Service, build_service
 from hllama.watch import ModelfileWatcher
 
 log = logging.getLogger("hllama.server")
@@ -140,24 +136,6 @@ def error_response(path: str, status: int, message: str, *, code: str | None = N
                           "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def build_service(settings: Settings, *, budget: Budget | None = None) -> Service:
-    """The real thing: the engine behind the scheduler, the budget detected once at start."""
-    from hllama.engine import load_model, locate, plan_load
-
-    budget = budget or memory_budget(settings)
-
-    def size(resolved, available: int) -> int:
-        source = locate(resolved.model, resolved.revision)
-        return plan_load(resolved, source, replace(budget, bytes=available)).chosen.total
-
-    def load(resolved, available: int):
-        return load_model(resolved, budget=replace(budget, bytes=available, source="memory left for models"))
-
-    scheduler = Scheduler(load=load, size=size, budget=budget.bytes, max_loaded=settings.max_loaded_models,
-                          max_queue=settings.max_queue, parallel=settings.num_parallel)
-    return Service(settings=settings, store=AliasStore(settings), scheduler=scheduler, budget=budget)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:

@@ -32,8 +32,8 @@ from hllama.server.ollama_types import (
     messages_from,
     parameters_from_options,
 )
-from hllama.server.service import Service, iterate_in_thread
 from hllama.server.views import digest, tag_entry, wire_name
+from hllama.service import Service, iterate_in_thread
 from hllama.validation import describe, field_name
 
 router = APIRouter()

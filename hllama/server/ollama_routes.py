@@ -27,8 +27,8 @@ from hllama.server.ollama_types import (
     overrides,
     wire_tool_calls,
 )
-from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import logprob_entries, wire_name
+from hllama.service import Result, Service, collect, effective_settings
 
 router = APIRouter()
 log = logging.getLogger("hllama.server")

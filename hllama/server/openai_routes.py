@@ -26,8 +26,8 @@ from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
 from hllama.server.body import json_body, read_body
-from hllama.server.service import Result, Service, collect, effective_settings
 from hllama.server.views import logprob_entries, wire_name
+from hllama.service import Result, Service, collect, effective_settings
 from hllama.validation import first_problem
 
 from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest

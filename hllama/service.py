@@ -1,8 +1,9 @@
-"""What both APIs share: resolving a request's model and settings, and streaming its answer.
+"""What every front end shares: resolving a request's model and settings, and streaming its answer.
 
-The routes translate their wire format into a :class:`Resolved` plus messages (or a raw prompt) and
-iterate :meth:`Service.chat` / :meth:`Service.complete`; all model work runs in threads so the
-event loop stays free for other requests.
+The server's routes translate their wire format into a :class:`Resolved` plus messages (or a raw
+prompt) and iterate :meth:`Service.chat` / :meth:`Service.complete`; ``hllama chat`` and ``run`` go
+through the same :meth:`Service.chat`, so a model is loaded, scheduled and prompted one way. All
+model work runs in threads so the event loop stays free for other requests.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hllama.engine.generate import END, Generation
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError, NotSupported
-from hllama.hardware import Budget
+from hllama.hardware import Budget, memory_budget
 from hllama.modelfile import Message
 from hllama.registry import Registry, changes
 from hllama.resolve import Overrides, Resolved, resolve
@@ -54,6 +55,27 @@ class EmbedResult:
     embeddings: Embeddings
     load_ns: int
     total_ns: int
+
+
+def build_service(settings: Settings, *, budget: Budget | None = None, force: bool = False) -> Service:
+    """The real thing: the engine behind the scheduler, the budget detected once at start. ``force`` loads
+    even what looks too large for memory (``hllama chat --force``)."""
+    from hllama.engine import load_model, locate, plan_load
+
+    budget = budget or memory_budget(settings)
+
+    def size(resolved: Resolved, available: int) -> int:
+        source = locate(resolved.model, resolved.revision)
+        needed = plan_load(resolved, source, replace(budget, bytes=available)).chosen.total
+        return min(needed, available) if force else needed
+
+    def load(resolved: Resolved, available: int) -> LoadedModel:
+        return load_model(resolved, budget=replace(budget, bytes=available, source="memory left for models"),
+                          force=force)
+
+    scheduler = Scheduler(load=load, size=size, budget=budget.bytes, max_loaded=settings.max_loaded_models,
+                          max_queue=settings.max_queue, parallel=settings.num_parallel)
+    return Service(settings=settings, store=AliasStore(settings), scheduler=scheduler, budget=budget)
 
 
 class Service:
