@@ -82,6 +82,4 @@ def endless(model_dir: Path, out_dir: Path) -> Path:
     generation = json.loads(path.read_text()) if path.is_file() else {}
     generation["eos_token_id"] = never
     path.write_text(json.dumps(generation, indent=2))
-    config["eos_token_id"] = never
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir

@@ -263,7 +263,7 @@ def _hllama(work: Path, model: Path, parallel: int) -> Iterator[str]:
 
     home = work / "home"
     (home / "modelfiles").mkdir(parents=True, exist_ok=True)
-    (home / "modelfiles" / "model.yaml").write_text(f"model: {json.dumps(str(model))}\n")
+    (home / "modelfiles" / "model.yaml").write_text(f"from: {json.dumps(str(model))}\n")
     env = {**os.environ, "HLLAMA_HOME": str(home), "HLLAMA_NUM_PARALLEL": str(parallel)}
     with serve_process(env) as (_, url):
         httpx.post(f"{url}/api/generate", json={"model": "model", "prompt": ""}, timeout=300).raise_for_status()

@@ -173,3 +173,19 @@ def test_the_loop_ends_when_idle_and_starts_again(tiny):
         time.sleep(0.01)
     assert not tiny.batcher._looping and tiny.batcher.rows == []
     assert _alone(tiny, _ids(tiny, CHATS[0][0]), GREEDY).text == CHATS[0][1]
+
+
+def test_short_prompts_arriving_together_are_read_in_one_pass(tiny):
+    passes: list[tuple[int, int]] = []
+    hook = tiny.model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        prompts = [_ids(tiny, question) for question in QUESTIONS[:4]]
+        alone = [_alone(tiny, ids, GREEDY).text for ids in prompts]
+        passes.clear()
+        running = _together(tiny, [(ids, GREEDY, {}) for ids in prompts])
+        assert [each.result()[1].text for each in running] == alone
+    finally:
+        hook.remove()
+    reading = [shape for shape in passes if shape[1] > 1]  # passes that read prompts, not single decode steps
+    assert len(reading) < len(prompts) and max(rows for rows, _ in reading) > 1  # the first may start alone

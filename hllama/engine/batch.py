@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 #: of 128 tokens of a 135M model takes ~0.3 s; a GPU reads thousands in that time.
 CHUNK = {"cpu": 128, "cuda": 2048}
 
+#: Short prompts that arrive together are read in one pass of at most this many chunks' worth of (padded)
+#: tokens: one pass costs far less than one per prompt, and none of them waits for the others' turns.
+GROUPED = 4
+
 
 def batchable(model: Any) -> bool:
     """Whether ``model``'s KV cache is plain full attention in every layer, which rows can be merged into and
@@ -132,11 +136,11 @@ class BatchEngine:
             with torch.inference_mode():
                 while True:
                     with self._lock:
-                        if self._filling is None and self._incoming:
-                            self._filling = self._incoming.popleft()
-                        if self._filling is None and not self.rows:
+                        if self._filling is None and not self._incoming and not self.rows:
                             self._looping = False
                             return
+                    if self._filling is None and self._incoming:  # only this thread takes from it
+                        self._admit()
                     if self._filling is not None:
                         self._read_prompt(self._filling)
                     self._drop_cancelled()
@@ -151,6 +155,62 @@ class BatchEngine:
             self._reset()
             for row in orphans:
                 row.end(exc)
+
+    def _admit(self) -> None:
+        """Take the next waiting request; short new prompts that arrived together are read in one pass."""
+        with self._lock:
+            group = [self._incoming.popleft()]
+            width = len(group[0].prompt_ids)
+            while (self._incoming and self._groupable(group[0]) and self._groupable(self._incoming[0])
+                   and max(width, len(self._incoming[0].prompt_ids)) * (len(group) + 1) <= self.chunk * GROUPED):
+                width = max(width, len(self._incoming[0].prompt_ids))
+                group.append(self._incoming.popleft())
+        if len(group) == 1:
+            self._filling = group[0]
+        else:
+            self._read_together(group)
+
+    def _groupable(self, row: Row) -> bool:
+        """A prompt read whole in one short pass, with no earlier turn's cache to start from."""
+        return (row.cache is None and len(row.prompt_ids) <= self.chunk and not row.cancel.is_set()
+                and self.loaded.prefixes.shares(row.prompt_ids) == 0)
+
+    def _read_together(self, rows: list[Row]) -> None:
+        """Read several prompts in one pass, left-padded to a common length, and let them all join."""
+        import torch
+        from transformers import DynamicCache
+
+        from hllama.engine.picking import pick
+
+        device = self.model.device
+        width = max(len(row.prompt_ids) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        positions = torch.zeros_like(ids)
+        for at, row in enumerate(rows):
+            length = len(row.prompt_ids)
+            ids[at, width - length:] = torch.tensor(row.prompt_ids, device=device)
+            mask[at, width - length:] = 1
+            positions[at, width - length:] = torch.arange(length, device=device)
+        cache = DynamicCache(config=self.model.config)
+        try:
+            output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                logits_to_keep=1, **{self._cache_keyword: cache})
+        except Exception:  # one bad prompt fails alone: read each by itself
+            with self._lock:
+                self._incoming.extendleft(reversed(rows))
+                self._filling = self._incoming.popleft()
+            return
+        logits = output.logits[:, -1, :].float()
+        wanted = [at for at, row in enumerate(rows) if row.logprobs]
+        recorded = dict(zip(wanted, torch.log_softmax(logits[wanted], dim=-1), strict=True)) if wanted else {}
+        tokens = pick(logits, [row.sampler for row in rows])
+        finished = [at for at, (row, token) in enumerate(zip(rows, tokens, strict=True))
+                    if row.accept(token, recorded.get(at))]
+        first = len(self.rows)
+        self._join(rows, cache, mask, tokens)
+        if finished:
+            self._remove([first + at for at in finished])
 
     def _read_prompt(self, row: Row) -> None:
         """Read the next part of ``row``'s prompt (all of it when no other row waits); after the last part,
@@ -197,31 +257,30 @@ class BatchEngine:
             self._filling = None
             row.end(exc)
             return
-        self._join(row, token)
+        cache, row.cache = row.cache, None
+        self._join([row], cache, torch.ones(1, len(row.prompt_ids), dtype=torch.long, device=model.device), [token])
 
-    def _join(self, row: Row, token: int) -> None:
+    def _join(self, rows: list[Row], cache: Any, mask: torch.Tensor, tokens: list[int]) -> None:
+        """Merge ``rows`` (their ``cache`` and 2-D ``mask``, left-padded alike) into the batch, each with its
+        first token waiting to be fed."""
         import torch
 
-        cache, row.cache = row.cache, None
-        device = self.model.device
-        length = len(row.prompt_ids)
+        device = mask.device
+        lengths = torch.tensor([len(row.prompt_ids) for row in rows], device=device)
+        pending = torch.tensor(tokens, device=device)
         if not self.rows:
-            self._cache = cache
-            self._mask = torch.ones(1, length, dtype=torch.long, device=device)
-            self._lengths = torch.tensor([length], device=device)
-            self._pending = torch.tensor([token], device=device)
+            self._cache, self._mask, self._lengths, self._pending = cache, mask, lengths, pending
         else:
             assert self._mask is not None and self._lengths is not None and self._pending is not None
-            columns = max(self._mask.shape[1], length)
-            for batch_layer, row_layer in zip(self._cache.layers, cache.layers, strict=True):
-                batch_layer.keys = torch.cat([_pad_left(batch_layer.keys, columns), _pad_left(row_layer.keys, columns)])
+            columns = max(self._mask.shape[1], mask.shape[1])
+            for batch_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+                batch_layer.keys = torch.cat([_pad_left(batch_layer.keys, columns), _pad_left(new_layer.keys, columns)])
                 batch_layer.values = torch.cat([_pad_left(batch_layer.values, columns),
-                                                _pad_left(row_layer.values, columns)])
-            row_mask = torch.ones(1, length, dtype=torch.long, device=device)
-            self._mask = torch.cat([_pad_left(self._mask, columns, dim=1), _pad_left(row_mask, columns, dim=1)])
-            self._lengths = torch.cat([self._lengths, torch.tensor([length], device=device)])
-            self._pending = torch.cat([self._pending, torch.tensor([token], device=device)])
-        self.rows.append(row)
+                                                _pad_left(new_layer.values, columns)])
+            self._mask = torch.cat([_pad_left(self._mask, columns, dim=1), _pad_left(mask, columns, dim=1)])
+            self._lengths = torch.cat([self._lengths, lengths])
+            self._pending = torch.cat([self._pending, pending])
+        self.rows.extend(rows)
         self.widest = max(self.widest, len(self.rows))
 
     def _step(self) -> None:

@@ -25,6 +25,11 @@ class PrefixCache:
         with self._lock:
             return sum(size for _, size in self._entries.values())
 
+    def shares(self, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` the best kept cache holds (without taking it)."""
+        with self._lock:
+            return max((_common_prefix(ids, prompt) for ids in self._entries), default=0)
+
     def take(self, prompt: list[int]) -> tuple[Any, int]:
         """The cache sharing the longest prefix with ``prompt``, cropped to it (at least one token is left
         to read), and how many tokens it holds; ``(None, 0)`` when none shares any."""
