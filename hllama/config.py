@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     keep_alive: Duration = Field(None, description="default time a model stays loaded (built-in: 5m)")
     max_loaded_models: int = Field(3, ge=1, description="most models loaded at once")
     max_queue: int = Field(512, ge=1, description="requests waiting per model before 503")
-    num_parallel: int = Field(1, ge=1, description="requests one loaded model serves at the same time")
+    num_parallel: int = Field(4, ge=1, description="requests one loaded model decodes together (its batch width)")
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
     max_request_size: ByteSize = Field(ByteSize(32 * 1024 * 1024), gt=0,

@@ -50,9 +50,10 @@ class Estimate:
     precision: str
     context: int
     weights: int
-    kv_cache: int
+    kv_cache: int  # for ``conversations`` contexts
     overhead: int
     rule_of_thumb: int
+    conversations: int = 1
 
     @property
     def total(self) -> int:
@@ -134,8 +135,10 @@ def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
     return [(name, info["dtype"], info["shape"]) for name, info in header.items() if name != "__metadata__"]
 
 
-def estimate(footprint: Footprint, *, precision: str, context: int | None, device: Device) -> Estimate:
-    """What loading at ``precision`` takes; the KV cache is kept in the precision the model computes in."""
+def estimate(footprint: Footprint, *, precision: str, context: int | None, device: Device,
+             conversations: int = 1) -> Estimate:
+    """What loading at ``precision`` takes; the KV cache is kept in the precision the model computes in, for
+    ``conversations`` contexts at once (the requests a batch decodes together)."""
     compute_bytes = int(PRECISION_BYTES[precision]) if precision in _FLOAT_DTYPES.values() else \
         4 if device == "cpu" else 2
     rule_of_thumb = int(1.5 * footprint.files_bytes)
@@ -149,15 +152,17 @@ def estimate(footprint: Footprint, *, precision: str, context: int | None, devic
         weights = rule_of_thumb
     context = context_for_estimate(footprint, context)
     return Estimate(precision=precision, context=context, weights=weights,
-                    kv_cache=_kv_cache_bytes(footprint.config, context, compute_bytes),
-                    overhead=_OVERHEAD[device] + weights // 20, rule_of_thumb=rule_of_thumb)
+                    kv_cache=conversations * _kv_cache_bytes(footprint.config, context, compute_bytes),
+                    overhead=_OVERHEAD[device] + weights // 20, rule_of_thumb=rule_of_thumb,
+                    conversations=conversations)
 
 
 def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget: Budget) -> Plan:
     """Estimates for the requested precision; ``quantize: auto`` takes the best one that fits."""
     full = default_dtype(load.dtype, budget, stored=footprint.dtype)
     candidates = [full, "8bit", "4bit"]
-    estimates = {precision: estimate(footprint, precision=precision, context=context, device=budget.device)
+    estimates = {precision: estimate(footprint, precision=precision, context=context, device=budget.device,
+                                     conversations=budget.conversations)
                  for precision in candidates}
     quantize = load.quantize or "none"
     if quantize == "auto":

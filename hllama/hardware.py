@@ -43,13 +43,15 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Budget:
-    """How many bytes a model may take, where they are, and who said so; and which half precisions run
-    there natively (a model stored in one of them loads in it rather than in float32)."""
+    """How many bytes a model may take, where they are, and who said so; which half precisions run there
+    natively (a model stored in one of them loads in it rather than in float32); and how many conversations a
+    model holds at once (``num_parallel``), each of which may fill a context's KV cache."""
 
     bytes: int
     device: Device
     source: str
     half_precisions: frozenset[str] = frozenset()
+    conversations: int = 1
 
 
 def detect_hardware() -> Hardware:
@@ -64,12 +66,13 @@ def memory_budget(settings: Settings, hardware: Hardware | None = None) -> Budge
     half = frozenset.intersection(*(gpu.half_precisions for gpu in hardware.gpus)) if hardware.gpus else \
         cpu_half_precisions()
     if settings.memory_budget is not None:
-        return Budget(int(settings.memory_budget), hardware.device, "HLLAMA_MEMORY_BUDGET", half)
+        return Budget(int(settings.memory_budget), hardware.device, "HLLAMA_MEMORY_BUDGET", half,
+                      settings.num_parallel)
     if hardware.gpus:
         names = ", ".join(sorted({gpu.name for gpu in hardware.gpus}))
         return Budget(sum(gpu.free for gpu in hardware.gpus), "cuda",
-                      f"free memory of {len(hardware.gpus)} GPU(s): {names}", half)
-    return Budget(hardware.ram_available, "cpu", "available system RAM (no GPU found)", half)
+                      f"free memory of {len(hardware.gpus)} GPU(s): {names}", half, settings.num_parallel)
+    return Budget(hardware.ram_available, "cpu", "available system RAM (no GPU found)", half, settings.num_parallel)
 
 
 #: CPU flags (Linux's /proc/cpuinfo names) under which PyTorch runs a half precision natively, not by

@@ -58,7 +58,8 @@ def test_pull_downloads_only_what_is_needed_after_saying_what_it_needs(hub: Fake
     lines = result.stdout.splitlines()
     assert lines[0] == f"pulling {REPO_ID}"
     assert lines[1].startswith("6 files, ") and lines[1].endswith(f"to download (commit {REVISION[:12]})")
-    assert lines[2].startswith("needs about 67.7 MB at float32: weights 394.5 KB, KV cache 131.1 KB for 256 tokens")
+    assert lines[2].startswith("needs about 68.0 MB at float32: weights 394.5 KB, KV cache 524.3 KB for 256 tokens "
+                               "x 4 conversations")  # num_parallel 4: each may fill its context
     assert lines[3].startswith("rule of thumb (1.5 x weight files): ")
     assert lines[4].startswith("memory budget ") and lines[4].endswith(": fits")
     assert lines[5] == f"success: {REPO_ID} is in {_snapshot()}"

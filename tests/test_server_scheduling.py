@@ -25,6 +25,7 @@ def url(tiny_model_dir: Path, tiny_cache: Path, hllama_home: Path, tmp_path: Pat
     assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
     assert main(["create", "--alias", "endless", "--model", "hllama-test/tiny-endless"]) == 0
     monkeypatch.setenv("HLLAMA_MAX_QUEUE", "1")
+    monkeypatch.setenv("HLLAMA_NUM_PARALLEL", "1")  # one at a time: the next request queues
     with live_server(load_settings()) as base:
         yield base
 
@@ -108,7 +109,7 @@ def test_a_model_larger_than_the_budget_is_a_clear_error(tiny_cache: Path, hllam
     with live_server(load_settings()) as url:
         response = httpx.post(f"{url}/api/generate", json={"model": REPO_ID, "prompt": "x"})
     assert response.status_code == 500
-    assert response.json()["error"].startswith(f"'{REPO_ID}' needs about 67.7 MB but the budget is 10.0 MB")
+    assert response.json()["error"].startswith(f"'{REPO_ID}' needs about 68.0 MB but the budget is 10.0 MB")
 
 
 def test_an_error_after_streaming_began_is_the_last_line():
@@ -140,3 +141,30 @@ async def _lines(response):
     async for chunk in response.body_iterator:
         for line in chunk.decode().splitlines():
             yield line
+
+
+def test_concurrent_requests_share_the_batch_and_each_gets_its_own_answer(tiny_cache: Path, hllama_home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """Four streams decode together: each greedy answer is the one it gets alone, and a client that leaves
+    mid-stream frees its place at once for a waiting request while the others go on."""
+    monkeypatch.setenv("HLLAMA_NUM_PARALLEL", "4")
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
+
+    def ask(url: str, question: str) -> str:
+        reply = httpx.post(f"{url}/api/chat", timeout=60, json={
+            "model": "tiny", "stream": False, "messages": [{"role": "user", "content": question}]})
+        return reply.json()["message"]["content"]
+
+    questions = [question for question, _ in CHATS[:3]]
+    with live_server(load_settings()) as url:
+        alone = [ask(url, question) for question in questions]
+        with httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor() as pool:
+            request = client.build_request("POST", f"{url}/api/generate", json={
+                "model": "tiny", "prompt": "hi", "options": {**ENDLESS, "num_ctx": 256, "num_predict": 200}})
+            leaving = client.send(request, stream=True)
+            assert json.loads(next(leaving.iter_lines()))["done"] is False
+            together = [pool.submit(ask, url, question) for question in questions]
+            leaving.close()
+            waiting = pool.submit(ask, url, CHATS[3][0])  # the fifth: it takes the place the leaver gave up
+            assert [future.result() for future in together] == alone
+            assert waiting.result() == CHATS[3][1]

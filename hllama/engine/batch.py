@@ -326,7 +326,7 @@ class BatchEngine:
         for at in leaving:
             row = self.rows[at]
             if not row.cancel.is_set():
-                self._keep(row, self._row_cache(at), int(self._lengths[at]))
+                self._keep(row, self._row_cache(at), int(self._lengths[at]), staying=len(self.rows) - len(leaving))
             row.end()
         staying = [at for at in range(len(self.rows)) if at not in set(leaving)]
         self.rows = [self.rows[at] for at in staying]
@@ -354,9 +354,15 @@ class BatchEngine:
             cache.update(layer.keys[at:at + 1, :, start:].clone(), layer.values[at:at + 1, :, start:].clone(), index)
         return cache
 
-    def _keep(self, row: Row, cache: Any, length: int) -> None:
-        """An answer that ended by itself leaves its cache for the conversation's next turn."""
-        self.loaded.prefixes.put([*row.prompt_ids, *row.worker.ids][:length], cache)
+    def _keep(self, row: Row, cache: Any, length: int, *, staying: int | None = None) -> None:
+        """An answer that ended by itself leaves its cache for the conversation's next turn, within what the
+        rows still running (``staying`` of the batch's; default all) leave of the bound."""
+        from hllama.engine.prefix import cache_bytes
+
+        in_use = 0
+        if self._cache is not None and self.rows:
+            in_use = cache_bytes(self._cache) * (len(self.rows) if staying is None else staying) // len(self.rows)
+        self.loaded.prefixes.put([*row.prompt_ids, *row.worker.ids][:length], cache, in_use=in_use)
 
     def _reset(self) -> None:
         self.rows = []

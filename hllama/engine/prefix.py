@@ -4,7 +4,7 @@ After an answer, the cache that read its prompt and wrote its tokens is kept und
 later prompt that begins with the same tokens (the conversation so far, then a new message) takes it,
 cropped to what the two share, and only the rest is read. Several conversations are kept, least
 recently used dropped first, within a byte bound (the KV cache the model's memory estimate already
-reserves). A cache is taken, not shared: a request owns it until it puts it back.
+reserves, less what running requests hold). A cache is taken, not shared: a request owns it until it puts it back.
 """
 
 from __future__ import annotations
@@ -49,19 +49,21 @@ class PrefixCache:
             cache.crop(-surplus)  # a negative count removes that many tokens, in every transformers 5
         return cache, shared
 
-    def put(self, ids: list[int], cache: Any) -> None:
-        """Keep ``cache`` (of the tokens ``ids``), if its kind can be cropped and it fits the bound."""
+    def put(self, ids: list[int], cache: Any, *, in_use: int = 0) -> None:
+        """Keep ``cache`` (of the tokens ``ids``), if its kind can be cropped and it fits the bound beside the
+        ``in_use`` bytes of KV cache that running requests hold."""
         if cache is None or not reusable(cache):
             return
         size = cache_bytes(cache)
         ids_key = tuple(ids[:cache.get_seq_length()])
+        room = self.max_bytes - in_use
         with self._lock:
             self._entries.pop(ids_key, None)
-            if size > self.max_bytes:
+            if size > room:
                 return
             self._entries[ids_key] = (cache, size)
             total = sum(size for _, size in self._entries.values())
-            while total > self.max_bytes:
+            while total > room:
                 _, (_, dropped) = self._entries.popitem(last=False)  # the least recently used
                 total -= dropped
 
