@@ -189,3 +189,18 @@ def test_short_prompts_arriving_together_are_read_in_one_pass(tiny):
         hook.remove()
     reading = [shape for shape in passes if shape[1] > 1]  # passes that read prompts, not single decode steps
     assert len(reading) < len(prompts) and max(rows for rows, _ in reading) > 1  # the first may start alone
+
+
+def test_models_that_are_not_batched_answer_the_same_through_generate(tiny, monkeypatch):
+    """The path a sliding-window or hybrid model takes: one ``generate`` per request, with the same chain."""
+    prompts = [_ids(tiny, question) for question, _ in CHATS]
+    whole = GREEDY.model_copy(update={"max_new_tokens": 60})
+    batched = [_alone(tiny, ids, whole).text for ids in prompts]
+    stopped = GREEDY.model_copy(update={"stop": ["robot"]})
+    monkeypatch.setattr(tiny, "batcher", None)
+    running = _together(tiny, [(ids, whole, {}) for ids in prompts])
+    assert [each.result()[1].text for each in running] == batched == [answer for _, answer in CHATS]
+    story, answer = CHATS[4]
+    assert _alone(tiny, _ids(tiny, story), stopped).text == answer[:answer.index("robot")]
+    with_logprobs = _alone(tiny, prompts[0], GREEDY, logprobs=2)
+    assert len(with_logprobs.logprobs) == with_logprobs.stats.generated_tokens - 1  # the end token has none

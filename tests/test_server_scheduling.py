@@ -145,8 +145,9 @@ async def _lines(response):
 
 def test_concurrent_requests_share_the_batch_and_each_gets_its_own_answer(tiny_cache: Path, hllama_home: Path,
                                                                           monkeypatch: pytest.MonkeyPatch):
-    """Four streams decode together: each greedy answer is the one it gets alone, and a client that leaves
-    mid-stream frees its place at once for a waiting request while the others go on."""
+    """Four streams decode together: each greedy answer is the one it gets alone; requests that fail (a prompt
+    longer than the context, a broken template) fail alone; a client that leaves mid-stream frees its place
+    at once for a waiting request while the others go on."""
     monkeypatch.setenv("HLLAMA_NUM_PARALLEL", "4")
     assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
 
@@ -164,6 +165,11 @@ def test_concurrent_requests_share_the_batch_and_each_gets_its_own_answer(tiny_c
             leaving = client.send(request, stream=True)
             assert json.loads(next(leaving.iter_lines()))["done"] is False
             together = [pool.submit(ask, url, question) for question in questions]
+            failing = [httpx.post(f"{url}/api/generate", timeout=60, json={"model": "tiny", "prompt": "hi " * 400,
+                                                                           "stream": False}),
+                       httpx.post(f"{url}/api/generate", timeout=60, json={"model": "tiny", "prompt": "hi",
+                                                                           "template": "{{ broken(", "stream": False})]
+            assert [response.status_code for response in failing] == [400, 400]  # and the others go on
             leaving.close()
             waiting = pool.submit(ask, url, CHATS[3][0])  # the fifth: it takes the place the leaver gave up
             assert [future.result() for future in together] == alone
