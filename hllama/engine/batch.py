@@ -1,13 +1,14 @@
 """Batched decoding: the requests to one model share one forward pass per step.
 
-A request joins at a step boundary: its prompt is read alone into a cache of its own (after the
-cache an earlier turn left, if one shares its start), in chunks while other rows decode so their
-streams never stall for long, and its first token is chosen. Its cache is then merged into the
-batch's, left-padded to a common length; a 2-D attention mask hides the padding and explicit
-position ids keep every row's positions its own. Each step feeds every row its last token and
-:func:`~hllama.engine.picking.pick` chooses each row's next one with that row's own settings and
-generator. A row that finishes or is cancelled leaves at the next step boundary; its cache goes to
-the prefix store for the conversation's next turn, and columns only padding are dropped.
+A request joins at a step boundary: its prompt is read into a cache of its own (after the cache an
+earlier turn left, if one shares its start), in chunks while other rows decode so their streams never
+stall for long, and its first token is chosen; short new prompts that arrived together are read in
+one left-padded pass. The new cache is then merged into the batch's, left-padded to a common length;
+a 2-D attention mask hides the padding and explicit position ids keep every row's positions its own.
+Each step feeds every row its last token and :func:`~hllama.engine.picking.pick` chooses each row's
+next one with that row's own settings and seed. A row that finishes or is cancelled leaves at the
+next step boundary; its cache goes to the prefix store for the conversation's next turn, and columns
+that are only padding are dropped.
 
 One loop per model runs on the model's own thread pool while there is work and ends when there is
 none. Models whose cache cannot be merged this way (sliding windows, recurrent or hybrid layers,
@@ -29,7 +30,7 @@ from hllama.engine.cancel import PassAbandoned, cancellable
 if TYPE_CHECKING:
     import torch
 
-    from hllama.engine.generate import _Worker
+    from hllama.engine.generate import Streamer
     from hllama.engine.loader import LoadedModel
     from hllama.engine.picking import RowSampler
 
@@ -81,10 +82,9 @@ class Row:
     prompt_ids: list[int]
     limit: int  # new tokens at most
     sampler: RowSampler
-    worker: _Worker  # decodes, matches stop strings, records logprobs, hands pieces to the request's sink
+    worker: Streamer  # decodes, matches stop strings, records logprobs, hands pieces to the request's sink
     cancel: threading.Event
     logprobs: bool = False
-    reused: int = 0  # prompt tokens taken from an earlier turn's cache
     ended: threading.Event = field(default_factory=threading.Event)
     cache: Any = None  # its own, while its prompt is read
     read: int = 0  # prompt tokens in that cache so far
@@ -180,7 +180,6 @@ class BatchEngine:
         import torch
         from transformers import DynamicCache
 
-        from hllama.engine.picking import pick
 
         device = self.model.device
         width = max(len(row.prompt_ids) for row in rows)
@@ -201,12 +200,7 @@ class BatchEngine:
                 self._incoming.extendleft(reversed(rows))
                 self._filling = self._incoming.popleft()
             return
-        logits = output.logits[:, -1, :].float()
-        wanted = [at for at, row in enumerate(rows) if row.logprobs]
-        recorded = dict(zip(wanted, torch.log_softmax(logits[wanted], dim=-1), strict=True)) if wanted else {}
-        tokens = pick(logits, [row.sampler for row in rows])
-        finished = [at for at, (row, token) in enumerate(zip(rows, tokens, strict=True))
-                    if row.accept(token, recorded.get(at))]
+        tokens, finished = self._choose(output.logits[:, -1, :], rows)
         first = len(self.rows)
         self._join(rows, cache, mask, tokens)
         if finished:
@@ -217,8 +211,6 @@ class BatchEngine:
         choose its first token and let it join the batch."""
         import torch
 
-        from hllama.engine.picking import pick
-
         model = self.model
         try:
             if row.cancel.is_set():
@@ -227,11 +219,10 @@ class BatchEngine:
             if row.cache is None:
                 from transformers import DynamicCache
 
-                row.cache, row.reused = self.loaded.prefixes.take(prompt)
+                row.cache, row.worker.reused = self.loaded.prefixes.take(prompt)
                 if row.cache is None:
                     row.cache = DynamicCache(config=model.config)
-                row.read = row.reused
-                row.worker.reused = row.reused
+                row.read = row.worker.reused
             end = len(prompt) if not self.rows else min(len(prompt), row.read + self.chunk)
             ids = torch.tensor([prompt[row.read:end]], device=model.device)
             with cancellable(row.cancel):  # a cancel stops even a long pass at the next layer
@@ -242,10 +233,8 @@ class BatchEngine:
             if end < len(prompt):
                 return
             self._filling = None
-            logits = output.logits[:, -1, :].float()
-            recorded = torch.log_softmax(logits, dim=-1) if row.logprobs else None
-            token = pick(logits, [row.sampler])[0]
-            if row.accept(token, recorded[0] if recorded is not None else None):
+            (token,), finished = self._choose(output.logits[:, -1, :], [row])
+            if finished:
                 self._keep(row, row.cache, len(prompt))
                 row.end()
                 return
@@ -287,7 +276,6 @@ class BatchEngine:
         """One token for every row."""
         import torch
 
-        from hllama.engine.picking import pick
 
         assert self._mask is not None and self._lengths is not None and self._pending is not None
         mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
@@ -303,15 +291,26 @@ class BatchEngine:
             return
         self._mask = mask
         self._lengths = self._lengths + 1
-        logits = output.logits[:, -1, :].float()
-        wanted = [at for at, row in enumerate(self.rows) if row.logprobs]
-        recorded = dict(zip(wanted, torch.log_softmax(logits[wanted], dim=-1), strict=True)) if wanted else {}
-        tokens = pick(logits, [row.sampler for row in self.rows])
+        tokens, finished = self._choose(output.logits[:, -1, :], self.rows)
         self._pending = torch.tensor(tokens, device=self._pending.device)
-        finished = [at for at, (row, token) in enumerate(zip(self.rows, tokens, strict=True))
-                    if row.accept(token, recorded.get(at))]
         if finished:
             self._remove(finished)
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, rows: list[Row]) -> tuple[list[int], list[int]]:
+        """Each row's next token from its ``logits`` (``[rows, vocab]``), handed to the row; and which rows (by
+        position) are finished."""
+        import torch
+
+        from hllama.engine.picking import pick
+
+        logits = logits.float()
+        wanted = [at for at, row in enumerate(rows) if row.logprobs]  # before any penalty changes them
+        recorded = dict(zip(wanted, torch.log_softmax(logits[wanted], dim=-1), strict=True)) if wanted else {}
+        tokens = pick(logits, [row.sampler for row in rows])
+        finished = [at for at, (row, token) in enumerate(zip(rows, tokens, strict=True))
+                    if row.accept(token, recorded.get(at))]
+        return tokens, finished
 
     def _drop_cancelled(self) -> None:
         cancelled = [at for at, row in enumerate(self.rows) if row.cancel.is_set()]

@@ -85,7 +85,7 @@ class Generation:
         self.limit = _token_limit(loaded, len(prompt_ids), params)
         model = loaded.model
         eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
-        self.worker = _Worker(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
+        self.worker = Streamer(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
                               eos_ids, sink)
         self.worker.top_logprobs = logprobs or 0
         self._executor = loaded.executor
@@ -190,7 +190,7 @@ def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, st
     yield finished
 
 
-def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
+def _done_reason(worker: Streamer, limit: int, *, cancelled: bool) -> DoneReason:
     if worker.matcher.stopped or worker.saw_eos:
         return "stop"
     if cancelled:
@@ -198,7 +198,7 @@ def _done_reason(worker: _Worker, limit: int, *, cancelled: bool) -> DoneReason:
     return "length" if len(worker.ids) >= limit else "stop"
 
 
-class _Worker:
+class Streamer:
     """The streamer ``generate`` calls (``put``/``end``), and the thread body that runs it."""
 
     def __init__(self, tokenizer: Any, matcher: StopMatcher, cancel: threading.Event, eos_ids: list[int],
