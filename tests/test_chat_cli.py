@@ -149,6 +149,11 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_alias):
         child.expect(r"\S{3}")
         child.sendcontrol("c")
         child.expect_exact(">>> ", timeout=20)
+        child.sendline("/clear")
+        child.sendline("/set parameter temperature 0")
+        child.sendline("Count to five.")  # the session, its loop and its model are whole after the interrupt
+        child.expect_exact("One, two, three, four, five.", timeout=30)
+        child.expect_exact(">>> ")
         child.sendline("/bye")
         child.expect(pexpect.EOF)
     assert child.exitstatus == 0
