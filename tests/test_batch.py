@@ -204,3 +204,54 @@ def test_models_that_are_not_batched_answer_the_same_through_generate(tiny, monk
     assert _alone(tiny, _ids(tiny, story), stopped).text == answer[:answer.index("robot")]
     with_logprobs = _alone(tiny, prompts[0], GREEDY, logprobs=2)
     assert len(with_logprobs.logprobs) == with_logprobs.stats.generated_tokens - 1  # the end token has none
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its batched step compiled (about 15 s of compiling here)."""
+    from hllama.config import Settings
+    from hllama.engine import load_model
+    from hllama.hardware import memory_budget
+    from hllama.registry import Registry
+    from hllama.resolve import Overrides, resolve
+
+    settings = Settings(home=tmp_path_factory.mktemp("compiled-home"))
+    resolved = resolve(str(tiny_model_dir), settings=settings, registry=Registry(settings.modelfiles_dir),
+                       cli=Overrides.model_validate({"parameters": {"temperature": 0}, "load": {"compile": True}}))
+    loaded = load_model(resolved, budget=memory_budget(settings))
+    yield loaded
+    loaded.close()
+
+
+def test_a_compiled_step_gives_the_answers_of_the_eager_one(compiled):
+    steps = []
+    graph = compiled.batcher._compiled
+    compiled.batcher._compiled = lambda **kwargs: steps.append(kwargs["input_ids"].shape[0]) or graph(**kwargs)
+    try:
+        whole = GREEDY.model_copy(update={"max_new_tokens": 60})
+        running = _together(compiled, [(_ids(compiled, question), whole, {}) for question, _ in CHATS])
+        assert [each.result()[1].text for each in running] == [answer for _, answer in CHATS]
+    finally:
+        compiled.batcher._compiled = graph
+    assert steps and min(steps) >= 2  # batched steps ran compiled; a lone row stays eager
+
+
+def test_a_model_that_cannot_be_compiled_is_a_clear_load_error(tiny_model_dir, monkeypatch, tmp_path):
+    from hllama.config import Settings
+    from hllama.engine import load_model
+    from hllama.engine.batch import BatchEngine
+    from hllama.errors import ModelLoadError
+    from hllama.hardware import memory_budget
+    from hllama.registry import Registry
+    from hllama.resolve import Overrides, resolve
+
+    def fail(self):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(BatchEngine, "compile", fail)
+    settings = Settings(home=tmp_path)
+    resolved = resolve(str(tiny_model_dir), settings=settings, registry=Registry(settings.modelfiles_dir),
+                       cli=Overrides.model_validate({"load": {"compile": True}}))
+    with pytest.raises(ModelLoadError, match=r"^cannot compile .*\(load it without compile\): InvalidCxxCompiler: "
+                                             r"No working C\+\+ compiler found$"):
+        load_model(resolved, budget=memory_budget(settings))

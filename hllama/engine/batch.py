@@ -110,6 +110,7 @@ class BatchEngine:
         self.executor = loaded.executor
         self.chunk = CHUNK["cuda" if self.model.device.type == "cuda" else "cpu"]
         self._cache_keyword = cache_keyword(type(self.model))
+        self._compiled: Any = None  # the forward pass of steps with two rows or more, when compiled
         self._lock = threading.Lock()
         self._incoming: deque[Row] = deque()
         self._looping = False
@@ -121,6 +122,25 @@ class BatchEngine:
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 for a real token, 0 for padding
         self._lengths: torch.Tensor | None = None  # [rows]: real tokens in the cache (the next position)
         self._pending: torch.Tensor | None = None  # [rows]: each row's last token, not yet in the cache
+
+    def compile(self) -> None:
+        """Compile the forward pass of batched steps (two rows or more; one row and prompts stay eager), with
+        the weights frozen into the graph so the CPU's matrix kernels get them prepacked, and compile it now:
+        a first request should not wait minutes. One graph serves every batch width and length."""
+        import torch
+        from transformers import DynamicCache
+
+        self._compiled = torch.compile(self.model.forward, dynamic=True, options={"freezing": True})
+        device = self.model.device
+        with torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=torch.ones(2, 3, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
+                       **{self._cache_keyword: cache})
+            for length in (3, 4):  # the second call settles the length as dynamic
+                self._compiled(input_ids=torch.ones(2, 1, dtype=torch.long, device=device),
+                               attention_mask=torch.ones(2, length + 1, dtype=torch.long, device=device),
+                               position_ids=torch.full((2, 1), length, device=device), use_cache=True,
+                               logits_to_keep=1, **{self._cache_keyword: cache})
 
     def submit(self, row: Row) -> None:
         with self._lock:
@@ -279,8 +299,9 @@ class BatchEngine:
 
         assert self._mask is not None and self._lengths is not None and self._pending is not None
         mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
+        forward = self._compiled if self._compiled is not None and len(self.rows) > 1 else self.model
         try:
-            output = self.model(input_ids=self._pending[:, None], attention_mask=mask,
+            output = forward(input_ids=self._pending[:, None], attention_mask=mask,
                                 position_ids=self._lengths[:, None], use_cache=True, logits_to_keep=1,
                                 **{self._cache_keyword: self._cache})
         except Exception as exc:  # the whole batch's pass failed: every row ends with the error
