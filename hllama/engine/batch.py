@@ -136,11 +136,14 @@ class BatchEngine:
             cache = DynamicCache(config=self.model.config)
             self.model(input_ids=torch.ones(2, 3, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
                        **{self._cache_keyword: cache})
-            for length in (3, 4):  # the second call settles the length as dynamic
-                self._compiled(input_ids=torch.ones(2, 1, dtype=torch.long, device=device),
-                               attention_mask=torch.ones(2, length + 1, dtype=torch.long, device=device),
-                               position_ids=torch.full((2, 1), length, device=device), use_cache=True,
-                               logits_to_keep=1, **{self._cache_keyword: cache})
+            for length in (3, 4):
+                inputs = {"input_ids": torch.ones(2, 1, dtype=torch.long, device=device),
+                          "attention_mask": torch.ones(2, length + 1, dtype=torch.long, device=device),
+                          "position_ids": torch.full((2, 1), length, device=device)}
+                cached = [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
+                for tensor in [*inputs.values(), *cached]:  # any number of rows: one graph
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                self._compiled(**inputs, use_cache=True, logits_to_keep=1, **{self._cache_keyword: cache})
 
     def submit(self, row: Row) -> None:
         with self._lock:
