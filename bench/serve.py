@@ -1,7 +1,6 @@
 """hllama serve against plain ``generate`` and ``transformers serve --continuous-batching``, in one run.
 
     python bench/serve.py [--smollm2 | --wide | --model PATH] [--tokens N] [--clients C] [--runs R] [--peer]
-                          [--compile]
 
 Every side loads the same model folder at its checkpoint's dtype, in an "endless" variant (its end token
 is one it never writes), so every answer is exactly N tokens; all answers stream. Prints:
@@ -10,7 +9,6 @@ is one it never writes), so every answer is exactly N tokens; all answers stream
 - ``hllama serve`` (``num_parallel`` = C) through ``/v1/chat/completions``: one client, then C clients at once
   (aggregate tokens/s, slowest first token); and C clients through ``/api/chat`` greedy, then sampling
   (temperature 0.8, top_p 0.9, top_k 40, repeat_penalty 1.1, presence_penalty 0.5);
-- with ``--compile``, the same for ``hllama serve`` with the ``compile`` load option (compiled at load);
 - with ``--peer``, ``transformers serve --continuous-batching`` (started here) with one and C clients;
 - the ratios the engine is held to.
 
@@ -72,7 +70,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3, help="single-client runs (medians)")
     parser.add_argument("--peer", action="store_true", help="also run transformers serve --continuous-batching")
-    parser.add_argument("--compile", action="store_true", help="also run hllama with its batched step compiled")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
     if args.smollm2:
@@ -89,15 +86,13 @@ def main() -> None:
     plain = _plain(model, args.tokens, args.runs)
     greedy = {"temperature": 0}
     results: dict[str, Run] = {}
-    for variant in ["", " compiled"] if args.compile else [""]:
-        with _hllama(work, model, args.clients, compiled=bool(variant)) as url:
-            openai = _OpenAI(url, "model")
-            results["hllama 1" + variant] = _single(openai, greedy, args.tokens, args.runs)
-            results["hllama C" + variant] = _concurrent(openai, greedy, args.tokens, args.clients)
-            native = _Native(url, "model")
-            results["hllama C /api/chat" + variant] = _concurrent(native, greedy, args.tokens, args.clients)
-            results["hllama C /api/chat sampling" + variant] = _concurrent(native, SAMPLING, args.tokens,
-                                                                         args.clients)
+    with _hllama(work, model, args.clients) as url:
+        openai = _OpenAI(url, "model")
+        results["hllama 1"] = _single(openai, greedy, args.tokens, args.runs)
+        results["hllama C"] = _concurrent(openai, greedy, args.tokens, args.clients)
+        native = _Native(url, "model")
+        results["hllama C /api/chat"] = _concurrent(native, greedy, args.tokens, args.clients)
+        results["hllama C /api/chat sampling"] = _concurrent(native, SAMPLING, args.tokens, args.clients)
     if args.peer:
         with _transformers_serve(model) as url:
             peer = _OpenAI(url, str(model))
@@ -110,30 +105,24 @@ def _report(model: Path, args: argparse.Namespace, plain: Run, results: dict[str
     clients = args.clients
     print(f"model: {model}   tokens per answer: {args.tokens}   single-client runs: {args.runs} (medians)   "
           f"hllama num_parallel: {clients}   torch threads: {os.cpu_count()} cores")
-    print(f"{'':56}{'tok/s':>10}{'first token':>14}{'slowest first':>15}")
+    print(f"{'':44}{'tok/s':>10}{'first token':>14}{'slowest first':>15}")
     rows = [("plain generate, 1 client", plain)]
     names = {"hllama 1": "hllama serve /v1, 1 client", "hllama C": f"hllama serve /v1, {clients} clients",
              "hllama C /api/chat": f"hllama serve /api/chat, {clients}, greedy",
              "hllama C /api/chat sampling": f"hllama serve /api/chat, {clients}, sampling",
              "peer 1": "transformers serve CB, 1 client", "peer C": f"transformers serve CB, {clients} clients"}
-    rows += [(names[key.removesuffix(" compiled")] + (" (compiled)" if key.endswith(" compiled") else ""), run)
-             for key, run in results.items()]
+    rows += [(names[key], run) for key, run in results.items()]
     for name, run in rows:
-        print(f"{name:56}{run.rate:10.1f}{run.median_first * 1e3:12.0f}ms{run.slowest_first * 1e3:13.0f}ms")
-    for variant in ("", " compiled"):
-        if "hllama 1" + variant not in results:
-            continue
-        label = "hllama" + variant
-        single = results["hllama 1" + variant]
-        print(f"{label}: 1 client vs plain generate: {single.rate / plain.rate:.3f}x tokens/s, first token "
-              f"{(single.median_first - plain.median_first) * 1e3:+.1f} ms   (targets >= 0.97x, <= +15 ms)")
-        sampling, greedy = results["hllama C /api/chat sampling" + variant], results["hllama C /api/chat" + variant]
-        slowest = max(sampling.slowest_first, greedy.slowest_first)
-        print(f"{label}: {clients} clients, sampling vs greedy: {sampling.rate / greedy.rate:.3f}x "
-              f"(target >= 0.85x); slowest first token {slowest:.2f} s   (target <= 1 s)")
-        if "peer C" in results:
-            ratio = results["hllama C" + variant].rate / results["peer C"].rate
-            print(f"{label}: {clients} clients vs transformers serve CB: {ratio:.2f}x aggregate   (target >= 1.5x)")
+        print(f"{name:44}{run.rate:10.1f}{run.median_first * 1e3:12.0f}ms{run.slowest_first * 1e3:13.0f}ms")
+    single = results["hllama 1"]
+    print(f"1 client vs plain generate: {single.rate / plain.rate:.3f}x tokens/s, first token "
+          f"{(single.median_first - plain.median_first) * 1e3:+.1f} ms   (targets >= 0.97x, <= +15 ms)")
+    sampling, greedy = results["hllama C /api/chat sampling"], results["hllama C /api/chat"]
+    print(f"{clients} clients, sampling vs greedy: {sampling.rate / greedy.rate:.3f}x   (target >= 0.85x); "
+          f"slowest first token {max(sampling.slowest_first, greedy.slowest_first):.2f} s   (target <= 1 s)")
+    if "peer C" in results:
+        print(f"{clients} clients vs transformers serve CB: {results['hllama C'].rate / results['peer C'].rate:.2f}x "
+              f"aggregate   (target >= 1.5x)")
 
 
 def _plain(model: Path, tokens: int, runs: int) -> Run:
@@ -268,14 +257,13 @@ def _client() -> httpx.Client:
 
 
 @contextmanager
-def _hllama(work: Path, model: Path, parallel: int, *, compiled: bool = False) -> Iterator[str]:
+def _hllama(work: Path, model: Path, parallel: int) -> Iterator[str]:
     """``hllama serve`` as its own process, with an alias ``model`` for the folder."""
     from tests.liveserver import serve_process
 
-    home = work / ("home-compiled" if compiled else "home")
+    home = work / "home"
     (home / "modelfiles").mkdir(parents=True, exist_ok=True)
-    (home / "modelfiles" / "model.yaml").write_text(f"from: {json.dumps(str(model))}\n"
-                                                    + ("load: {compile: true}\n" if compiled else ""))
+    (home / "modelfiles" / "model.yaml").write_text(f"from: {json.dumps(str(model))}\n")
     env = {**os.environ, "HLLAMA_HOME": str(home), "HLLAMA_NUM_PARALLEL": str(parallel)}
     with serve_process(env) as (_, url):
         httpx.post(f"{url}/api/generate", json={"model": "model", "prompt": ""}, timeout=300).raise_for_status()

@@ -136,10 +136,9 @@ def read_safetensors_header(path: Path) -> list[tuple[str, str, list[int]]]:
 
 
 def estimate(footprint: Footprint, *, precision: str, context: int | None, device: Device,
-             conversations: int = 1, compiled: bool = False) -> Estimate:
+             conversations: int = 1) -> Estimate:
     """What loading at ``precision`` takes; the KV cache is kept in the precision the model computes in, for
-    ``conversations`` contexts at once (the requests a batch decodes together). A ``compiled`` step holds a
-    second, prepacked copy of the weights."""
+    ``conversations`` contexts at once (the requests a batch decodes together)."""
     compute_bytes = int(PRECISION_BYTES[precision]) if precision in _FLOAT_DTYPES.values() else \
         4 if device == "cpu" else 2
     rule_of_thumb = int(1.5 * footprint.files_bytes)
@@ -154,8 +153,7 @@ def estimate(footprint: Footprint, *, precision: str, context: int | None, devic
     context = context_for_estimate(footprint, context)
     return Estimate(precision=precision, context=context, weights=weights,
                     kv_cache=conversations * _kv_cache_bytes(footprint.config, context, compute_bytes),
-                    overhead=_OVERHEAD[device] + weights // 20 + (weights if compiled else 0),
-                    rule_of_thumb=rule_of_thumb,
+                    overhead=_OVERHEAD[device] + weights // 20, rule_of_thumb=rule_of_thumb,
                     conversations=conversations)
 
 
@@ -164,7 +162,7 @@ def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget
     full = default_dtype(load.dtype, budget, stored=footprint.dtype)
     candidates = [full, "8bit", "4bit"]
     estimates = {precision: estimate(footprint, precision=precision, context=context, device=budget.device,
-                                     conversations=budget.conversations, compiled=bool(load.compile))
+                                     conversations=budget.conversations)
                  for precision in candidates}
     quantize = load.quantize or "none"
     if quantize == "auto":

@@ -136,8 +136,6 @@ class LoadOptions(BaseModel):
                                                   "natively; else bf16 on a GPU, float32 on a CPU")
     device_map: Text | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
     trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")
-    compile: bool | None = Field(None, description="compile the batched decoding step (torch.compile, weights "
-                                                   "frozen into it): faster steps, minutes of compiling at load")
 
 
 #: The lowest layer of every resolution: Ollama's defaults, so a drop-in behaves the same.
@@ -146,4 +144,4 @@ BUILTIN_PARAMETERS = Parameters(
     temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
     frequency_penalty=0.0, stop=[], max_new_tokens=-1, json_mode=False, keep_alive=300,
 )
-BUILTIN_LOAD = LoadOptions(quantize="none", dtype="auto", device_map="auto", trust_remote_code=False, compile=False)
+BUILTIN_LOAD = LoadOptions(quantize="none", dtype="auto", device_map="auto", trust_remote_code=False)

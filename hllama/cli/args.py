@@ -55,8 +55,6 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device-map", dest="load_device_map", metavar="MAP", help="accelerate device map")
     group.add_argument("--trust-remote-code", dest="load_trust_remote_code", action="store_const", const=True,
                        help="allow code shipped with the model to run")
-    group.add_argument("--compile", dest="load_compile", action="store_const", const=True,
-                       help="compile the batched decoding step: faster steps, minutes of compiling at load")
 
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:

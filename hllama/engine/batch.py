@@ -110,7 +110,6 @@ class BatchEngine:
         self.executor = loaded.executor
         self.chunk = CHUNK["cuda" if self.model.device.type == "cuda" else "cpu"]
         self._cache_keyword = cache_keyword(type(self.model))
-        self._compiled: Any = None  # the forward pass of steps with two rows or more, when compiled
         self._lock = threading.Lock()
         self._incoming: deque[Row] = deque()
         self._looping = False
@@ -122,28 +121,6 @@ class BatchEngine:
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 for a real token, 0 for padding
         self._lengths: torch.Tensor | None = None  # [rows]: real tokens in the cache (the next position)
         self._pending: torch.Tensor | None = None  # [rows]: each row's last token, not yet in the cache
-
-    def compile(self) -> None:
-        """Compile the forward pass of batched steps (two rows or more; one row and prompts stay eager), with
-        the weights frozen into the graph so the CPU's matrix kernels get them prepacked, and compile it now:
-        a first request should not wait minutes. One graph serves every batch width and length."""
-        import torch
-        from transformers import DynamicCache
-
-        self._compiled = torch.compile(self.model.forward, dynamic=True, options={"freezing": True})
-        device = self.model.device
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            self.model(input_ids=torch.ones(2, 3, dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
-                       **{self._cache_keyword: cache})
-            for length in (3, 4):
-                inputs = {"input_ids": torch.ones(2, 1, dtype=torch.long, device=device),
-                          "attention_mask": torch.ones(2, length + 1, dtype=torch.long, device=device),
-                          "position_ids": torch.full((2, 1), length, device=device)}
-                cached = [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
-                for tensor in [*inputs.values(), *cached]:  # any number of rows: one graph
-                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
-                self._compiled(**inputs, use_cache=True, logits_to_keep=1, **{self._cache_keyword: cache})
 
     def submit(self, row: Row) -> None:
         with self._lock:
@@ -302,9 +279,8 @@ class BatchEngine:
 
         assert self._mask is not None and self._lengths is not None and self._pending is not None
         mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
-        forward = self._compiled if self._compiled is not None and len(self.rows) > 1 else self.model
         try:
-            output = forward(input_ids=self._pending[:, None], attention_mask=mask,
+            output = self.model(input_ids=self._pending[:, None], attention_mask=mask,
                                 position_ids=self._lengths[:, None], use_cache=True, logits_to_keep=1,
                                 **{self._cache_keyword: self._cache})
         except Exception as exc:  # the whole batch's pass failed: every row ends with the error
@@ -361,8 +337,8 @@ class BatchEngine:
         first = int(mask.any(dim=0).nonzero()[0])  # columns before it are padding in every row left
         self._mask = mask[:, first:]
         for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
+            layer.keys = layer.keys[:, :, first:].index_select(0, index)  # contiguous again, in one copy
+            layer.values = layer.values[:, :, first:].index_select(0, index)
         self._lengths = self._lengths.index_select(0, index)
         self._pending = self._pending.index_select(0, index)
 

@@ -47,10 +47,6 @@ def make_cancellable(model: Any) -> list[Any]:
 
 
 def _abandon_if_cancelled(module: Any, args: Any) -> None:
-    import torch
-
-    if torch.compiler.is_compiling():  # a compiled batch step: short, and never cancelled inside
-        return
     cancel = getattr(_current, "cancel", None)
     if cancel is not None and cancel.is_set():
         raise PassAbandoned

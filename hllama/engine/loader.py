@@ -135,17 +135,7 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         prefixes=PrefixCache(load_plan.chosen.kv_cache))  # within the KV cache its estimate reserves
     if generates and batchable(model):
         loaded.batcher = BatchEngine(loaded)
-        if resolved.load.compile:
-            _compile(loaded.batcher, resolved.model)
     return loaded
-
-
-def _compile(batcher: BatchEngine, model_id: str) -> None:
-    try:
-        batcher.compile()
-    except Exception as exc:  # no C++ compiler, an operation the compiler cannot trace, ...
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot compile '{model_id}' (load it without compile): {message}") from exc
 
 
 def is_generative(config: dict[str, Any]) -> bool:
