@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hllama.engine.noise import exponential, step_key
 from hllama.engine.sampling import GREEDY_BELOW
 from hllama.options import Parameters
 
@@ -87,7 +88,7 @@ class RowSampler:
     @property
     def key(self) -> int:
         """This step's noise key, a signed 64-bit integer mixed from the seed and the step."""
-        return _signed(_splitmix(self.seed ^ _splitmix(self.steps)))
+        return step_key(self.seed, self.steps)
 
 
 def pick(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[int]:
@@ -197,34 +198,5 @@ def _kept(values: torch.Tensor, samplers: list[RowSampler], normaliser: torch.Te
 
 
 def _noise(samplers: Sequence[RowSampler], tokens: torch.Tensor) -> torch.Tensor:
-    """``q ~ Exp(1)`` for each of ``tokens`` (``[rows, n]``), a hash of the row's seed, its step and the token."""
     keys = torch.tensor([sampler.key for sampler in samplers], dtype=torch.long, device=tokens.device)[:, None]
-    mixed = _mix(tokens * _GOLDEN + keys)
-    uniform = (((mixed >> 11) & (2**53 - 1)).double() + 0.5) * 2.0**-53  # in (0, 1), never 0
-    return -uniform.log().float()
-
-
-_MASK64 = 2**64 - 1
-
-
-def _signed(value: int) -> int:
-    value &= _MASK64
-    return value - 2**64 if value >= 2**63 else value
-
-
-def _splitmix(value: int) -> int:
-    """splitmix64's output function (Python integers), for the per-step keys."""
-    value = (value * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
-_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64's output function over int64 tensors (which wrap on overflow; shifts made logical by masks)."""
-    x = (x ^ ((x >> 30) & (2**34 - 1))) * _MIX1
-    x = (x ^ ((x >> 27) & (2**37 - 1))) * _MIX2
-    return x ^ ((x >> 31) & (2**33 - 1))
+    return exponential(keys, tokens)

@@ -1,8 +1,8 @@
 """Logits processors: OpenAI's presence/frequency penalties and per-request seeded sampling.
 
-transformers has neither. Sampling here happens inside the processor list with the request's own
-``torch.Generator`` (generate itself runs greedy over the result), so a seed reproduces its output
-however many other requests run at the same time: no process-global random state is involved.
+transformers has neither. Sampling here happens inside the processor list from the request's own seed
+(generate itself runs greedy over the result), so a seed reproduces its output however many other
+requests run at the same time: no process-global random state is involved.
 """
 
 from __future__ import annotations
@@ -43,21 +43,26 @@ GREEDY_BELOW = 1e-4
 
 
 class SeededSampler(LogitsProcessor):
-    """Draw the next token with a private generator; every other token gets ``-inf``.
+    """Draw the next token from the request's own seed; every other token gets ``-inf``.
 
-    ``seed`` None or -1 (llama.cpp's and Ollama's "random") draws a fresh seed; any other integer is used
-    modulo 2**64, the generator's range.
+    The draw is the one batched decoding makes (:mod:`hllama.engine.noise`), so a seed gives the same
+    answer through ``generate`` as in a batch. ``seed`` None or -1 (llama.cpp's and Ollama's "random")
+    draws a fresh seed; any other integer is used modulo 2**64.
     """
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed % 2**64 if seed not in (None, -1) else secrets.randbits(63)
-        self._generator: torch.Generator | None = None
+        self.steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._generator is None:
-            self._generator = torch.Generator(device=scores.device).manual_seed(self.seed)
-        probabilities = torch.softmax(_finite(scores.float()), dim=-1)
-        chosen = torch.multinomial(probabilities, num_samples=1, generator=self._generator)
+        from hllama.engine.noise import exponential, step_key
+
+        keys = torch.full((scores.shape[0], 1), step_key(self.seed, self.steps), dtype=torch.long,
+                          device=scores.device)
+        self.steps += 1
+        tokens = torch.arange(scores.shape[-1], device=scores.device).expand(scores.shape[0], -1)
+        race = _finite(scores.float()) - exponential(keys, tokens).log()
+        chosen = race.argmax(dim=-1, keepdim=True)
         picked = torch.full_like(scores, float("-inf"))
         return picked.scatter_(1, chosen, 0.0)
 
