@@ -23,6 +23,7 @@ from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation
+from hllama.engine.grammar import structure_of, thinking_mode
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError, NotSupported
@@ -146,7 +147,7 @@ class Service:
                                 ctx=loaded.context_for(resolved.parameters.ctx),
                                 tools=tools, think=think, model=resolved.name)
 
-        events = self._generate(resolved, prompt_for, logprobs=logprobs)
+        events = self._generate(resolved, prompt_for, logprobs=logprobs, json_schema=json_schema)
         return _taking_out_tool_calls(events) if tools else events
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
@@ -163,13 +164,15 @@ class Service:
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]], *,
-                 logprobs: int | None = None) -> AsyncIterator[str | Result]:
+                 logprobs: int | None = None, json_schema: Any = None) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
-        return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs)
+        return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
+                              json_schema=json_schema)
 
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any], *,
-                        logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
-        """``logprobs``: None for none, else how many alternatives each token's entry lists."""
+                        logprobs: int | None = None, json_schema: Any = None) -> AsyncIterator[str | Thought | Result]:
+        """``logprobs``: None for none, else how many alternatives each token's entry lists. ``json_schema`` (or
+        JSON mode) is enforced on the answer, token by token."""
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
@@ -181,7 +184,8 @@ class Service:
             parts = ThinkingParts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
-                                    logprobs=logprobs)
+                                    logprobs=logprobs, thinking=thinking_mode(prompt),
+                                    structure=structure_of(resolved.parameters.json_mode, json_schema))
             self._running.add(generation.cancel)
             generation.start()
             try:

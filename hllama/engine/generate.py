@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from hllama.engine.batch import Row, cache_keyword
 from hllama.engine.cancel import PassAbandoned, cancellable
+from hllama.engine.grammar import ThinkingMode
 from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
 from hllama.errors import InvalidOption, PromptTooLong
@@ -75,8 +76,11 @@ class Generation:
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
-                 logprobs: int | None = None) -> None:
-        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20)."""
+                 logprobs: int | None = None, structure: dict[str, Any] | None = None,
+                 thinking: ThinkingMode = "no") -> None:
+        """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
+        ``structure``: the JSON schema the answer must follow (enforced token by token), if any; ``thinking``:
+        whether the model may think first (see :data:`~hllama.engine.grammar.ThinkingMode`)."""
         if not prompt_ids:
             raise InvalidOption("the prompt has no tokens (did the template render nothing?)")
         self.started = time.perf_counter_ns()
@@ -84,7 +88,13 @@ class Generation:
         self.prompt_length = len(prompt_ids)
         self.limit = _token_limit(loaded, len(prompt_ids), params)
         model = loaded.model
-        eos_ids = _as_list(model.generation_config.eos_token_id) or _as_list(loaded.tokenizer.eos_token_id)
+        eos_ids = eos_ids_of(model, loaded.tokenizer)
+        constraint = None
+        if structure is not None:
+            from hllama.engine.grammar import Constraint, grammar_for
+
+            constraint = Constraint(loaded.grammar_tokenizer, grammar_for(structure, loaded.grammar_tokenizer),
+                                    thinking=thinking)
         self.worker = Streamer(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
                               eos_ids, sink)
         self.worker.top_logprobs = logprobs or 0
@@ -95,25 +105,28 @@ class Generation:
         if self._batcher is not None and self.limit > 0:
             from hllama.engine.picking import RowSampler
 
-            sampler = RowSampler(params, prompt_ids, vocab_size=_vocab_size(model), device=model.device)
+            sampler = RowSampler(params, prompt_ids, vocab_size=vocab_size_of(model), device=model.device,
+                                 constraint=constraint)
             self._row = Row(prompt_ids=list(prompt_ids), limit=self.limit, sampler=sampler, worker=self.worker,
                             cancel=self.cancel, logprobs=logprobs is not None)
         elif self.limit > 0:
-            kwargs, keep = self._generate_call(loaded, prompt_ids, params, eos_ids, logprobs is not None)
+            kwargs, keep = self._generate_call(loaded, prompt_ids, params, eos_ids, logprobs is not None, constraint)
             self._run = lambda: self.worker.run(model.generate, kwargs, keep)
         else:  # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
             self._run = self.worker.finish
 
     def _generate_call(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, eos_ids: list[int],
-                       logprobs: bool) -> tuple[dict[str, Any], Callable[[Any], None]]:
+                       logprobs: bool, constraint: Any) -> tuple[dict[str, Any], Callable[[Any], None]]:
         """``generate``'s arguments for a model that is not batched, and what keeps its cache afterwards."""
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-        from hllama.engine.sampling import LogprobRecorder, logits_processors
+        from hllama.engine.sampling import GrammarMask, LogprobRecorder, logits_processors
 
         model, worker, cancel = loaded.model, self.worker, self.cancel
         processors = logits_processors(params, prompt_length=len(prompt_ids))
+        if constraint is not None:  # before the penalties, as in a batch
+            processors.insert(0, GrammarMask(constraint, prompt_length=len(prompt_ids)))
         if logprobs:
             worker.recorder = LogprobRecorder()
             processors.insert(0, worker.recorder)
@@ -167,10 +180,15 @@ class Generation:
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
-def _vocab_size(model: Any) -> int:
+def vocab_size_of(model: Any) -> int:
     """The width of the model's logits (the output embedding's rows; config.json may say less)."""
     output = model.get_output_embeddings()
     return int(output.weight.shape[0]) if output is not None else int(model.config.vocab_size)
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end an answer: the generation config's, else the tokenizer's."""
+    return _as_list(model.generation_config.eos_token_id) or _as_list(tokenizer.eos_token_id)
 
 
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),

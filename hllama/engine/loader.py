@@ -53,6 +53,7 @@ class LoadedModel:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
     batcher: BatchEngine | None = None  # None: each request runs its own ``generate`` (see batch.batchable)
+    grammar_tokenizer: Any = None  # the tokenizer as structured output's grammars see it (None: cannot be had)
 
     @property
     def precision(self) -> str:
@@ -133,8 +134,14 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         context_length=trained if isinstance(trained, int) else None, generates=generates,
         pooling=pooling_of(source.folder), cancel_hooks=make_cancellable(model),
         prefixes=PrefixCache(load_plan.chosen.kv_cache))  # within the KV cache its estimate reserves
-    if generates and batchable(model):
-        loaded.batcher = BatchEngine(loaded)
+    if generates:
+        from hllama.engine.generate import eos_ids_of, vocab_size_of
+        from hllama.engine.grammar import grammar_tokenizer
+
+        loaded.grammar_tokenizer = grammar_tokenizer(tokenizer, vocab_size=vocab_size_of(model),
+                                                     eos_ids=eos_ids_of(model, tokenizer))
+        if batchable(model):
+            loaded.batcher = BatchEngine(loaded)
     return loaded
 
 

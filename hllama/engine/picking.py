@@ -18,12 +18,16 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from hllama.engine.noise import exponential, step_key
 from hllama.engine.sampling import GREEDY_BELOW
 from hllama.options import Parameters
+
+if TYPE_CHECKING:
+    from hllama.engine.grammar import Constraint
 
 #: How many candidates a row without top_k is looked for among before its whole vocabulary is (top_p and
 #: min_p almost always keep far fewer; when they do not, that row is done over the whole vocabulary).
@@ -34,7 +38,7 @@ class RowSampler:
     """One request's way of choosing tokens, and the history it needs (only what its penalties read)."""
 
     def __init__(self, params: Parameters, prompt_ids: Sequence[int], *, vocab_size: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", constraint: Constraint | None = None) -> None:
         temperature = params.temperature if params.temperature is not None else 1.0
         self.greedy = temperature < GREEDY_BELOW
         self.temperature = temperature
@@ -53,6 +57,7 @@ class RowSampler:
         if self.repetition is not None:
             self._seen = {token for token in prompt_ids if 0 <= token < vocab_size}
         self.counts: dict[int, int] = {}  # the answer's tokens: presence and frequency penalties'
+        self.constraint = constraint  # the grammar a structured answer follows
 
     @property
     def truncates(self) -> bool:
@@ -63,8 +68,10 @@ class RowSampler:
         return self.repetition is not None or bool(self.presence or self.frequency)
 
     def accept(self, token: int) -> None:
-        """The row's new token: the next step draws new noise, and the penalties read it."""
+        """The row's new token: the next step draws new noise, and the penalties and the grammar read it."""
         self.steps += 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
         if not 0 <= token < self.vocab_size:
             return
         if self.repetition is not None and token not in self._seen:
@@ -110,11 +117,14 @@ def _index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
 
 
 def penalised(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Tensor:
-    """transformers' repetition penalty over prompt and answer; OpenAI's presence and frequency penalties over
-    the answer, for the rows that have them. Scores an extreme penalty pushed to +inf (or NaN) would make every
-    probability NaN: the tokens at +inf share the draw, and NaN counts as excluded."""
+    """A structured answer's grammar mask; transformers' repetition penalty over prompt and answer; OpenAI's
+    presence and frequency penalties over the answer; each for the rows that have them. Scores an extreme
+    penalty pushed to +inf (or NaN) would make every probability NaN: the tokens at +inf share the draw, and
+    NaN counts as excluded."""
     scores = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
     for row, sampler in enumerate(samplers):
+        if sampler.constraint is not None:  # first, as vLLM does: penalties then weigh only what may come
+            sampler.constraint.mask(scores[row])
         if sampler.penalises:
             sampler.penalise(scores[row])
     return scores

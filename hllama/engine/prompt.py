@@ -9,7 +9,6 @@ user message always stay.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,23 +63,19 @@ def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema:
                  ) -> list[dict[str, str]]:
     """System prompt, seed messages, then the history; a system message in the history wins.
 
-    JSON mode (or a JSON schema, from an API's ``format``) adds its instruction to the system prompt.
+    JSON mode (or a JSON schema, from an API's ``format``) adds a short instruction to the system prompt; the
+    schema itself is enforced while decoding (:mod:`hllama.engine.grammar`), not spelled out in the prompt,
+    where a large one would take the context.
     """
     messages = [template_message(message) for message in [*resolved.messages, *history]]
     system = None if messages and messages[0]["role"] == "system" else resolved.system
-    instruction = _json_instruction(json_schema) if resolved.parameters.json_mode or json_schema else None
+    instruction = JSON_INSTRUCTION if resolved.parameters.json_mode or json_schema else None
     if instruction:
         if system is None and messages and messages[0]["role"] == "system":
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
         else:
             system = f"{system}\n\n{instruction}" if system else instruction
     return ([{"role": "system", "content": system}] if system else []) + messages
-
-
-def _json_instruction(schema: Any) -> str:
-    if not isinstance(schema, dict):
-        return JSON_INSTRUCTION
-    return f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema, ensure_ascii=False)}"
 
 
 def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,

@@ -8,6 +8,7 @@ requests run at the same time: no process-global random state is involved.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import torch
 from transformers import (
@@ -65,6 +66,22 @@ class SeededSampler(LogitsProcessor):
         chosen = race.argmax(dim=-1, keepdim=True)
         picked = torch.full_like(scores, float("-inf"))
         return picked.scatter_(1, chosen, 0.0)
+
+
+class GrammarMask(LogitsProcessor):
+    """A structured answer's grammar, for ``generate``: each step hands it the token the last one chose, then
+    lets through only what the grammar allows next."""
+
+    def __init__(self, constraint: Any, *, prompt_length: int) -> None:
+        self.constraint = constraint
+        self.seen = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for token in input_ids[0, self.seen:].tolist():
+            self.constraint.accept(token)
+        self.seen = input_ids.shape[1]
+        self.constraint.mask(scores[0])
+        return scores
 
 
 def _finite(scores: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,7 @@ def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schem
         turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
         return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
 
-    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives)
+    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives, json_schema=schema)
 
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any]:

@@ -1,0 +1,180 @@
+"""Structured output: a grammar (llguidance) lets through only the tokens that keep the answer valid.
+
+JSON mode (``format: "json"``, ``json_object``, ``--json-mode``) asks for any JSON object; a JSON schema
+(``format: {...}``, ``response_format.json_schema``) for JSON that validates against it. Each request
+gets its own matcher, so the rows of a batch each keep their own state; the grammar of a schema is
+compiled once and cached, and the tokenizer's side of the set-up is done once per loaded model.
+
+Where the issue of a schema is left open, the choices are Ollama's (llama.cpp's JSON-schema grammars):
+an object takes no properties beyond those it lists unless ``additionalProperties`` says otherwise, and
+JSON is written compactly with ``", "`` and ``": "`` between items, never with free whitespace (which a
+small model may otherwise emit forever).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Literal
+
+from hllama.engine.thinking import CLOSE, OPEN
+from hllama.errors import InvalidOption
+
+log = logging.getLogger(__name__)
+
+#: What JSON mode asks for.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) -> Any:
+    """The tokenizer as llguidance sees it (~0.4 s for a 49k vocabulary: done once, at load); None for a
+    tokenizer it cannot read (such a model answers structured requests with a clear error)."""
+    try:
+        import llguidance.hf
+
+        return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_ids or None)
+    except Exception as exc:  # a slow (Python) tokenizer, an unusual vocabulary
+        log.warning("structured output is unavailable for this tokenizer: %s", exc)
+        return None
+
+
+def structure_of(json_mode: bool | None, schema: Any) -> dict[str, Any] | None:
+    """The schema an answer must follow: the request's, else any object in JSON mode, else none."""
+    if isinstance(schema, dict):
+        return schema
+    return ANY_OBJECT if json_mode else None
+
+
+def thinking_mode(prompt: Any) -> ThinkingMode:
+    """How a prompt's answer may think before its grammar applies."""
+    from hllama.engine.thinking import opens_thinking
+
+    if not getattr(prompt, "thinking", None):  # a model that does not think, one told not to, or a raw prompt
+        return "no"
+    return "open" if opens_thinking(prompt.text) else "maybe"
+
+
+def grammar_for(schema: dict[str, Any], tokenizer: Any) -> str:
+    """The compiled grammar of ``schema``; a schema that cannot be enforced is an :class:`InvalidOption` naming
+    what it cannot do."""
+    if tokenizer is None:
+        raise InvalidOption("format: this model's tokenizer cannot be constrained to a grammar")
+    try:
+        text = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise InvalidOption("format: the JSON schema is not JSON") from None
+    return _compiled(text, tokenizer)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(schema_text: str, tokenizer: Any) -> str:
+    from llguidance import LLMatcher
+
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_text)), defaults=_OPTIONS)
+    except ValueError as exc:
+        raise InvalidOption(f"format: not a JSON schema: {exc}") from None
+    if problem := LLMatcher.validate_grammar(grammar, tokenizer):
+        raise InvalidOption(f"format: this JSON schema cannot be enforced: {problem.strip().splitlines()[0]}")
+    return grammar
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with every object that lists its properties closed to others, unless it says otherwise."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+#: Whether an answer may think before the grammar applies: "no" (it applies from the first token), "open"
+#: (the prompt opened a think block: it applies after ``</think>``), "maybe" (it applies after a think block
+#: the answer opens, else from the first token).
+ThinkingMode = Literal["no", "open", "maybe"]
+
+
+class Constraint:
+    """One answer's grammar state: which tokens may come next, and each token the answer took. A thinking
+    model thinks freely first; the grammar takes over where its thinking ends, as vLLM does."""
+
+    def __init__(self, tokenizer: Any, grammar: str, *, thinking: ThinkingMode = "no") -> None:
+        import llguidance.torch
+        from llguidance import LLMatcher
+
+        self.matcher = LLMatcher(tokenizer, grammar)
+        self.tokenizer = tokenizer
+        self.eos_ids = list(tokenizer.eos_tokens)
+        self._bitmask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)  # filled on the CPU
+        self._thinking = thinking
+        self._armed = thinking == "no"
+        self._unconstrained: list[int] = []  # the tokens before the grammar took over
+
+    def mask(self, scores: Any) -> None:
+        """Set every token the grammar does not allow next to ``-inf`` in ``scores`` (``[vocab]``, in place)."""
+        import llguidance.torch
+
+        if not self._armed:
+            if self._thinking == "maybe":  # the answer opens a think block, or it is JSON from its first token
+                self._mask_undecided(scores)
+            return
+        if self.matcher.is_error():  # cannot happen through mask and accept alone; end the answer if it does
+            log.warning("structured output stopped: %s", self.matcher.get_error())
+            keep = scores[self.eos_ids].clone()
+            scores.fill_(float("-inf"))
+            scores[self.eos_ids] = keep
+            return
+        llguidance.torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        llguidance.torch.apply_token_bitmask_inplace(scores[None, :], self._bitmask.to(scores.device))
+
+    def accept(self, token: int) -> None:
+        if self._armed:
+            self.matcher.consume_token(token)
+            return
+        self._unconstrained.append(token)
+        if self._thinking == "maybe":
+            begun = self.tokenizer.decode_str(self._unconstrained).lstrip()
+            if begun.startswith(OPEN):
+                self._thinking = "open"
+            elif not OPEN.startswith(begun):  # no think block: this token began the JSON (the mask saw to it)
+                self._armed = True
+                self.matcher.consume_token(token)
+                return
+        text = self.tokenizer.decode_str(self._unconstrained[-_WINDOW:])
+        if self._thinking == "open" and CLOSE in text:
+            self._armed = True
+
+    def _mask_undecided(self, scores: Any) -> None:
+        """Before an answer shows whether it thinks: tokens that continue ``<think>``, and (while nothing but
+        whitespace came) those that may begin the JSON."""
+        import llguidance.torch
+
+        begun = self.tokenizer.decode_str(self._unconstrained)
+        opening = [token for token in _think_pieces(self.tokenizer)
+                   if OPEN.startswith((begun + self.tokenizer.decode_str([token])).lstrip()[:len(OPEN)])
+                   and (begun + self.tokenizer.decode_str([token])).strip()]
+        kept = scores[opening].clone() if opening else None
+        if begun.strip():  # inside "<think" already: only its continuation
+            scores.fill_(float("-inf"))
+        else:
+            llguidance.torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+            llguidance.torch.apply_token_bitmask_inplace(scores[None, :], self._bitmask.to(scores.device))
+        if kept is not None:
+            scores[opening] = kept
+
+
+@functools.lru_cache(maxsize=8)
+def _think_pieces(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens that can be part of ``<think>`` (once per tokenizer)."""
+    return tuple(token for token in range(tokenizer.vocab_size)
+                 if (text := tokenizer.decode_str([token]).strip()) and text in OPEN)
+
+
+#: Tokens looked at for the end of a think block (``</think>`` is at most a few tokens).
+_WINDOW = 8

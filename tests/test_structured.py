@@ -1,0 +1,166 @@
+"""Structured output: JSON mode and JSON schemas enforced token by token, through the engine and both APIs."""
+
+import json
+import queue
+import re
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import ollama
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from hllama.config import load_settings
+from hllama.engine import build_prompt
+from hllama.engine.generate import END, Generation
+from hllama.errors import InvalidOption
+from hllama.options import Parameters
+
+from .liveserver import live_server
+from .tinymodel import CHATS, REPO_ID, THINKING_REPO_ID, THOUGHT, install_into_cache
+
+GREEDY = Parameters(temperature=0.0, max_new_tokens=120)
+SCHEMA = {"type": "object", "required": ["answer", "count", "tags"], "properties": {
+    "answer": {"enum": ["yes", "no"]},
+    "count": {"type": "integer", "minimum": 0, "maximum": 99},
+    "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 12}}}}
+
+
+class Verdict(BaseModel):
+    """The same shape as SCHEMA, as a client library would declare it."""
+
+    answer: Literal["yes", "no"]
+    count: int = Field(ge=0, le=99)
+    tags: list[str] = Field(max_length=3)
+
+
+def _valid(text: str) -> bool:
+    document = json.loads(text)
+    return (set(document) == {"answer", "count", "tags"} and document["answer"] in ("yes", "no")
+            and isinstance(document["count"], int) and 0 <= document["count"] <= 99
+            and isinstance(document["tags"], list) and len(document["tags"]) <= 3
+            and all(isinstance(tag, str) and len(tag) <= 12 for tag in document["tags"]))
+
+
+def _answer(tiny, question: str, params: Parameters = GREEDY, **kwargs) -> tuple[str, str]:
+    items: queue.Queue = queue.Queue()
+    ids = build_prompt(tiny.tokenizer, [{"role": "user", "content": question}]).ids
+    generation = Generation(tiny, ids, params, sink=items.put, **kwargs).start()
+    text = ""
+    while (item := items.get(timeout=60)) is not END:
+        if isinstance(item, BaseException):
+            raise item
+        text += item
+    generation.join()
+    return text, generation.finished().stats.done_reason
+
+
+@pytest.mark.parametrize("question", [question for question, _ in CHATS] + ["hi", "Write about rivers."])
+def test_every_answer_follows_the_schema(tiny, question):
+    text, reason = _answer(tiny, question, structure=SCHEMA)
+    assert _valid(text) and reason == "stop", text
+
+
+def test_structured_and_free_rows_share_a_batch(tiny):
+    free = [_answer(tiny, question)[0] for question, _ in CHATS]
+    rows = []
+    for index, (question, _) in enumerate(CHATS):
+        items: queue.Queue = queue.Queue()
+        ids = build_prompt(tiny.tokenizer, [{"role": "user", "content": question}]).ids
+        structure = SCHEMA if index % 2 else None
+        rows.append((Generation(tiny, ids, GREEDY, sink=items.put, structure=structure), items, structure))
+    for generation, _, _ in rows:
+        generation.start()
+    for index, (generation, items, structure) in enumerate(rows):
+        text = "".join(iter(lambda items=items: items.get(timeout=60), END))
+        generation.join()
+        assert _valid(text) if structure else text == free[index]
+
+
+def test_the_generate_path_enforces_the_same_grammar(tiny, monkeypatch):
+    batched = _answer(tiny, CHATS[2][0], structure=SCHEMA)[0]
+    monkeypatch.setattr(tiny, "batcher", None)
+    assert _answer(tiny, CHATS[2][0], structure=SCHEMA)[0] == batched and _valid(batched)
+
+
+def test_json_mode_gives_a_json_object(tiny):
+    from hllama.engine.grammar import ANY_OBJECT
+
+    text, _ = _answer(tiny, CHATS[1][0], structure=ANY_OBJECT)
+    assert isinstance(json.loads(text), dict)
+
+
+def test_an_answer_cut_by_num_predict_says_length(tiny):
+    text, reason = _answer(tiny, CHATS[4][0], GREEDY.model_copy(update={"max_new_tokens": 3}), structure=SCHEMA)
+    assert reason == "length" and text.startswith("{")
+
+
+@pytest.mark.parametrize("schema, problem", [
+    ({"type": "object", "if": {"type": "object"}, "then": {}}, 'Unimplemented keys: ["if", "then"]'),
+    ({"type": "objekt"}, "Invalid type: objekt"),
+    ({"properties": {"a": {"$ref": "#/$defs/missing"}}}, "Pointer '/$defs/missing' does not exist"),
+])
+def test_a_schema_that_cannot_be_enforced_is_refused_by_name(tiny, schema, problem):
+    with pytest.raises(InvalidOption, match=re.escape(f"cannot be enforced: {problem}")):
+        _answer(tiny, "hi", structure=schema)
+
+
+@pytest.fixture
+def url(tiny_cache: Path, thinking_model_dir: Path):
+    install_into_cache(thinking_model_dir, tiny_cache, repo_id=THINKING_REPO_ID)
+    with live_server(load_settings(), watch=False) as base:
+        yield base
+
+
+def test_format_through_both_apis_and_their_clients(url: str):
+    ask = [{"role": "user", "content": CHATS[3][0]}]
+    options = {"temperature": 0}
+    native = httpx.post(f"{url}/api/chat", timeout=60, json={"model": REPO_ID, "messages": ask, "format": SCHEMA,
+                                                              "stream": False, "options": options}).json()
+    assert _valid(native["message"]["content"])
+    with httpx.stream("POST", f"{url}/api/generate", timeout=60, json={
+            "model": REPO_ID, "prompt": CHATS[3][0], "format": SCHEMA, "options": options}) as response:
+        streamed = "".join(json.loads(line)["response"] for line in response.iter_lines())
+    assert _valid(streamed)
+    client = ollama.Client(host=url)
+    reply = client.chat(REPO_ID, messages=ask, format=Verdict.model_json_schema(), options=options)
+    Verdict.model_validate_json(reply.message.content)
+    parsed = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.parse(
+        model=REPO_ID, messages=ask, response_format=Verdict, temperature=0).choices[0].message.parsed
+    assert isinstance(parsed, Verdict)
+    refused = httpx.post(f"{url}/api/chat", timeout=60, json={"model": REPO_ID, "messages": ask,
+                                                               "format": {"type": "objekt"}})
+    assert refused.status_code == 400 and "cannot be enforced: Invalid type: objekt" in refused.json()["error"]
+
+
+def test_a_thinking_model_told_not_to_think_answers_in_the_schema(url: str):
+    reply = ollama.Client(host=url).chat(THINKING_REPO_ID, messages=[{"role": "user", "content": CHATS[0][0]}],
+                                         format=SCHEMA, think=False, options={"temperature": 0})
+    assert not reply.message.thinking and _valid(reply.message.content)
+
+
+def test_a_thinking_model_thinks_freely_then_answers_in_the_schema(thinking_model_dir: Path, tmp_path: Path):
+    from hllama.config import Settings
+    from hllama.engine import load_model
+    from hllama.engine.grammar import thinking_mode
+    from hllama.hardware import memory_budget
+    from hllama.registry import Registry
+    from hllama.resolve import resolve
+
+    settings = Settings(home=tmp_path)
+    thinker = load_model(resolve(str(thinking_model_dir), settings=settings, registry=Registry(tmp_path)),
+                         budget=memory_budget(settings))
+    try:
+        prompt = build_prompt(thinker.tokenizer, [{"role": "user", "content": CHATS[0][0]}], think=True)
+        assert thinking_mode(prompt) == "maybe"
+        items: queue.Queue = queue.Queue()
+        generation = Generation(thinker, prompt.ids, GREEDY, sink=items.put, structure=SCHEMA,
+                                thinking="maybe").start()
+        text = "".join(iter(lambda: items.get(timeout=60), END))
+        generation.join()
+    finally:
+        thinker.close()
+    thought, _, answer = text.partition("</think>")
+    assert thought == f"<think>{THOUGHT}" and _valid(answer)  # its own thought, untouched; then the schema
