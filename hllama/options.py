@@ -8,6 +8,7 @@ Ollama's spellings are accepted at the edge and stored under one name.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -76,6 +77,32 @@ def _stop_list(value: Any) -> Any:
 
 Duration = Annotated[float | None, BeforeValidator(parse_duration)]
 
+#: The largest JSON schema a format may hold (as JSON text): far beyond real ones, short of a hostile one.
+MAX_SCHEMA_BYTES = 256 * 1024
+
+
+def _answer_format(value: Any) -> Any:
+    """``"json"``, a JSON schema (an object), or the schema as JSON text (a flag's value)."""
+    if isinstance(value, str) and value.strip() != "json":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError('use "json" or a JSON schema (an object)') from None
+    if isinstance(value, str):
+        return "json"
+    if not isinstance(value, dict):
+        raise ValueError('use "json" or a JSON schema (an object)')
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        raise ValueError("the JSON schema is not JSON") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise ValueError(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+    return value
+
+
+AnswerFormat = Annotated[Literal["json"] | dict[str, Any] | None, BeforeValidator(_answer_format)]
+
 
 def _with_synonym(synonym: str, **constraints: Any) -> Any:
     """An unset-by-default field that also accepts its Ollama spelling."""
@@ -103,7 +130,9 @@ class GenerationParameters(BaseModel):
     max_new_tokens: int | None = _with_synonym(
         "num_predict", ge=-1, description="most tokens to generate; -1 is no limit")
     ctx: int | None = _with_synonym("num_ctx", ge=1, description="context window in tokens; older turns are dropped")
-    json_mode: bool | None = Field(None, description="ask for valid JSON only")
+    json_mode: bool | None = Field(None, description="answer with one JSON object, enforced while decoding")
+    format: AnswerFormat = Field(None, description='"json" or a JSON schema the answer must follow, enforced '
+                                                   "while decoding (a flag takes JSON text or a file)")
 
     @model_validator(mode="before")
     @classmethod

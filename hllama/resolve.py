@@ -106,10 +106,14 @@ def _values(data: BaseModel | dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in _flatten(data).items() if value is not None}
 
 
+#: Settings whose value is itself a mapping (a JSON schema): one value, set or overridden whole.
+_WHOLE = {"parameters.format"}
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in _WHOLE:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

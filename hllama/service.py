@@ -185,7 +185,7 @@ class Service:
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
                                     logprobs=logprobs, thinking=thinking_mode(prompt),
-                                    structure=structure_of(resolved.parameters.json_mode, json_schema))
+                                    structure=structure_of(resolved.parameters, json_schema))
             self._running.add(generation.cancel)
             generation.start()
             try:

@@ -164,3 +164,34 @@ def test_a_thinking_model_thinks_freely_then_answers_in_the_schema(thinking_mode
         thinker.close()
     thought, _, answer = text.partition("</think>")
     assert thought == f"<think>{THOUGHT}" and _valid(answer)  # its own thought, untouched; then the schema
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    from hllama.cli import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_with_format_a_schema_file_json_or_text(capsys, tiny_cache: Path, tmp_path: Path):
+    schema_file = tmp_path / "verdict.json"
+    schema_file.write_text(json.dumps(SCHEMA))
+    code, out, _ = _run(capsys, "run", REPO_ID, CHATS[3][0], "--temperature", "0", "--format", str(schema_file))
+    assert code == 0 and _valid(out)
+    code, out, _ = _run(capsys, "run", REPO_ID, CHATS[1][0], "--temperature", "0", "--format", json.dumps(SCHEMA))
+    assert code == 0 and _valid(out)
+    code, out, _ = _run(capsys, "run", REPO_ID, "Count to five.", "--temperature", "0", "--format", "json")
+    assert code == 0 and isinstance(json.loads(out), dict)
+    code, _, err = _run(capsys, "run", REPO_ID, "hi", "--format", str(tmp_path / "missing.json"))
+    assert code != 0 and err.startswith("Error: --format: use json, a JSON schema, or a file holding one")
+    code, _, err = _run(capsys, "run", REPO_ID, "hi", "--format", '{"type": "objekt"}')
+    assert code != 0 and "cannot be enforced: Invalid type: objekt" in err and len(err.splitlines()) == 1
+
+
+def test_a_modelfile_format_holds_every_answer_of_its_alias(capsys, tiny_cache: Path, modelfiles: Path):
+    (modelfiles / "verdict.yaml").write_text(
+        f"from: {REPO_ID}\nparameters:\n  temperature: 0\n  format: {json.dumps(SCHEMA)}\n")
+    code, out, _ = _run(capsys, "run", "verdict", CHATS[3][0])
+    assert code == 0 and _valid(out)

@@ -59,7 +59,9 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:
     """The settings given as flags; flags not given stay unset and override nothing."""
-    values = vars(args)
+    values = dict(vars(args))
+    if values.get("param_format") is not None:
+        values["param_format"] = _format_text(values["param_format"])
     data = {
         "system": values.get("system"),
         "parameters": _given(values, "param_"),
@@ -69,6 +71,26 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
         return Overrides.model_validate(data)
     except ValidationError as exc:
         raise invalid_option(exc, schema=Overrides) from None
+
+
+def _format_text(value: str) -> str:
+    """``--format``: ``json``, a JSON schema as text, or a file holding one."""
+    from pathlib import Path
+
+    from hllama.options import MAX_SCHEMA_BYTES
+
+    if value.strip() == "json" or value.lstrip().startswith("{"):
+        return value
+    try:
+        with Path(value).expanduser().open("rb") as handle:
+            data = handle.read(MAX_SCHEMA_BYTES + 1)
+    except OSError as exc:
+        raise InvalidOption(f"--format: use json, a JSON schema, or a file holding one ({value}: "
+                            f"{exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidOption(f"--format: {value} is not UTF-8 text") from None
 
 
 def invalid_option(exc: ValidationError, *, schema: type[BaseModel]) -> InvalidOption:

@@ -171,9 +171,10 @@ class BatchEngine:
             self._read_together(group)
 
     def _groupable(self, row: Row) -> bool:
-        """A prompt read whole in one short pass, with no earlier turn's cache to start from."""
+        """A prompt read whole in one short pass, which no earlier turn's cache would spare more than half of
+        (a template's first tokens are shared by every conversation)."""
         return (row.cache is None and len(row.prompt_ids) <= self.chunk and not row.cancel.is_set()
-                and self.loaded.prefixes.shares(row.prompt_ids) == 0)
+                and self.loaded.prefixes.shares(row.prompt_ids) * 2 < len(row.prompt_ids))
 
     def _read_together(self, rows: list[Row]) -> None:
         """Read several prompts in one pass, left-padded to a common length, and let them all join."""

@@ -28,24 +28,38 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 _OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
+#: A schema with the usual parts (keys, strings, numbers): masking for it once builds a tokenizer's tables.
+_WARM_UP = {"type": "object", "properties": {"text": {"type": "string"}, "number": {"type": "number"}},
+            "required": ["text", "number"]}
+
 
 def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) -> Any:
-    """The tokenizer as llguidance sees it (~0.4 s for a 49k vocabulary: done once, at load); None for a
-    tokenizer it cannot read (such a model answers structured requests with a clear error)."""
+    """The tokenizer as llguidance sees it, its tables built (~3 s for a 49k vocabulary: done once, at load);
+    None for a tokenizer it cannot read (such a model answers structured requests with a clear error)."""
+    ends = [token for token in eos_ids if 0 <= token < vocab_size] or None  # else the tokenizer's own
     try:
         import llguidance.hf
+        from llguidance import LLMatcher
 
-        return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_ids or None)
+        prepared = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=ends)
+        # the first mask of a tokenizer builds its lookup tables (a second at a 49k vocabulary): now, not in a request
+        _fill(LLMatcher(prepared, LLMatcher.grammar_from_json_schema(_WARM_UP, defaults=_OPTIONS)),
+              _bitmask(vocab_size))
+        return prepared
     except Exception as exc:  # a slow (Python) tokenizer, an unusual vocabulary
         log.warning("structured output is unavailable for this tokenizer: %s", exc)
         return None
 
 
-def structure_of(json_mode: bool | None, schema: Any) -> dict[str, Any] | None:
-    """The schema an answer must follow: the request's, else any object in JSON mode, else none."""
+def structure_of(parameters: Any, schema: Any = None) -> dict[str, Any] | None:
+    """The schema an answer must follow: the request's, else its settings' ``format`` (a schema, or
+    ``"json"``) or JSON mode (any object), else none."""
     if isinstance(schema, dict):
         return schema
-    return ANY_OBJECT if json_mode else None
+    wanted = getattr(parameters, "format", None)
+    if isinstance(wanted, dict):
+        return wanted
+    return ANY_OBJECT if wanted == "json" or getattr(parameters, "json_mode", None) else None
 
 
 def thinking_mode(prompt: Any) -> ThinkingMode:
@@ -63,7 +77,7 @@ def grammar_for(schema: dict[str, Any], tokenizer: Any) -> str:
     if tokenizer is None:
         raise InvalidOption("format: this model's tokenizer cannot be constrained to a grammar")
     try:
-        text = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        text = json.dumps(schema, ensure_ascii=False)  # as it came: the order of its properties is kept
     except (TypeError, ValueError):
         raise InvalidOption("format: the JSON schema is not JSON") from None
     return _compiled(text, tokenizer)
@@ -105,21 +119,18 @@ class Constraint:
     model thinks freely first; the grammar takes over where its thinking ends, as vLLM does."""
 
     def __init__(self, tokenizer: Any, grammar: str, *, thinking: ThinkingMode = "no") -> None:
-        import llguidance.torch
         from llguidance import LLMatcher
 
         self.matcher = LLMatcher(tokenizer, grammar)
         self.tokenizer = tokenizer
         self.eos_ids = list(tokenizer.eos_tokens)
-        self._bitmask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)  # filled on the CPU
+        self._bitmask = _bitmask(tokenizer.vocab_size)
         self._thinking = thinking
         self._armed = thinking == "no"
         self._unconstrained: list[int] = []  # the tokens before the grammar took over
 
     def mask(self, scores: Any) -> None:
         """Set every token the grammar does not allow next to ``-inf`` in ``scores`` (``[vocab]``, in place)."""
-        import llguidance.torch
-
         if not self._armed:
             if self._thinking == "maybe":  # the answer opens a think block, or it is JSON from its first token
                 self._mask_undecided(scores)
@@ -130,8 +141,8 @@ class Constraint:
             scores.fill_(float("-inf"))
             scores[self.eos_ids] = keep
             return
-        llguidance.torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-        llguidance.torch.apply_token_bitmask_inplace(scores[None, :], self._bitmask.to(scores.device))
+        _fill(self.matcher, self._bitmask)
+        _apply(scores, self._bitmask)
 
     def accept(self, token: int) -> None:
         if self._armed:
@@ -153,8 +164,6 @@ class Constraint:
     def _mask_undecided(self, scores: Any) -> None:
         """Before an answer shows whether it thinks: tokens that continue ``<think>``, and (while nothing but
         whitespace came) those that may begin the JSON."""
-        import llguidance.torch
-
         begun = self.tokenizer.decode_str(self._unconstrained)
         opening = [token for token in _think_pieces(self.tokenizer)
                    if OPEN.startswith((begun + self.tokenizer.decode_str([token])).lstrip()[:len(OPEN)])
@@ -163,10 +172,33 @@ class Constraint:
         if begun.strip():  # inside "<think" already: only its continuation
             scores.fill_(float("-inf"))
         else:
-            llguidance.torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-            llguidance.torch.apply_token_bitmask_inplace(scores[None, :], self._bitmask.to(scores.device))
+            _fill(self.matcher, self._bitmask)
+            _apply(scores, self._bitmask)
         if kept is not None:
             scores[opening] = kept
+
+
+def _bitmask(vocab_size: int) -> Any:
+    """Room for one mask: bit ``i % 32`` of word ``i // 32`` allows token ``i`` (on the CPU, where it is filled)."""
+    import torch
+
+    return torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)
+
+
+def _fill(matcher: Any, bitmask: Any) -> None:
+    """The tokens ``matcher`` allows next, into ``bitmask`` (llguidance writes it in place)."""
+    matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * bitmask.element_size())
+
+
+def _apply(scores: Any, bitmask: Any) -> None:
+    """``-inf`` for every token whose bit is clear in ``bitmask``. Plain tensor operations: llguidance's own
+    helpers are TorchScript, whose first call compiles for over a second."""
+    import torch
+
+    words = bitmask.to(scores.device)
+    bits = (words[:, None] >> torch.arange(32, device=scores.device, dtype=words.dtype)) & 1
+    allowed = bits.flatten()[:scores.shape[-1]].bool()
+    scores.masked_fill_(~allowed, float("-inf"))
 
 
 @functools.lru_cache(maxsize=8)

@@ -69,7 +69,8 @@ def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema:
     """
     messages = [template_message(message) for message in [*resolved.messages, *history]]
     system = None if messages and messages[0]["role"] == "system" else resolved.system
-    instruction = JSON_INSTRUCTION if resolved.parameters.json_mode or json_schema else None
+    wanted = resolved.parameters
+    instruction = JSON_INSTRUCTION if wanted.json_mode or wanted.format or json_schema else None
     if instruction:
         if system is None and messages and messages[0]["role"] == "system":
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
