@@ -23,7 +23,7 @@ from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, build_prompt, conversation
 from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation
-from hllama.engine.grammar import structure_of, thinking_mode
+from hllama.engine.grammar import Structure, structure_of, thinking_mode
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError, NotSupported
@@ -133,7 +133,7 @@ class Service:
         except AliasNotFound:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
-    def chat(self, resolved: Resolved, history: list[Message], *, json_schema: Any = None,
+    def chat(self, resolved: Resolved, history: list[Message], *, structure: Structure | None = None,
              tools: list[dict[str, Any]] | None = None, think: bool | str | None = None,
              logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
@@ -142,12 +142,12 @@ class Service:
         ``tools``, the text pieces are the answer's content only; its tool calls come in the Result.
         """
         def prompt_for(loaded: LoadedModel):
-            messages = conversation(resolved, history, json_schema=json_schema)
+            messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
             return build_prompt(loaded.tokenizer, messages, template=resolved.template,
                                 ctx=loaded.context_for(resolved.parameters.ctx),
                                 tools=tools, think=think, model=resolved.name)
 
-        events = self._generate(resolved, prompt_for, logprobs=logprobs, json_schema=json_schema)
+        events = self._generate(resolved, prompt_for, logprobs=logprobs, structure=structure)
         return _taking_out_tool_calls(events) if tools else events
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
@@ -164,15 +164,17 @@ class Service:
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]], *,
-                 logprobs: int | None = None, json_schema: Any = None) -> AsyncIterator[str | Result]:
+                 logprobs: int | None = None, structure: Structure | None = None) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
-                              json_schema=json_schema)
+                              structure=structure)
 
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any], *,
-                        logprobs: int | None = None, json_schema: Any = None) -> AsyncIterator[str | Thought | Result]:
-        """``logprobs``: None for none, else how many alternatives each token's entry lists. ``json_schema`` (or
-        JSON mode) is enforced on the answer, token by token."""
+                        logprobs: int | None = None, structure: Structure | None = None
+                        ) -> AsyncIterator[str | Thought | Result]:
+        """``logprobs``: None for none, else how many alternatives each token's entry lists. ``structure`` (a
+        JSON schema or a pattern; else the settings' format or JSON mode) is enforced on the answer, token by
+        token."""
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
@@ -185,7 +187,7 @@ class Service:
             sink = LoopSink(asyncio.get_running_loop())
             generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
                                     logprobs=logprobs, thinking=thinking_mode(prompt),
-                                    structure=structure_of(resolved.parameters, json_schema))
+                                    structure=structure_of(resolved.parameters, structure))
             self._running.add(generation.cancel)
             generation.start()
             try:

@@ -195,3 +195,29 @@ def test_a_modelfile_format_holds_every_answer_of_its_alias(capsys, tiny_cache: 
         f"from: {REPO_ID}\nparameters:\n  temperature: 0\n  format: {json.dumps(SCHEMA)}\n")
     code, out, _ = _run(capsys, "run", "verdict", CHATS[3][0])
     assert code == 0 and _valid(out)
+
+
+@pytest.mark.parametrize("extra, accepted", [
+    ({"regex": "[0-9]{3}-[a-z]{2}"}, lambda text: re.fullmatch("[0-9]{3}-[a-z]{2}", text) is not None),
+    ({"choice": ["yes", "no", "maybe so"]}, lambda text: text in ("yes", "no", "maybe so")),
+    ({"grammar": 'start: "Paris" | "London" | "Rome"'}, lambda text: text in ("Paris", "London", "Rome")),
+    ({"grammar": 'root ::= "red" | "blue" " sky"'}, lambda text: text in ("red", "blue sky")),
+    ({"json": SCHEMA}, _valid),
+])
+def test_vllm_structured_outputs_on_v1(url: str, extra, accepted):
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": REPO_ID, "messages": [{"role": "user", "content": CHATS[0][0]}], "temperature": 0,
+        "max_tokens": 60, "structured_outputs": extra}).json()
+    assert "choices" in reply, reply
+    assert accepted(reply["choices"][0]["message"]["content"]), reply
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"regex": "a", "choice": ["b"]}, "structured_outputs: give exactly one of json, regex, choice and grammar"),
+    ({"regex": "([a-z"}, "structured_outputs.regex cannot be enforced"),
+    ({"grammar": "start: undefined_rule"}, "structured_outputs.grammar cannot be enforced"),
+])
+def test_structured_outputs_that_cannot_be_enforced_are_refused(url: str, extra, problem):
+    response = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": REPO_ID, "messages": [{"role": "user", "content": "hi"}], "structured_outputs": extra})
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith(problem)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from hllama.engine.batch import Row, cache_keyword
 from hllama.engine.cancel import PassAbandoned, cancellable
-from hllama.engine.grammar import ThinkingMode
+from hllama.engine.grammar import Structure, ThinkingMode
 from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
 from hllama.errors import InvalidOption, PromptTooLong
@@ -76,10 +76,10 @@ class Generation:
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
-                 logprobs: int | None = None, structure: dict[str, Any] | None = None,
+                 logprobs: int | None = None, structure: Structure | None = None,
                  thinking: ThinkingMode = "no") -> None:
         """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
-        ``structure``: the JSON schema the answer must follow (enforced token by token), if any; ``thinking``:
+        ``structure``: the JSON schema or pattern the answer must follow (enforced token by token); ``thinking``:
         whether the model may think first (see :data:`~hllama.engine.grammar.ThinkingMode`)."""
         if not prompt_ids:
             raise InvalidOption("the prompt has no tokens (did the template render nothing?)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from hllama.engine.thinking import CLOSE, OPEN
@@ -51,11 +52,25 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) ->
         return None
 
 
-def structure_of(parameters: Any, schema: Any = None) -> dict[str, Any] | None:
-    """The schema an answer must follow: the request's, else its settings' ``format`` (a schema, or
-    ``"json"``) or JSON mode (any object), else none."""
-    if isinstance(schema, dict):
-        return schema
+@dataclass(frozen=True)
+class Pattern:
+    """A structure other than a JSON schema (vLLM's ``structured_outputs``): a ``regex`` the whole answer
+    matches, a ``choice`` of exact answers (``text`` their JSON list), or a context-free ``grammar`` in Lark
+    or GBNF (llama.cpp's) syntax."""
+
+    kind: Literal["regex", "choice", "grammar"]
+    text: str
+
+
+#: What an answer may be held to: a JSON schema, or a pattern.
+Structure = dict[str, Any] | Pattern
+
+
+def structure_of(parameters: Any, structure: Structure | None = None) -> Structure | None:
+    """What an answer must follow: the request's structure, else its settings' ``format`` (a schema, or
+    ``"json"``) or JSON mode (any object), else nothing."""
+    if isinstance(structure, (dict, Pattern)):
+        return structure
     wanted = getattr(parameters, "format", None)
     if isinstance(wanted, dict):
         return wanted
@@ -71,11 +86,14 @@ def thinking_mode(prompt: Any) -> ThinkingMode:
     return "open" if opens_thinking(prompt.text) else "maybe"
 
 
-def grammar_for(schema: dict[str, Any], tokenizer: Any) -> str:
-    """The compiled grammar of ``schema``; a schema that cannot be enforced is an :class:`InvalidOption` naming
-    what it cannot do."""
+def grammar_for(structure: Structure, tokenizer: Any) -> str:
+    """The compiled grammar of a JSON schema or a pattern; one that cannot be enforced is an
+    :class:`InvalidOption` naming what it cannot do."""
     if tokenizer is None:
         raise InvalidOption("format: this model's tokenizer cannot be constrained to a grammar")
+    if isinstance(structure, Pattern):
+        return _compiled_pattern(structure, tokenizer)
+    schema = structure
     try:
         text = json.dumps(schema, ensure_ascii=False)  # as it came: the order of its properties is kept
     except (TypeError, ValueError):
@@ -93,6 +111,28 @@ def _compiled(schema_text: str, tokenizer: Any) -> str:
         raise InvalidOption(f"format: not a JSON schema: {exc}") from None
     if problem := LLMatcher.validate_grammar(grammar, tokenizer):
         raise InvalidOption(f"format: this JSON schema cannot be enforced: {problem.strip().splitlines()[0]}")
+    return grammar
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_pattern(pattern: Pattern, tokenizer: Any) -> str:
+    from llguidance import LLMatcher
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    try:
+        if pattern.kind == "regex":
+            grammar = LLMatcher.grammar_from_regex(pattern.text)
+        elif pattern.kind == "choice":
+            lark = "start: " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in json.loads(pattern.text))
+            grammar = LLMatcher.grammar_from_lark(lark)
+        else:
+            lark = gbnf_to_lark(pattern.text) if "::=" in pattern.text else pattern.text
+            grammar = LLMatcher.grammar_from_lark(lark)
+    except Exception as exc:  # a GBNF grammar the converter cannot read
+        raise InvalidOption(f"structured_outputs.{pattern.kind}: {str(exc).strip().splitlines()[0]}") from None
+    if problem := LLMatcher.validate_grammar(grammar, tokenizer):
+        raise InvalidOption(f"structured_outputs.{pattern.kind} cannot be enforced: "
+                            f"{problem.strip().splitlines()[0]}")
     return grammar
 
 

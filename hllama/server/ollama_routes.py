@@ -46,7 +46,7 @@ async def chat(request: Request) -> Response:
     name = wire_name(body.model)
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
-    events = service.chat(resolved, messages_from(body.messages), json_schema=schema, tools=body.tools,
+    events = service.chat(resolved, messages_from(body.messages), structure=schema, tools=body.tools,
                           think=body.think, logprobs=body.logprob_alternatives)
 
     def message(content: str, result: Result | None = None) -> dict[str, Any]:
@@ -98,7 +98,7 @@ async def generate(request: Request) -> Response:
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
-        events = service.chat(resolved, [Message(role="user", content=body.prompt)], json_schema=schema,
+        events = service.chat(resolved, [Message(role="user", content=body.prompt)], structure=schema,
                               think=body.think, logprobs=logprobs)
 
     def chunk(piece: str | Thought) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schem
         turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
         return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
 
-    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives, json_schema=schema)
+    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives, structure=schema)
 
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any]:

@@ -49,13 +49,15 @@ async def chat_completions(request: Request) -> Response:
         parameters["json_mode"] = True
         if body.response_format.type == "json_schema":
             schema = (body.response_format.json_schema or {}).get("schema") or {}
+    if body.structured_outputs is not None:  # vLLM's way of asking, for the clients written for it
+        schema = body.structured_outputs.structure()
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, parameters)
     try:
         think = body.think()
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
-    events = service.chat(resolved, _history(body.messages), json_schema=schema, tools=body.tools, think=think,
+    events = service.chat(resolved, _history(body.messages), structure=schema, tools=body.tools, think=think,
                           logprobs=body.logprob_alternatives)
     return await _respond(events, body, resolved, kind="chat")
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hllama.engine.grammar import Pattern, Structure
+from hllama.errors import InvalidOption
 
 
 class _Lenient(BaseModel):
@@ -44,6 +48,26 @@ class ChatMessage(_Lenient):
 class ResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"] = Field("text", description="the answer's form")
     json_schema: dict[str, Any] | None = Field(None, description="{name, schema} for json_schema")
+
+
+class StructuredOutputs(_Lenient):
+    """vLLM's request extra: exactly one of these holds the answer while it is decoded."""
+
+    json_: dict[str, Any] | None = Field(None, alias="json", description="a JSON schema")
+    regex: str | None = Field(None, description="a regular expression the whole answer matches")
+    choice: list[str] | None = Field(None, min_length=1, description="the answer is exactly one of these")
+    grammar: str | None = Field(None, description="a context-free grammar, in Lark or GBNF syntax")
+
+    def structure(self) -> Structure:
+        given = {name: value for name, value in (("json", self.json_), ("regex", self.regex),
+                                                 ("choice", self.choice), ("grammar", self.grammar))
+                 if value is not None}
+        if len(given) != 1:
+            raise InvalidOption("structured_outputs: give exactly one of json, regex, choice and grammar")
+        (kind, value), = given.items()
+        if kind == "json":
+            return value
+        return Pattern(kind, json.dumps(value) if kind == "choice" else value)
 
 
 class StreamOptions(_Lenient):
@@ -101,6 +125,8 @@ class ChatCompletionRequest(_Sampling):
         return EFFORT_TO_THINK[effort]
     max_completion_tokens: int | None = Field(None, description="most tokens to generate (max_tokens' new name)")
     response_format: ResponseFormat | None = Field(None, description="JSON mode, or a JSON schema")
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM's: a JSON schema, regex, choice or grammar the answer must follow")
 
     def parameters(self) -> dict[str, Any]:
         values = super().parameters()
