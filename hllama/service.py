@@ -185,9 +185,10 @@ class Service:
             prompt = await asyncio.to_thread(prompt_for, loaded)
             parts = ThinkingParts(prompt)
             sink = LoopSink(asyncio.get_running_loop())
-            generation = Generation(loaded, prompt.ids, resolved.parameters, sink=sink, stops=prompt.extra_stops,
-                                    logprobs=logprobs, thinking=thinking_mode(prompt),
-                                    structure=structure_of(resolved.parameters, structure))
+            generation = await asyncio.to_thread(  # compiling a large schema's grammar may take a while
+                functools.partial(Generation, loaded, prompt.ids, resolved.parameters, sink=sink,
+                                  stops=prompt.extra_stops, logprobs=logprobs, thinking=thinking_mode(prompt),
+                                  structure=structure_of(resolved.parameters, structure)))
             self._running.add(generation.cancel)
             generation.start()
             try:

@@ -92,30 +92,30 @@ def grammar_for(structure: Structure, tokenizer: Any) -> str:
     if tokenizer is None:
         raise InvalidOption("format: this model's tokenizer cannot be constrained to a grammar")
     if isinstance(structure, Pattern):
-        return _compiled_pattern(structure, tokenizer)
+        return _compiled_pattern(structure)
     schema = structure
     try:
         text = json.dumps(schema, ensure_ascii=False)  # as it came: the order of its properties is kept
     except (TypeError, ValueError):
         raise InvalidOption("format: the JSON schema is not JSON") from None
-    return _compiled(text, tokenizer)
+    return _compiled(text)
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(schema_text: str, tokenizer: Any) -> str:
+@functools.lru_cache(maxsize=256)  # by text alone: a grammar does not depend on the model
+def _compiled(schema_text: str) -> str:
     from llguidance import LLMatcher
 
     try:
         grammar = LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_text)), defaults=_OPTIONS)
     except ValueError as exc:
         raise InvalidOption(f"format: not a JSON schema: {exc}") from None
-    if problem := LLMatcher.validate_grammar(grammar, tokenizer):
+    if problem := LLMatcher.validate_grammar(grammar):
         raise InvalidOption(f"format: this JSON schema cannot be enforced: {problem.strip().splitlines()[0]}")
     return grammar
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled_pattern(pattern: Pattern, tokenizer: Any) -> str:
+def _compiled_pattern(pattern: Pattern) -> str:
     from llguidance import LLMatcher
     from llguidance.gbnf_to_lark import gbnf_to_lark
 
@@ -130,7 +130,7 @@ def _compiled_pattern(pattern: Pattern, tokenizer: Any) -> str:
             grammar = LLMatcher.grammar_from_lark(lark)
     except Exception as exc:  # a GBNF grammar the converter cannot read
         raise InvalidOption(f"structured_outputs.{pattern.kind}: {str(exc).strip().splitlines()[0]}") from None
-    if problem := LLMatcher.validate_grammar(grammar, tokenizer):
+    if problem := LLMatcher.validate_grammar(grammar):
         raise InvalidOption(f"structured_outputs.{pattern.kind} cannot be enforced: "
                             f"{problem.strip().splitlines()[0]}")
     return grammar
