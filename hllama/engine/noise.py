@@ -8,9 +8,17 @@ through ``generate``. splitmix64 does the mixing.
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 _MASK64 = 2**64 - 1
+
+
+def seed_of(seed: int | None) -> int:
+    """A request's seed as the draws use it: ``None`` or -1 (llama.cpp's and Ollama's "random") is a fresh one,
+    any other integer is taken modulo 2**64."""
+    return seed % 2**64 if seed not in (None, -1) else secrets.randbits(63)
 
 
 def step_key(seed: int, step: int) -> int:

@@ -16,14 +16,13 @@ order: repetition penalty, presence and frequency penalties, then (temperature a
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from hllama.engine.noise import exponential, step_key
-from hllama.engine.sampling import GREEDY_BELOW
+from hllama.engine.noise import exponential, seed_of, step_key
+from hllama.engine.sampling import GREEDY_BELOW, finite
 from hllama.options import Parameters
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ class RowSampler:
         self.repetition = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
         self.presence = params.presence_penalty or 0.0
         self.frequency = params.frequency_penalty or 0.0
-        self.seed = params.seed % 2**64 if params.seed not in (None, -1) else secrets.randbits(63)
+        self.seed = seed_of(params.seed)
         self.device = torch.device(device)
         self.vocab_size = vocab_size
         self.steps = 0  # tokens chosen so far: each step's noise is its own
@@ -118,10 +117,9 @@ def _index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
 
 def penalised(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Tensor:
     """A structured answer's grammar mask; transformers' repetition penalty over prompt and answer; OpenAI's
-    presence and frequency penalties over the answer; each for the rows that have them. Scores an extreme
-    penalty pushed to +inf (or NaN) would make every probability NaN: the tokens at +inf share the draw, and
-    NaN counts as excluded."""
-    scores = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
+    presence and frequency penalties over the answer; each for the rows that have them (on a copy made
+    :func:`~hllama.engine.sampling.finite` first)."""
+    scores = finite(logits)
     for row, sampler in enumerate(samplers):
         if sampler.constraint is not None:  # first, as vLLM does: penalties then weigh only what may come
             sampler.constraint.mask(scores[row])

@@ -7,7 +7,6 @@ requests run at the same time: no process-global random state is involved.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from hllama.engine.noise import exponential, seed_of, step_key
 from hllama.options import Parameters
 
 
@@ -47,22 +47,19 @@ class SeededSampler(LogitsProcessor):
     """Draw the next token from the request's own seed; every other token gets ``-inf``.
 
     The draw is the one batched decoding makes (:mod:`hllama.engine.noise`), so a seed gives the same
-    answer through ``generate`` as in a batch. ``seed`` None or -1 (llama.cpp's and Ollama's "random")
-    draws a fresh seed; any other integer is used modulo 2**64.
+    answer through ``generate`` as in a batch (:func:`~hllama.engine.noise.seed_of` says how a seed is read).
     """
 
     def __init__(self, seed: int | None) -> None:
-        self.seed = seed % 2**64 if seed not in (None, -1) else secrets.randbits(63)
+        self.seed = seed_of(seed)
         self.steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        from hllama.engine.noise import exponential, step_key
-
         keys = torch.full((scores.shape[0], 1), step_key(self.seed, self.steps), dtype=torch.long,
                           device=scores.device)
         self.steps += 1
         tokens = torch.arange(scores.shape[-1], device=scores.device).expand(scores.shape[0], -1)
-        race = _finite(scores.float()) - exponential(keys, tokens).log()
+        race = finite(scores.float()) - exponential(keys, tokens).log()
         chosen = race.argmax(dim=-1, keepdim=True)
         picked = torch.full_like(scores, float("-inf"))
         return picked.scatter_(1, chosen, 0.0)
@@ -84,7 +81,7 @@ class GrammarMask(LogitsProcessor):
         return scores
 
 
-def _finite(scores: torch.Tensor) -> torch.Tensor:
+def finite(scores: torch.Tensor) -> torch.Tensor:
     """Logits an extreme penalty pushed to +inf (or NaN) would make every probability NaN: the tokens at +inf
     share the draw, and NaN counts as excluded."""
     return torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
