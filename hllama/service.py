@@ -20,13 +20,13 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from hllama.config import Settings
-from hllama.engine import Finished, LoadedModel, build_prompt, conversation
+from hllama.engine import Finished, LoadedModel, Prompt, build_prompt, conversation
 from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation
 from hllama.engine.grammar import Structure, structure_of, thinking_mode
 from hllama.engine.thinking import ThinkingParts, Thought
-from hllama.engine.tools import ToolCall, ToolCallStream
-from hllama.errors import AliasNotFound, HllamaError, NotSupported
+from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream
+from hllama.errors import AliasNotFound, HllamaError, InvalidOption, NotSupported
 from hllama.hardware import Budget, memory_budget
 from hllama.modelfile import Message
 from hllama.registry import Registry, changes
@@ -134,20 +134,31 @@ class Service:
             return resolve(name, settings=self.settings, registry=self.refresh(), api=api)
 
     def chat(self, resolved: Resolved, history: list[Message], *, structure: Structure | None = None,
-             tools: list[dict[str, Any]] | None = None, think: bool | str | None = None,
+             tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto", think: bool | str | None = None,
              logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
         A thinking model's thinking comes as :class:`Thought` pieces (``think=False`` drops it). With
-        ``tools``, the text pieces are the answer's content only; its tool calls come in the Result.
+        ``tools``, the text pieces are the answer's content only; its tool calls come in the Result, their
+        arguments held to each tool's schema. ``tool_choice`` (vLLM's meaning): "auto" (the model decides),
+        "required" (it calls at least one tool), a tool's name (it calls that one), or "none" (no tools offered).
         """
+        if tool_choice == "none":
+            tools = None
+        elif not tools and tool_choice != "auto":
+            raise InvalidOption("tool_choice: the request offers no tools")
+
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
             return build_prompt(loaded.tokenizer, messages, template=resolved.template,
                                 ctx=loaded.context_for(resolved.parameters.ctx),
                                 tools=tools, think=think, model=resolved.name)
 
-        events = self._generate(resolved, prompt_for, logprobs=logprobs, structure=structure)
+        def structure_for(prompt: Prompt) -> Structure | None:
+            calls = ToolCalls.of(tools, style=prompt.tool_style, choice=tool_choice) if prompt.tool_style else None
+            return structure_of(resolved.parameters, structure, calls)
+
+        events = self._generate(resolved, prompt_for, logprobs=logprobs, structure=structure_for)
         return _taking_out_tool_calls(events) if tools else events
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
@@ -167,14 +178,13 @@ class Service:
                  logprobs: int | None = None, structure: Structure | None = None) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
-                              structure=structure)
+                              structure=lambda prompt: structure_of(resolved.parameters, structure))
 
     async def _generate(self, resolved: Resolved, prompt_for: Callable[[LoadedModel], Any], *,
-                        logprobs: int | None = None, structure: Structure | None = None
+                        structure: Callable[[Any], Structure | None], logprobs: int | None = None
                         ) -> AsyncIterator[str | Thought | Result]:
-        """``logprobs``: None for none, else how many alternatives each token's entry lists. ``structure`` (a
-        JSON schema or a pattern; else the settings' format or JSON mode) is enforced on the answer, token by
-        token."""
+        """``logprobs``: None for none, else how many alternatives each token's entry lists. ``structure``: what
+        the answer to a prompt must follow (enforced token by token), if anything."""
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
         async with self.scheduler.use(resolved) as runner:
@@ -188,7 +198,7 @@ class Service:
             generation = await asyncio.to_thread(  # compiling a large schema's grammar may take a while
                 functools.partial(Generation, loaded, prompt.ids, resolved.parameters, sink=sink,
                                   stops=prompt.extra_stops, logprobs=logprobs, thinking=thinking_mode(prompt),
-                                  structure=structure_of(resolved.parameters, structure)))
+                                  structure=structure(prompt)))
             self._running.add(generation.cancel)
             generation.start()
             try:

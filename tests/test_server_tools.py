@@ -91,3 +91,66 @@ def test_tools_for_a_model_whose_template_cannot_render_them(url: str):
         {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": "{oops"}}]}]}
     response = httpx.post(f"{url}/v1/chat/completions", json=bad_arguments, timeout=60)
     assert response.status_code == 400 and "arguments must be a JSON object" in response.json()["error"]["message"]
+
+
+#: The weather tool as a client may define it: its model was trained to call it for Paris, which this one lacks.
+CITY_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Lyon", "Nice"]}}, "required": ["city"]}}}
+
+
+def _ollama_chat(url: str, messages: list, **extra) -> dict:
+    """Straight to /api/chat: the ollama client drops schema keywords it does not model."""
+    body = {"model": TOOL_REPO_ID, "messages": messages, "tools": [CITY_TOOL], "options": GREEDY, "stream": False}
+    response = httpx.post(f"{url}/api/chat", json={**body, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_call_the_model_opens_follows_its_tools_schema(url: str):
+    # the tiny model learned to ask for Paris; the grammar takes over at <tool_call> and holds it to the enum
+    reply = _ollama_chat(url, ASK)
+    [call] = reply["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and call["function"]["arguments"]["city"] in ("Lyon", "Nice")
+    assert reply["message"]["content"] == "" and reply["done_reason"] == "stop"
+    lines = httpx.post(f"{url}/api/chat", json={"model": TOOL_REPO_ID, "messages": ASK, "tools": [CITY_TOOL],
+                                                "options": GREEDY}, timeout=60).text.splitlines()
+    streamed = [json.loads(line)["message"] for line in lines]
+    assert [message["tool_calls"] for message in streamed if message.get("tool_calls")] == [[call]]
+    # prose is never held to the grammar
+    prose = _ollama_chat(url, [{"role": "user", "content": CHATS[0][0]}])["message"]
+    assert prose["content"] == CHATS[0][1] and not prose.get("tool_calls")
+
+
+def test_tool_choice_required_or_named_makes_the_model_call(url: str):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    prose_question = [{"role": "user", "content": CHATS[0][0]}]  # one the model answers without a tool
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
+        reply = client.chat.completions.create(model=TOOL_REPO_ID, messages=prose_question, tools=[CITY_TOOL],
+                                               tool_choice=choice, temperature=0).choices[0]
+        assert reply.finish_reason == "tool_calls", choice
+        [call] = reply.message.tool_calls
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments)["city"] in ("Lyon", "Nice")
+    stream = client.chat.completions.create(model=TOOL_REPO_ID, messages=prose_question, tools=[CITY_TOOL],
+                                            tool_choice=named, temperature=0, stream=True)
+    calls = [call for chunk in stream for call in chunk.choices[0].delta.tool_calls or []]
+    assert [call.function.name for call in calls] == ["get_weather"]
+    none = client.chat.completions.create(model=TOOL_REPO_ID, messages=ASK, tools=[CITY_TOOL], tool_choice="none",
+                                          temperature=0).choices[0]
+    assert none.finish_reason == "stop" and none.message.tool_calls is None and none.message.content
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "no tool named 'nope'"),
+    ({"tools": None, "tool_choice": "required"}, "offers no tools"),
+    ({"tool_choice": "required", "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+     "cannot be combined"),
+    ({"tool_choice": "sometimes"}, "tool_choice"),
+])
+def test_impossible_tool_choices_are_refused(url: str, extra: dict, message: str):
+    body = {"model": TOOL_REPO_ID, "messages": ASK, "tools": [CITY_TOOL], **extra}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]

@@ -10,11 +10,14 @@ import httpx
 import ollama
 import openai
 import pytest
+import torch
 from pydantic import BaseModel, Field
 
 from hllama.config import load_settings
 from hllama.engine import build_prompt
 from hllama.engine.generate import END, Generation
+from hllama.engine.grammar import constraint_for
+from hllama.engine.tools import ToolCalls, parse_tool_calls
 from hllama.errors import InvalidOption
 from hllama.options import Parameters
 
@@ -90,6 +93,52 @@ def test_json_mode_gives_a_json_object(tiny):
 
     text, _ = _answer(tiny, CHATS[1][0], structure=ANY_OBJECT)
     assert isinstance(json.loads(text), dict)
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Lyon", "Nice"]}}, "required": ["city"]}}}]
+
+
+@pytest.mark.parametrize("choice", ["required", "get_weather"])
+def test_a_required_call_in_bare_json_follows_its_tool(tiny, choice):
+    text, reason = _answer(tiny, CHATS[0][0], structure=ToolCalls.of(WEATHER, style="json", choice=choice))
+    content, [call] = parse_tool_calls(text)
+    assert content == "" and call.name == "get_weather" and call.arguments["city"] in ("Lyon", "Nice")
+
+
+def test_a_lazy_bare_json_grammar_leaves_prose_alone(tiny):
+    calls = ToolCalls.of(WEATHER, style="json")
+    for question, answer in CHATS:
+        assert _answer(tiny, question, structure=calls)[0] == answer
+
+
+def test_a_lazy_tagged_grammar_holds_each_call_and_nothing_else(tiny):
+    tokenizer, matcher_tokenizer = tiny.tokenizer, tiny.grammar_tokenizer
+    constraint = constraint_for(ToolCalls.of(WEATHER, style="tagged"), matcher_tokenizer)
+
+    def allowed() -> int:
+        scores = torch.zeros(matcher_tokenizer.vocab_size)
+        constraint.mask(scores)
+        return int(torch.isfinite(scores).sum())
+
+    def write(text: str) -> None:
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            constraint.accept(token)
+
+    everything = allowed()
+    for _ in range(2):  # prose, a call, prose, another call
+        write("Let me look. ")
+        assert allowed() == everything
+        write("<tool_call>")
+        assert allowed() < everything
+        write('{"name": "get_weather", "arguments": {"city": "Ly')
+        assert allowed() < everything
+        write('on"}}</tool_call>')
+        assert allowed() == everything
+    # a tokenizer llguidance cannot read: calls stay as the model writes them, unless one is required
+    assert constraint_for(ToolCalls.of(WEATHER, style="tagged"), None) is None
+    with pytest.raises(InvalidOption, match="cannot be constrained"):
+        constraint_for(ToolCalls.of(WEATHER, style="tagged", choice="required"), None)
 
 
 def test_an_answer_cut_by_num_predict_says_length(tiny):

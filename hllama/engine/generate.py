@@ -91,10 +91,9 @@ class Generation:
         eos_ids = eos_ids_of(model, loaded.tokenizer)
         constraint = None
         if structure is not None:
-            from hllama.engine.grammar import Constraint, grammar_for
+            from hllama.engine.grammar import constraint_for
 
-            constraint = Constraint(loaded.grammar_tokenizer, grammar_for(structure, loaded.grammar_tokenizer),
-                                    thinking=thinking)
+            constraint = constraint_for(structure, loaded.grammar_tokenizer, thinking=thinking)
         self.worker = Streamer(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
                               eos_ids, sink)
         self.worker.top_logprobs = logprobs or 0

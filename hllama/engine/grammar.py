@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hllama.engine.thinking import CLOSE, OPEN
+from hllama.engine.tools import CLOSE as CALL_CLOSE
+from hllama.engine.tools import OPEN as CALL_OPEN
+from hllama.engine.tools import ToolCalls, ToolStyle
 from hllama.errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -62,19 +65,25 @@ class Pattern:
     text: str
 
 
-#: What an answer may be held to: a JSON schema, or a pattern.
-Structure = dict[str, Any] | Pattern
+#: What an answer may be held to: a JSON schema, a pattern, or the calls of the request's tools.
+Structure = dict[str, Any] | Pattern | ToolCalls
 
 
-def structure_of(parameters: Any, structure: Structure | None = None) -> Structure | None:
-    """What an answer must follow: the request's structure, else its settings' ``format`` (a schema, or
-    ``"json"``) or JSON mode (any object), else nothing."""
+def structure_of(parameters: Any, structure: Structure | None = None, calls: ToolCalls | None = None
+                 ) -> Structure | None:
+    """What an answer must follow: the request's structure, else calls it requires, else its settings' ``format``
+    (a schema, or ``"json"``) or JSON mode (any object), else the shape of any call the model makes, else nothing.
+    A required call and a structure for the whole answer cannot both be had."""
     if isinstance(structure, (dict, Pattern)):
+        if calls is not None and not calls.lazy:
+            raise InvalidOption("tool_choice: a required tool call cannot be combined with a response format")
         return structure
+    if calls is not None and not calls.lazy:
+        return calls
     wanted = getattr(parameters, "format", None)
     if isinstance(wanted, dict):
         return wanted
-    return ANY_OBJECT if wanted == "json" or getattr(parameters, "json_mode", None) else None
+    return ANY_OBJECT if wanted == "json" or getattr(parameters, "json_mode", None) else calls
 
 
 def thinking_mode(prompt: Any) -> ThinkingMode:
@@ -93,6 +102,8 @@ def grammar_for(structure: Structure, tokenizer: Any) -> str:
         raise InvalidOption("format: this model's tokenizer cannot be constrained to a grammar")
     if isinstance(structure, Pattern):
         return _compiled_pattern(structure)
+    if isinstance(structure, ToolCalls):
+        return _compiled_calls(structure)
     schema = structure
     try:
         text = json.dumps(schema, ensure_ascii=False)  # as it came: the order of its properties is kept
@@ -136,6 +147,39 @@ def _compiled_pattern(pattern: Pattern) -> str:
     return grammar
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_calls(calls: ToolCalls) -> str:
+    """The grammar of a request's tool calls, in the model's own format, each call's arguments held to its tool's
+    ``parameters``. A lazy tagged grammar covers one call, from just after ``<tool_call>`` to its ``</tool_call>``
+    (it starts again at the next call); a lazy bare-JSON one covers the whole answer once it opens with JSON."""
+    from llguidance import LLMatcher
+
+    key = calls.arguments_key
+    rules = []
+    for index, (name, parameters) in enumerate(calls.functions):
+        schema = {"type": "object", "properties": {"name": {"const": name}, key: _closed(parameters)},
+                  "required": ["name", key], "additionalProperties": False, "x-guidance": _OPTIONS}
+        rules.append(f"tool{index}: %json {json.dumps(schema, ensure_ascii=False)}")
+    one = not calls.lazy and calls.choice != "required"  # a named tool: exactly one call
+    if calls.style == "tagged":
+        block = f'"\\n"? call "\\n"? {json.dumps(CALL_CLOSE)}'
+        opened = f"{json.dumps(CALL_OPEN)} {block}"
+        start = block if calls.lazy else opened if one else f'{opened} ("\\n"? {opened})*'
+    else:
+        # a lazy grammar begins at the token that opens the JSON, which may carry a little whitespace before it
+        calls_text = "call" if one else '(call | "[" call (", " call)* "]")'
+        start = ("/[ \\t\\r\\n]{0,4}/ " if calls.lazy else "") + calls_text
+    lark = "\n".join([f"start: {start}", "call: " + " | ".join(f"tool{index}" for index in range(len(rules))),
+                      *rules])
+    try:
+        grammar = LLMatcher.grammar_from_lark(lark)
+    except Exception as exc:
+        raise InvalidOption(f"tools: {str(exc).strip().splitlines()[0]}") from None
+    if problem := LLMatcher.validate_grammar(grammar):
+        raise InvalidOption(f"tools: a tool's parameters cannot be enforced: {problem.strip().splitlines()[0]}")
+    return grammar
+
+
 def _closed(schema: Any) -> Any:
     """``schema`` with every object that lists its properties closed to others, unless it says otherwise."""
     if isinstance(schema, list):
@@ -148,6 +192,21 @@ def _closed(schema: Any) -> Any:
     return closed
 
 
+def constraint_for(structure: Structure, tokenizer: Any, *, thinking: ThinkingMode = "no") -> Constraint | None:
+    """One answer's constraint; None for tool calls whose tools cannot all be enforced, which a model may then
+    write freely as before (a call it is required to make is refused instead: :func:`grammar_for` says why)."""
+    lazy = isinstance(structure, ToolCalls) and structure.lazy
+    try:
+        grammar = grammar_for(structure, tokenizer)
+    except InvalidOption as exc:
+        if not lazy:
+            raise
+        log.warning("tool calls left unconstrained: %s", exc)
+        return None
+    return Constraint(tokenizer, grammar, thinking=thinking,
+                      trigger=structure.style if lazy else None)  # type: ignore[union-attr]
+
+
 #: Whether an answer may think before the grammar applies: "no" (it applies from the first token), "open"
 #: (the prompt opened a think block: it applies after ``</think>``), "maybe" (it applies after a think block
 #: the answer opens, else from the first token).
@@ -155,10 +214,15 @@ ThinkingMode = Literal["no", "open", "maybe"]
 
 
 class Constraint:
-    """One answer's grammar state: which tokens may come next, and each token the answer took. A thinking
-    model thinks freely first; the grammar takes over where its thinking ends, as vLLM does."""
+    """One answer's grammar state: which tokens may come next, and each token the answer took.
 
-    def __init__(self, tokenizer: Any, grammar: str, *, thinking: ThinkingMode = "no") -> None:
+    A thinking model thinks freely first; the grammar takes over where its thinking ends, as vLLM does. A lazy
+    grammar (the calls of ``tool_choice: "auto"``, ``trigger`` their style) waits further, for the model to open a
+    call: after ``<tool_call>`` (and again after each call closes), or at an answer that opens with JSON.
+    """
+
+    def __init__(self, tokenizer: Any, grammar: str, *, thinking: ThinkingMode = "no",
+                 trigger: ToolStyle | None = None) -> None:
         from llguidance import LLMatcher
 
         self.matcher = LLMatcher(tokenizer, grammar)
@@ -166,13 +230,15 @@ class Constraint:
         self.eos_ids = list(tokenizer.eos_tokens)
         self._bitmask = _bitmask(tokenizer.vocab_size)
         self._thinking = thinking
-        self._armed = thinking == "no"
-        self._unconstrained: list[int] = []  # the tokens before the grammar took over
+        self._trigger = trigger
+        self._armed = thinking == "no" and trigger is None
+        self._free: list[int] = []  # the tokens since the grammar could last have begun
+        self._passed = False  # a lazy bare-JSON grammar whose answer began as prose: nothing left to hold
 
     def mask(self, scores: Any) -> None:
         """Set every token the grammar does not allow next to ``-inf`` in ``scores`` (``[vocab]``, in place)."""
         if not self._armed:
-            if self._thinking == "maybe":  # the answer opens a think block, or it is JSON from its first token
+            if self._thinking == "maybe" and self._trigger is None:  # a think block, or JSON from the first token
                 self._mask_undecided(scores)
             return
         if self.matcher.is_error():  # cannot happen through mask and accept alone; end the answer if it does
@@ -187,24 +253,51 @@ class Constraint:
     def accept(self, token: int) -> None:
         if self._armed:
             self.matcher.consume_token(token)
+            if self._trigger == "tagged" and self.matcher.is_stopped():  # the call closed: prose until the next
+                self.matcher.reset()
+                self._armed, self._free = False, []
             return
-        self._unconstrained.append(token)
+        if self._passed:
+            return
+        self._free.append(token)
         if self._thinking == "maybe":
-            begun = self.tokenizer.decode_str(self._unconstrained).lstrip()
+            begun = self.tokenizer.decode_str(self._free).lstrip()
             if begun.startswith(OPEN):
                 self._thinking = "open"
-            elif not OPEN.startswith(begun):  # no think block: this token began the JSON (the mask saw to it)
-                self._armed = True
-                self.matcher.consume_token(token)
+            elif not OPEN.startswith(begun):  # no think block: the answer began with this token
+                self._thinking = "no"
+        if self._thinking == "open" and CLOSE in self.tokenizer.decode_str(self._free[-_WINDOW:]):
+            self._thinking, self._free = "no", []
+            self._armed = self._trigger is None
+        elif self._thinking == "no":
+            self._await_call()
+
+    def _await_call(self) -> None:
+        """Arm the grammar where the answer (or, lazily, a call) begins, giving it the tokens that began it."""
+        if self._trigger == "tagged":
+            if self.tokenizer.decode_str(self._free[-_WINDOW:]).rstrip().endswith(CALL_OPEN):
+                self._armed, self._free = True, []
+            return
+        if self._trigger == "json":
+            begun = self.tokenizer.decode_str(self._free).lstrip()
+            if not begun:
                 return
-        text = self.tokenizer.decode_str(self._unconstrained[-_WINDOW:])
-        if self._thinking == "open" and CLOSE in text:
-            self._armed = True
+            if not begun.startswith(("{", "[")):
+                self._passed = True
+                return
+            while not self.tokenizer.decode_str(self._free[:1]).strip():  # whitespace the grammar need not see
+                self._free.pop(0)
+        self._armed = True
+        if not all(self.matcher.consume_token(token) for token in self._free):  # JSON the grammar cannot continue
+            log.debug("a call began in a way its grammar cannot follow; left unconstrained")
+            self.matcher.reset()
+            self._armed, self._passed = False, True
+        self._free = []
 
     def _mask_undecided(self, scores: Any) -> None:
         """Before an answer shows whether it thinks: tokens that continue ``<think>``, and (while nothing but
         whitespace came) those that may begin the JSON."""
-        begun = self.tokenizer.decode_str(self._unconstrained)
+        begun = self.tokenizer.decode_str(self._free)
         opening = [token for token in _think_pieces(self.tokenizer)
                    if OPEN.startswith((begun + self.tokenizer.decode_str([token])).lstrip()[:len(OPEN)])
                    and (begun + self.tokenizer.decode_str([token])).strip()]
@@ -249,4 +342,4 @@ def _think_pieces(tokenizer: Any) -> tuple[int, ...]:
 
 
 #: Tokens looked at for the end of a think block (``</think>`` is at most a few tokens).
-_WINDOW = 8
+_WINDOW = 16  # tokens: enough to hold </think> or <tool_call> however it is split

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hllama.engine.thinking import supports_thinking
-from hllama.engine.tools import ToolCall, supports_tools
+from hllama.engine.tools import ToolCall, ToolStyle, supports_tools, tool_style
 from hllama.errors import ChatTemplateError, NotSupported, PromptTooLong
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
@@ -57,6 +57,7 @@ class Prompt:
     dropped_turns: int = 0
     extra_stops: tuple[str, ...] = field(default_factory=tuple)
     thinking: bool | None = None  # None: the model does not think; else whether its thinking is wanted
+    tool_style: ToolStyle | None = None  # how the model writes tool calls, when it was offered tools
 
 
 def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema: Any = None
@@ -107,7 +108,8 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
         text, extra_stops = render(tokenizer, kept, template=template, tools=tools, **options)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops,
-                      thinking=(think is not False) if thinks else None)
+                      thinking=(think is not False) if thinks else None,
+                      tool_style=tool_style(chat_template) if tools else None)
 
     def fits(prompt: Prompt) -> bool:
         return ctx is None or len(prompt.ids) < ctx  # room for at least one new token

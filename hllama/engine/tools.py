@@ -7,17 +7,23 @@ answer as one JSON object (or a list of them) with ``name`` and ``arguments``/``
 
 While streaming, :class:`ToolCallStream` passes content through and holds back what may be a call,
 so a client never sees half a call as text.
+
+:class:`ToolCalls` describes the grammar that holds each call's arguments to its tool's ``parameters``
+schema, in the model's own format: from the point where the model opens a call (``auto``), or from the
+first token of the answer when a call is required (vLLM's ``tool_choice``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from hllama.engine.stops import StopMatcher
+from hllama.errors import InvalidOption
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
@@ -31,6 +37,61 @@ class ToolCall(BaseModel):
 def supports_tools(template: str | None) -> bool:
     """Whether a chat template renders the ``tools`` it is given (Ollama's ``tools`` capability)."""
     return bool(template) and "tools" in template
+
+
+#: How a model writes its calls: "tagged" in ``<tool_call>`` blocks, "json" as the whole answer.
+ToolStyle = Literal["tagged", "json"]
+
+
+def tool_style(template: str | None) -> ToolStyle:
+    """The format a chat template shows its model's calls in."""
+    return "tagged" if template and OPEN in template else "json"
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """What a request's calls must look like, as the grammar that enforces it sees it (hashable, so cached).
+
+    ``tools``: the JSON text of ``[[name, parameters schema], ...]``. ``choice``: "auto" (the model may answer
+    in prose; a call it opens is held to the grammar from its opening marker, or from the answer's first
+    character for models that answer with bare JSON), "required" (the answer is one or more calls), or a
+    tool's name (the answer is one call to it). The grammar itself is built by :mod:`hllama.engine.grammar`.
+    """
+
+    tools: str
+    style: ToolStyle
+    choice: str = "auto"
+
+    @classmethod
+    def of(cls, tools: list[dict[str, Any]], *, style: ToolStyle, choice: str = "auto") -> ToolCalls | None:
+        """From OpenAI's (and Ollama's) function definitions; a named ``choice`` must be one of them. None when
+        no tool has a name (nothing to hold a call to) and none is required."""
+        functions = [tool.get("function", tool) for tool in tools if isinstance(tool, dict)]
+        named = [[function["name"], function.get("parameters") or {"type": "object"}]
+                 for function in functions if isinstance(function, dict) and isinstance(function.get("name"), str)]
+        if choice not in ("auto", "required"):
+            named = [item for item in named if item[0] == choice]
+            if not named:
+                raise InvalidOption(f"tool_choice: no tool named '{choice}' among the request's tools")
+        if not named and choice != "auto":
+            raise InvalidOption("tool_choice: no function with a name to call")
+        if not named:
+            return None
+        return cls(json.dumps(named, ensure_ascii=False), style, choice)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the grammar waits for the model to open a call."""
+        return self.choice == "auto"
+
+    @property
+    def functions(self) -> list[tuple[str, Any]]:
+        """Each callable tool's name and parameters schema."""
+        return [(name, parameters) for name, parameters in json.loads(self.tools)]
+
+    @property
+    def arguments_key(self) -> str:
+        return "arguments" if self.style == "tagged" else "parameters"  # Llama 3's templates ask for "parameters"
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:

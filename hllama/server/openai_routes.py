@@ -57,8 +57,8 @@ async def chat_completions(request: Request) -> Response:
         think = body.think()
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
-    events = service.chat(resolved, _history(body.messages), structure=schema, tools=body.tools, think=think,
-                          logprobs=body.logprob_alternatives)
+    events = service.chat(resolved, _history(body.messages), structure=schema, tools=body.tools,
+                          tool_choice=body.tool_choice_name, think=think, logprobs=body.logprob_alternatives)
     return await _respond(events, body, resolved, kind="chat")
 
 

@@ -70,6 +70,15 @@ class StructuredOutputs(_Lenient):
         return Pattern(kind, json.dumps(value) if kind == "choice" else value)
 
 
+class ToolName(_Lenient):
+    name: str = Field(description="the function to call")
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"] = Field("function", description="always function")
+    function: ToolName = Field(description="the one function the answer calls")
+
+
 class StreamOptions(_Lenient):
     include_usage: bool = Field(False, description="a last chunk with token counts")
 
@@ -106,6 +115,8 @@ EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low"
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(default_factory=list, description="the conversation")
     tools: list[dict[str, Any]] | None = Field(None, description="function tools the model may call")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = Field(
+        "auto", description="none, auto, required (at least one call) or a named function (one call to it)")
     reasoning_effort: str | None = Field(None, description="a thinking model's effort; none: no thinking")
     reasoning: Reasoning | None = Field(None, description="the same, as {effort}")
     logprobs: bool = Field(False, description="each answer token's log-probability")
@@ -115,6 +126,11 @@ class ChatCompletionRequest(_Sampling):
     def logprob_alternatives(self) -> int | None:
         """None: no log-probabilities; else how many alternatives with each token."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def tool_choice_name(self) -> str:
+        """The choice as the engine takes it: none, auto, required, or the name of the function to call."""
+        return self.tool_choice if isinstance(self.tool_choice, str) else self.tool_choice.function.name
 
     def think(self) -> bool | str | None:
         effort = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
