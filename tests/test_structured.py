@@ -146,6 +146,30 @@ def test_an_answer_cut_by_num_predict_says_length(tiny):
     assert reason == "length" and text.startswith("{")
 
 
+#: Unbounded strings, which the tiny model fills with babble until its budget runs out.
+OPEN_ENDED = {"type": "object", "required": ["title", "kind", "tags"], "properties": {
+    "title": {"type": "string"}, "kind": {"enum": ["person", "place"]},
+    "tags": {"type": "array", "items": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("budget", [40, 64, 100])
+def test_an_answer_near_its_limit_closes_what_it_opened(tiny, budget):
+    limited = GREEDY.model_copy(update={"max_new_tokens": budget})
+    text, reason = _answer(tiny, "Write about rivers.", limited, structure=OPEN_ENDED)
+    document = json.loads(text)
+    assert reason == "stop" and set(document) == {"title", "kind", "tags"} and document["kind"] in ("person", "place")
+    assert len(tiny.tokenizer(text, add_special_tokens=False)["input_ids"]) < budget
+    # the answer kept what it could: the babble ran until closing it and the rest took just what was left
+    assert document["title"] or budget == 40
+
+
+def test_the_generate_path_closes_the_same_way(tiny, monkeypatch):
+    limited = GREEDY.model_copy(update={"max_new_tokens": 64})
+    batched = _answer(tiny, "Write about rivers.", limited, structure=OPEN_ENDED)
+    monkeypatch.setattr(tiny, "batcher", None)
+    assert _answer(tiny, "Write about rivers.", limited, structure=OPEN_ENDED) == batched
+
+
 @pytest.mark.parametrize("schema, problem", [
     ({"type": "object", "if": {"type": "object"}, "then": {}}, 'Unimplemented keys: ["if", "then"]'),
     ({"type": "objekt"}, "Invalid type: objekt"),

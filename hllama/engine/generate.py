@@ -93,7 +93,7 @@ class Generation:
         if structure is not None:
             from hllama.engine.grammar import constraint_for
 
-            constraint = constraint_for(structure, loaded.grammar_tokenizer, thinking=thinking)
+            constraint = constraint_for(structure, loaded.grammar_tokenizer, thinking=thinking, budget=self.limit)
         self.worker = Streamer(loaded.tokenizer, StopMatcher([*(params.stop or []), *stops]), self.cancel,
                               eos_ids, sink)
         self.worker.top_logprobs = logprobs or 0

@@ -49,6 +49,7 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) ->
         # the first mask of a tokenizer builds its lookup tables (a second at a 49k vocabulary): now, not in a request
         _fill(LLMatcher(prepared, LLMatcher.grammar_from_json_schema(_WARM_UP, defaults=_OPTIONS)),
               _bitmask(vocab_size))
+        _vocabulary(prepared)  # one pass over the tokens, now rather than in a request
         return prepared
     except Exception as exc:  # a slow (Python) tokenizer, an unusual vocabulary
         log.warning("structured output is unavailable for this tokenizer: %s", exc)
@@ -192,9 +193,11 @@ def _closed(schema: Any) -> Any:
     return closed
 
 
-def constraint_for(structure: Structure, tokenizer: Any, *, thinking: ThinkingMode = "no") -> Constraint | None:
-    """One answer's constraint; None for tool calls whose tools cannot all be enforced, which a model may then
-    write freely as before (a call it is required to make is refused instead: :func:`grammar_for` says why)."""
+def constraint_for(structure: Structure, tokenizer: Any, *, thinking: ThinkingMode = "no",
+                   budget: int | None = None) -> Constraint | None:
+    """One answer's constraint (``budget``: the most tokens it may take); None for tool calls whose tools cannot
+    all be enforced, which a model may then write freely as before (a call it is required to make is refused
+    instead: :func:`grammar_for` says why)."""
     lazy = isinstance(structure, ToolCalls) and structure.lazy
     try:
         grammar = grammar_for(structure, tokenizer)
@@ -203,7 +206,7 @@ def constraint_for(structure: Structure, tokenizer: Any, *, thinking: ThinkingMo
             raise
         log.warning("tool calls left unconstrained: %s", exc)
         return None
-    return Constraint(tokenizer, grammar, thinking=thinking,
+    return Constraint(tokenizer, grammar, thinking=thinking, budget=budget,
                       trigger=structure.style if lazy else None)  # type: ignore[union-attr]
 
 
@@ -219,16 +222,24 @@ class Constraint:
     A thinking model thinks freely first; the grammar takes over where its thinking ends, as vLLM does. A lazy
     grammar (the calls of ``tool_choice: "auto"``, ``trigger`` their style) waits further, for the model to open a
     call: after ``<tool_call>`` (and again after each call closes), or at an answer that opens with JSON.
+
+    An answer with a ``budget`` (its token limit) finishes within it: once the tokens left only just cover the
+    shortest way to complete the grammar, the answer closes what it has open (see :meth:`_closing`). A small
+    model caught repeating itself inside a string then still gives JSON that validates, not a cut one.
     """
 
     def __init__(self, tokenizer: Any, grammar: str, *, thinking: ThinkingMode = "no",
-                 trigger: ToolStyle | None = None) -> None:
+                 trigger: ToolStyle | None = None, budget: int | None = None) -> None:
         from llguidance import LLMatcher
 
         self.matcher = LLMatcher(tokenizer, grammar)
         self.tokenizer = tokenizer
         self.eos_ids = list(tokenizer.eos_tokens)
         self._bitmask = _bitmask(tokenizer.vocab_size)
+        self._vocabulary = _vocabulary(tokenizer)
+        self._budget = budget
+        self._taken = 0  # tokens of the answer so far, thinking and prose included
+        self._closing_now = False
         self._thinking = thinking
         self._trigger = trigger
         self._armed = thinking == "no" and trigger is None
@@ -248,9 +259,34 @@ class Constraint:
             scores[self.eos_ids] = keep
             return
         _fill(self.matcher, self._bitmask)
+        if self._closing():
+            self._vocabulary.narrow(self._bitmask)
         _apply(scores, self._bitmask)
 
+    def _closing(self) -> bool:
+        """Whether the answer must close now: the grammar's shortest way to an end (estimated by following
+        :meth:`_Vocabulary.narrow` on a copy of the matcher) needs about the tokens left. Checked in the last
+        :data:`CLOSING_WINDOW` tokens only, and never again once true."""
+        if self._closing_now or self._budget is None:
+            return self._closing_now
+        left = self._budget - self._taken - 1  # the end token takes one
+        if left <= CLOSING_WINDOW:
+            self._closing_now = self._steps_to_end(limit=left + 1) >= left - 1
+        return self._closing_now
+
+    def _steps_to_end(self, *, limit: int) -> int:
+        """How many tokens closing from here takes (``limit`` when it takes that many or more)."""
+        matcher, bitmask = self.matcher.deep_copy(), _bitmask(self.tokenizer.vocab_size)
+        for steps in range(limit):
+            if matcher.is_accepting() or matcher.is_stopped() or matcher.is_error():
+                return steps
+            _fill(matcher, bitmask)
+            self._vocabulary.narrow(bitmask)
+            matcher.consume_token(_first_allowed(bitmask))
+        return limit
+
     def accept(self, token: int) -> None:
+        self._taken += 1
         if self._armed:
             self.matcher.consume_token(token)
             if self._trigger == "tagged" and self.matcher.is_stopped():  # the call closed: prose until the next
@@ -298,7 +334,7 @@ class Constraint:
         """Before an answer shows whether it thinks: tokens that continue ``<think>``, and (while nothing but
         whitespace came) those that may begin the JSON."""
         begun = self.tokenizer.decode_str(self._free)
-        opening = [token for token in _think_pieces(self.tokenizer)
+        opening = [token for token in self._vocabulary.think_pieces
                    if OPEN.startswith((begun + self.tokenizer.decode_str([token])).lstrip()[:len(OPEN)])
                    and (begun + self.tokenizer.decode_str([token])).strip()]
         kept = scores[opening].clone() if opening else None
@@ -334,11 +370,57 @@ def _apply(scores: Any, bitmask: Any) -> None:
     scores.masked_fill_(~allowed, float("-inf"))
 
 
+#: How near its token limit an answer starts checking whether it must close.
+CLOSING_WINDOW = 64
+
+_CLOSERS = frozenset('"]}')
+_PUNCTUATION = frozenset('"]}[{,: ')
+
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    """What constraints need to know of a tokenizer's tokens, found in one pass (at load)."""
+
+    think_pieces: tuple[int, ...]  # the tokens that can be part of ``<think>``
+    closing: tuple[Any, ...]  # bitmasks of the tokens that close, the likeliest to close soonest first
+
+    def narrow(self, bitmask: Any) -> None:
+        """Keep, of the tokens ``bitmask`` allows, those of the first kind that any is of: a quote with only
+        ``]`` and ``}`` after it (ending a string, or beginning an empty one), else only ``]`` and ``}``, else
+        JSON punctuation; else all (a key, an enum value or a digit the grammar requires)."""
+        for kind in self.closing:
+            narrowed = bitmask & kind
+            if bool(narrowed.any()):
+                bitmask.copy_(narrowed)
+                return
+
+
 @functools.lru_cache(maxsize=8)
-def _think_pieces(tokenizer: Any) -> tuple[int, ...]:
-    """The tokens that can be part of ``<think>`` (once per tokenizer)."""
-    return tuple(token for token in range(tokenizer.vocab_size)
-                 if (text := tokenizer.decode_str([token]).strip()) and text in OPEN)
+def _vocabulary(tokenizer: Any) -> _Vocabulary:
+    texts = [tokenizer.decode_str([token]) for token in range(tokenizer.vocab_size)]
+    kinds = (lambda text: text[0] == '"' and set(text[1:]) <= _CLOSERS - {'"'},
+             lambda text: set(text) <= _CLOSERS - {'"'},
+             lambda text: set(text) <= _PUNCTUATION)
+    return _Vocabulary(
+        think_pieces=tuple(token for token, text in enumerate(texts) if (piece := text.strip()) and piece in OPEN),
+        closing=tuple(_packed([bool(text) and kind(text) for text in texts]) for kind in kinds))
+
+
+def _packed(allowed: list[bool]) -> Any:
+    """A bitmask (see :func:`_bitmask`) allowing the tokens marked True."""
+    import torch
+
+    bits = torch.zeros(((len(allowed) + 31) // 32) * 32, dtype=torch.int64)
+    bits[:len(allowed)] = torch.tensor(allowed, dtype=torch.int64)
+    words = (bits.view(-1, 32) << torch.arange(32)).sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # bit 31 is the sign bit
+
+
+def _first_allowed(bitmask: Any) -> int:
+    """The lowest token ``bitmask`` allows."""
+    word = int(bitmask.nonzero()[0, 0])
+    value = int(bitmask[word]) & 0xFFFFFFFF
+    return word * 32 + (value & -value).bit_length() - 1
 
 
 #: Tokens looked at for the end of a think block (``</think>`` is at most a few tokens).
