@@ -163,6 +163,15 @@ def test_an_answer_near_its_limit_closes_what_it_opened(tiny, budget):
     assert document["title"] or budget == 40
 
 
+def test_an_answer_that_cannot_close_in_time_is_left_alone_and_cut(tiny):
+    long_story = {"type": "object", "required": ["story"],
+                  "properties": {"story": {"type": "string", "minLength": 500}}}
+    limited = GREEDY.model_copy(update={"max_new_tokens": 64})
+    text, reason = _answer(tiny, "Write about rivers.", limited, structure=long_story)
+    assert reason == "length" and text.startswith('{"story": "')
+    assert "]]]]" not in text and "}}}}" not in text  # not pushed toward closing it could never reach
+
+
 def test_the_generate_path_closes_the_same_way(tiny, monkeypatch):
     limited = GREEDY.model_copy(update={"max_new_tokens": 64})
     batched = _answer(tiny, "Write about rivers.", limited, structure=OPEN_ENDED)

@@ -239,7 +239,7 @@ class Constraint:
         self._vocabulary = _vocabulary(tokenizer)
         self._budget = budget
         self._taken = 0  # tokens of the answer so far, thinking and prose included
-        self._closing_now = False
+        self._close: Literal["watching", "closing", "off"] = "watching"
         self._thinking = thinking
         self._trigger = trigger
         self._armed = thinking == "no" and trigger is None
@@ -266,13 +266,15 @@ class Constraint:
     def _closing(self) -> bool:
         """Whether the answer must close now: the grammar's shortest way to an end (estimated by following
         :meth:`_Vocabulary.narrow` on a copy of the matcher) needs about the tokens left. Checked in the last
-        :data:`CLOSING_WINDOW` tokens only, and never again once true."""
-        if self._closing_now or self._budget is None:
-            return self._closing_now
+        :data:`CLOSING_WINDOW` tokens only; once closing, always closing, and an answer that cannot close in
+        time even so (a ``minLength`` far from met) is left as the model writes it, to end cut."""
+        if self._close != "watching" or self._budget is None:
+            return self._close == "closing"
         left = self._budget - self._taken - 1  # the end token takes one
         if left <= CLOSING_WINDOW:
-            self._closing_now = self._steps_to_end(limit=left + 1) >= left - 1
-        return self._closing_now
+            steps = self._steps_to_end(limit=left + 1)
+            self._close = "off" if steps > left else "closing" if steps >= left - 1 else "watching"
+        return self._close == "closing"
 
     def _steps_to_end(self, *, limit: int) -> int:
         """How many tokens closing from here takes (``limit`` when it takes that many or more)."""
