@@ -266,6 +266,8 @@ def test_run_with_format_a_schema_file_json_or_text(capsys, tiny_cache: Path, tm
     assert code == 0 and _valid(out)
     code, out, _ = _run(capsys, "run", REPO_ID, "Count to five.", "--temperature", "0", "--format", "json")
     assert code == 0 and isinstance(json.loads(out), dict)
+    code, out, _ = _run(capsys, "run", REPO_ID, "Say hello.", "--temperature", "0", "--json-mode")
+    assert code == 0 and isinstance(json.loads(out), dict)
     code, _, err = _run(capsys, "run", REPO_ID, "hi", "--format", str(tmp_path / "missing.json"))
     assert code != 0 and err.startswith("Error: --format: use json, a JSON schema, or a file holding one")
     code, _, err = _run(capsys, "run", REPO_ID, "hi", "--format", '{"type": "objekt"}')

@@ -409,13 +409,14 @@ def _vocabulary(tokenizer: Any) -> _Vocabulary:
 
 
 def _packed(allowed: list[bool]) -> Any:
-    """A bitmask (see :func:`_bitmask`) allowing the tokens marked True."""
+    """A bitmask (see :func:`_bitmask`) allowing the tokens marked True. Packed in Python: a torch operation this
+    large on the loading thread starts a thread pool of its own there, which slows the model's threads after."""
     import torch
 
-    bits = torch.zeros(((len(allowed) + 31) // 32) * 32, dtype=torch.int64)
-    bits[:len(allowed)] = torch.tensor(allowed, dtype=torch.int64)
-    words = (bits.view(-1, 32) << torch.arange(32)).sum(dim=1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # bit 31 is the sign bit
+    words = [0] * ((len(allowed) + 31) // 32)
+    for token in (token for token, yes in enumerate(allowed) if yes):
+        words[token // 32] |= 1 << (token % 32)
+    return torch.tensor([word - (1 << 32) if word >= 1 << 31 else word for word in words], dtype=torch.int32)
 
 
 def _first_allowed(bitmask: Any) -> int:
