@@ -104,6 +104,14 @@ class HubUnreachable(HllamaError, ConnectionError):
         super().__init__(f"cannot reach the Hugging Face Hub ({reason})")
 
 
+class UpstreamUnavailable(HllamaError, ConnectionError):
+    """No engine an alias names as its upstream answers (or one failed mid-answer)."""
+
+    def __init__(self, alias: str, reason: str) -> None:
+        self.alias, self.reason = alias, reason
+        super().__init__(f"the engine serving '{alias}' is unavailable: {reason}")
+
+
 class ModelNotDownloaded(HllamaError, LookupError):
     """A Hub model that is not in the local cache (and was not to be pulled)."""
 

@@ -154,6 +154,30 @@ Quantize = Literal["none", "8bit", "4bit", "auto"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
+#: The most replicas an alias may name.
+MAX_UPSTREAMS = 16
+
+
+def _upstream_urls(value: Any) -> Any:
+    """One URL or a list of them, each http(s) with a host, at most :data:`MAX_UPSTREAMS`; kept without a
+    trailing slash."""
+    from urllib.parse import urlsplit
+
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not urls or len(urls) > MAX_UPSTREAMS:
+        raise ValueError(f"give one to {MAX_UPSTREAMS} base URLs")
+    for url in urls:
+        if not isinstance(url, str) or len(url) > 2048:
+            raise ValueError("each upstream is a URL of at most 2048 characters")
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise ValueError(f"not a URL: {url[:200]!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"an upstream is an http(s) base URL such as http://127.0.0.1:8000/v1, not {url[:200]!r}")
+    return [url.rstrip("/") for url in urls]
+
+
 class LoadOptions(BaseModel):
     """How to load the weights; a change here means loading the model again."""
 
@@ -165,6 +189,13 @@ class LoadOptions(BaseModel):
                                                   "natively; else bf16 on a GPU, float32 on a CPU")
     device_map: Text | None = Field(None, description="accelerate device map, e.g. auto, cpu, cuda:0")
     trust_remote_code: bool | None = Field(None, description="run code shipped with the model repo")
+    upstream: Annotated[list[Text] | None, BeforeValidator(_upstream_urls)] = Field(
+        None, description="base URLs (ending in /v1) of OpenAI-compatible engines already running (vLLM, SGLang, "
+                          "TGI, llama-server, another hllama) that serve the alias instead of a local model; "
+                          "several are replicas")
+    upstream_api_key_env: Text | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="the environment variable that holds the upstreams' API key")
 
 
 #: The lowest layer of every resolution: Ollama's defaults, so a drop-in behaves the same.

@@ -32,6 +32,12 @@ class Loaded(Protocol):
     def close(self) -> None: ...
 
 
+#: What a loaded model may also say: how many requests it runs at once, when not the scheduler's ``parallel``
+#: (an engine elsewhere batches its own); one that takes no memory here (``reserved_bytes`` 0) does not count
+#: against ``max_loaded``.
+PARALLEL_ATTRIBUTE = "parallel"
+
+
 LoadFn = Callable[[Resolved, int], Loaded]  # (what to load, bytes it may use) -> loaded model
 SizeFn = Callable[[Resolved, int], int]  # (what to load, bytes it may use) -> bytes it will take
 
@@ -81,6 +87,11 @@ class Scheduler:
     @property
     def used(self) -> int:
         return sum(runner.size for runner in self.runners)
+
+    @property
+    def loaded_here(self) -> int:
+        """Models that live in this process (an upstream engine's alias does not)."""
+        return sum(1 for runner in self.runners if runner.size)
 
     @asynccontextmanager
     async def use(self, resolved: Resolved) -> AsyncIterator[Runner]:
@@ -146,7 +157,7 @@ class Scheduler:
             started = self.clock()
             model = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
             runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
-                            size=model.reserved_bytes, parallel=self.parallel,
+                            size=model.reserved_bytes, parallel=getattr(model, PARALLEL_ATTRIBUTE, self.parallel),
                             keep_alive=resolved.parameters.keep_alive, last_used=started)
             self.runners.append(runner)
             log.info("loaded %s (%d bytes) in %.2fs", runner.name, runner.size, self.clock() - started)
@@ -154,11 +165,12 @@ class Scheduler:
 
     async def _make_room(self, resolved: Resolved, needed: int) -> None:
         """Unload idle models, least recently used first, until ``needed`` fits and the count allows one more."""
-        while len(self.runners) >= self.max_loaded or self.used + needed > self.budget:
-            idle = sorted((runner for runner in self.runners if runner.idle), key=lambda runner: runner.last_used)
+        while (needed and self.loaded_here >= self.max_loaded) or self.used + needed > self.budget:
+            idle = sorted((runner for runner in self.runners if runner.idle and runner.size),
+                          key=lambda runner: runner.last_used)
             if not idle:
-                if len(self.runners) >= self.max_loaded:
-                    raise ServerBusy(f"{len(self.runners)} models are loaded and busy (max_loaded_models)")
+                if self.loaded_here >= self.max_loaded:
+                    raise ServerBusy(f"{self.loaded_here} models are loaded and busy (max_loaded_models)")
                 raise ModelTooLarge(resolved.model, needed, self.budget - self.used, "memory left by busy models",
                                     None)
             await self.unload(idle[0])

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from hllama.config import Settings
-from hllama.engine import Finished, LoadedModel, Prompt, build_prompt, conversation
+from hllama.engine import Finished, LoadedModel, Prompt, Stats, build_prompt, conversation
 from hllama.engine.embed import Embeddings, embed
-from hllama.engine.generate import END, Generation
+from hllama.engine.generate import END, Generation, TokenLogprob
 from hllama.engine.grammar import Structure, structure_of, thinking_mode
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream
@@ -33,6 +33,7 @@ from hllama.registry import Registry, changes
 from hllama.resolve import Overrides, Resolved, resolve
 from hllama.scheduler import Scheduler, load_key
 from hllama.store import AliasStore
+from hllama.upstream import Answer, Upstream, is_upstream, request_body
 
 log = logging.getLogger("hllama.server")
 
@@ -66,11 +67,15 @@ def build_service(settings: Settings, *, budget: Budget | None = None, force: bo
     budget = budget or memory_budget(settings)
 
     def size(resolved: Resolved, available: int) -> int:
+        if is_upstream(resolved):
+            return 0
         source = locate(resolved.model, resolved.revision)
         needed = plan_load(resolved, source, replace(budget, bytes=available)).chosen.total
         return min(needed, available) if force else needed
 
-    def load(resolved: Resolved, available: int) -> LoadedModel:
+    def load(resolved: Resolved, available: int) -> LoadedModel | Upstream:
+        if is_upstream(resolved):
+            return Upstream(resolved)
         return load_model(resolved, budget=replace(budget, bytes=available, source="memory left for models"),
                           force=force)
 
@@ -147,6 +152,9 @@ class Service:
             tools = None
         elif not tools and tool_choice != "auto":
             raise InvalidOption("tool_choice: the request offers no tools")
+        if is_upstream(resolved):
+            return self._relay(resolved, history, structure=structure, tools=tools, tool_choice=tool_choice,
+                               think=think, logprobs=logprobs)
 
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
@@ -161,8 +169,43 @@ class Service:
         events = self._generate(resolved, prompt_for, logprobs=logprobs, structure=structure_for)
         return _taking_out_tool_calls(events) if tools else events
 
+    async def _relay(self, resolved: Resolved, history: list[Message], *, structure: Structure | None,
+                     tools: list[dict[str, Any]] | None, tool_choice: str, think: bool | str | None,
+                     logprobs: int | None) -> AsyncIterator[str | Thought | Result]:
+        """An alias served by engines already running: the conversation, with the alias's settings, goes to one."""
+        started = time.perf_counter_ns()
+        await self.retire_replaced()
+        messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
+        body = request_body(resolved, messages, structure=structure_of(resolved.parameters, structure), tools=tools,
+                            tool_choice=tool_choice, think=think, logprobs=logprobs)
+        async with self.scheduler.use(resolved) as runner:
+            acquired = time.perf_counter_ns()
+            upstream: Upstream = runner.model  # type: ignore[assignment]
+            answer = Answer()
+            first: int | None = None
+            async for chunk in upstream.stream(body):
+                content, thought = answer.add(chunk)
+                if first is None and (content or thought):
+                    first = time.perf_counter_ns()
+                if thought:
+                    yield Thought(thought)
+                if content:
+                    yield content
+            ended = time.perf_counter_ns()
+            first = first or ended
+            stats = Stats(prompt_tokens=answer.prompt_tokens, generated_tokens=answer.completion_tokens,
+                          prompt_eval_ns=first - acquired, eval_ns=ended - first, total_ns=ended - acquired,
+                          cached_tokens=answer.cached_tokens,
+                          done_reason="length" if answer.finish_reason == "length" else "stop")
+            finished = Finished(text=answer.text, stats=stats, generated_ids=[],
+                                logprobs=tuple(_token_logprobs(answer.logprobs)))
+            yield Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
+                         tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)
+
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
         """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool."""
+        if is_upstream(resolved) and texts:
+            raise NotSupported(resolved.name, "embeddings", "it is served by an upstream engine")
         started = time.perf_counter_ns()
         await self.retire_replaced()
         async with self.scheduler.use(resolved) as runner:
@@ -177,6 +220,9 @@ class Service:
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]], *,
                  logprobs: int | None = None, structure: Structure | None = None) -> AsyncIterator[str | Result]:
         """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
+        if is_upstream(resolved):
+            raise NotSupported(resolved.name, "raw prompts, context or suffix",
+                               "it is served by an upstream engine, which takes conversations")
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
                               structure=lambda prompt: structure_of(resolved.parameters, structure))
 
@@ -221,6 +267,14 @@ class Service:
                 generation.cancel.set()
                 self._running.discard(generation.cancel)
                 await asyncio.shield(asyncio.to_thread(generation.join))
+
+
+def _token_logprobs(items: list[dict[str, Any]]) -> Iterator[TokenLogprob]:
+    """OpenAI's per-token log-probabilities as the engine's."""
+    for item in items:
+        top = tuple((str(other.get("token", "")), float(other.get("logprob", 0.0)))
+                    for other in item.get("top_logprobs") or [] if isinstance(other, dict))
+        yield TokenLogprob(token=str(item.get("token", "")), logprob=float(item.get("logprob", 0.0)), top=top)
 
 
 async def _taking_out_tool_calls(events: AsyncIterator[str | Thought | Result]

@@ -39,6 +39,7 @@ from hllama.errors import (
     RequestTooLarge,
     ServerBusy,
     UnsupportedMediaType,
+    UpstreamUnavailable,
 )
 from hllama.server.body import hoist_schemas
 from hllama.server.security import add_access_control
@@ -52,7 +53,8 @@ HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
     NotSupported: 400, ChatTemplateError: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
-    UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, ServerBusy: 503,
+    UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, UpstreamUnavailable: 502,
+    ServerBusy: 503,
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }
 
