@@ -62,6 +62,8 @@ def _alias_row(entry: RegistryEntry, settings: Settings, registry: Registry, bud
 
 
 def _plan_or_note(resolved: Resolved, budget: Budget) -> tuple[Plan | None, str]:
+    if upstream := resolved.load.upstream:
+        return None, f"served by {upstream[0]}" + (f" and {len(upstream) - 1} more" if len(upstream) > 1 else "")
     try:
         source = locate(resolved.model, resolved.revision)
     except ModelNotDownloaded:

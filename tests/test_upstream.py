@@ -158,3 +158,17 @@ def test_upstream_urls_are_checked():
     with pytest.raises(ValueError, match="one to 16"):
         LoadOptions(upstream=[])
     assert LoadOptions(upstream="http://gpu:8000/v1/").upstream == ["http://gpu:8000/v1"]
+
+
+def test_list_and_ps_show_an_upstream_alias(front: str, capsys):
+    from hllama.cli import main
+
+    assert ollama.Client(host=front).chat("relayed", messages=ASK).message.content == CHATS[0][1]
+    [running] = [model for model in httpx.get(f"{front}/api/ps").json()["models"] if model["name"] == "relayed:latest"]
+    assert running["size"] == 0 and running["size_vram"] == 0  # nothing of it lives here
+    names = [model["name"] for model in httpx.get(f"{front}/api/tags").json()["models"]]
+    assert {"relayed:latest", "nowhere:latest"} <= set(names)
+    capsys.readouterr()
+    assert main(["list"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nowhere")]
+    assert "served by http://127.0.0.1:" in line
