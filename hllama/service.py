@@ -9,6 +9,7 @@ model work runs in threads so the event loop stays free for other requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -183,14 +184,15 @@ class Service:
             upstream: Upstream = runner.model  # type: ignore[assignment]
             answer = Answer()
             first: int | None = None
-            async for chunk in upstream.stream(body):
-                content, thought = answer.add(chunk)
-                if first is None and (content or thought):
-                    first = time.perf_counter_ns()
-                if thought:
-                    yield Thought(thought)
-                if content:
-                    yield content
+            async with contextlib.aclosing(upstream.stream(body)) as chunks:  # a client that leaves closes it now
+                async for chunk in chunks:
+                    content, thought = answer.add(chunk)
+                    if first is None and (content or thought):
+                        first = time.perf_counter_ns()
+                    if thought:
+                        yield Thought(thought)
+                    if content:
+                        yield content
             ended = time.perf_counter_ns()
             first = first or ended
             stats = Stats(prompt_tokens=answer.prompt_tokens, generated_tokens=answer.completion_tokens,
