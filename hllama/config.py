@@ -103,8 +103,11 @@ class Settings(BaseSettings):
     parameters: GenerationParameters = Field(
         default_factory=GenerationParameters, description="default generation parameters")
     load: LoadOptions = Field(default_factory=LoadOptions, description="default load options")
+    vllm_python: Path | None = Field(None, description="the interpreter that runs vLLM for `engine: vllm` aliases "
+                                                       "(vLLM pins its own torch, so it often has an environment "
+                                                       "of its own); default: this one")
 
-    @field_validator("home", "modelfiles")
+    @field_validator("home", "modelfiles", "vllm_python")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()

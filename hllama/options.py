@@ -178,10 +178,29 @@ def _upstream_urls(value: Any) -> Any:
     return [url.rstrip("/") for url in urls]
 
 
+class VllmOptions(BaseModel):
+    """vLLM's own knobs, for an alias whose ``engine`` is ``vllm`` (each becomes the flag of the same name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int | None = Field(None, ge=1, le=1024, description="GPUs each layer is split over")
+    pipeline_parallel_size: int | None = Field(None, ge=1, le=1024, description="stages the layers are split into")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="mp (one machine) or ray (several machines, through a Ray cluster)")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of each GPU's memory it takes")
+    max_num_seqs: int | None = Field(None, ge=1, le=65536, description="most sequences in one batch")
+    enforce_eager: bool | None = Field(None, description="no CUDA graphs: less memory, slower decoding")
+    args: list[Text] | None = Field(None, max_length=64, description="more command-line arguments, passed as given")
+
+
 class LoadOptions(BaseModel):
     """How to load the weights; a change here means loading the model again."""
 
     model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["transformers", "vllm"] | None = Field(
+        None, description="transformers (in this process) or vllm (a vLLM server hllama starts and stops)")
+    vllm: VllmOptions | None = Field(None, description="vLLM's knobs, when the engine is vllm")
 
     quantize: Quantize | None = Field(
         None, description="none | 8bit | 4bit (bitsandbytes) | auto: the best precision that fits")
@@ -197,6 +216,12 @@ class LoadOptions(BaseModel):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
         description="the environment variable that holds the upstreams' API key")
 
+    @model_validator(mode="after")
+    def _one_engine(self) -> LoadOptions:
+        if self.engine == "vllm" and self.upstream:
+            raise ValueError("give upstream (engines already running) or engine: vllm (one hllama starts), not both")
+        return self
+
 
 #: The lowest layer of every resolution: Ollama's defaults, so a drop-in behaves the same.
 #: ``seed`` (random) and ``ctx`` (the model's own context length) stay unset.
@@ -204,4 +229,5 @@ BUILTIN_PARAMETERS = Parameters(
     temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
     frequency_penalty=0.0, stop=[], max_new_tokens=-1, json_mode=False, keep_alive=300,
 )
-BUILTIN_LOAD = LoadOptions(quantize="none", dtype="auto", device_map="auto", trust_remote_code=False)
+BUILTIN_LOAD = LoadOptions(engine="transformers", quantize="none", dtype="auto", device_map="auto",
+                           trust_remote_code=False)

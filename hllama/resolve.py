@@ -106,8 +106,8 @@ def _values(data: BaseModel | dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in _flatten(data).items() if value is not None}
 
 
-#: Settings whose value is itself a mapping (a JSON schema): one value, set or overridden whole.
-_WHOLE = {"parameters.format"}
+#: Settings whose value is itself a mapping (a JSON schema, vLLM's knobs): one value, set or overridden whole.
+_WHOLE = {"parameters.format", "load.vllm"}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

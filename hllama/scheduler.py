@@ -9,6 +9,7 @@ runs ``parallel`` requests at once; the rest wait in a bounded queue (full: :cla
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -44,7 +45,7 @@ SizeFn = Callable[[Resolved, int], int]  # (what to load, bytes it may use) -> b
 
 def load_key(resolved: Resolved) -> tuple:
     """Two requests share a loaded model when these agree; anything else means loading again."""
-    return resolved.model, resolved.revision, tuple(sorted(resolved.load.model_dump().items()))
+    return resolved.model, resolved.revision, json.dumps(resolved.load.model_dump(), sort_keys=True)  # hashable
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from hllama import vllm_server
 from hllama.config import Settings
 from hllama.engine import Finished, LoadedModel, Prompt, Stats, build_prompt, conversation
 from hllama.engine.embed import Embeddings, embed
@@ -68,15 +69,22 @@ def build_service(settings: Settings, *, budget: Budget | None = None, force: bo
     budget = budget or memory_budget(settings)
 
     def size(resolved: Resolved, available: int) -> int:
-        if is_upstream(resolved):
+        if resolved.load.upstream:
             return 0
         source = locate(resolved.model, resolved.revision)
-        needed = plan_load(resolved, source, replace(budget, bytes=available)).chosen.total
+        chosen = plan_load(resolved, source, replace(budget, bytes=available)).chosen
+        needed = chosen.total
+        if resolved.load.engine == "vllm":
+            needed = vllm_server.footprint(resolved, chosen.weights, device=budget.device, available=available)
         return min(needed, available) if force else needed
 
     def load(resolved: Resolved, available: int) -> LoadedModel | Upstream:
-        if is_upstream(resolved):
-            return Upstream(resolved)
+        if resolved.load.upstream:
+            return Upstream.of(resolved)
+        if resolved.load.engine == "vllm":
+            server = vllm_server.ManagedVllm(resolved, python=settings.vllm_python, log_dir=settings.home / "logs")
+            server.reserved_bytes = size(resolved, available)
+            return server
         return load_model(resolved, budget=replace(budget, bytes=available, source="memory left for models"),
                           force=force)
 
@@ -177,11 +185,12 @@ class Service:
         started = time.perf_counter_ns()
         await self.retire_replaced()
         messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
-        body = request_body(resolved, messages, structure=structure_of(resolved.parameters, structure), tools=tools,
-                            tool_choice=tool_choice, think=think, logprobs=logprobs)
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
             upstream: Upstream = runner.model  # type: ignore[assignment]
+            body = request_body(resolved, messages, structure=structure_of(resolved.parameters, structure),
+                                tools=tools, tool_choice=tool_choice, think=think, logprobs=logprobs,
+                                context=upstream.context_length)
             answer = Answer()
             first: int | None = None
             async with contextlib.aclosing(upstream.stream(body)) as chunks:  # a client that leaves closes it now

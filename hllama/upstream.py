@@ -36,7 +36,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 def is_upstream(resolved: Resolved) -> bool:
-    return bool(resolved.load.upstream)
+    """Whether the alias is served by an engine in another process (one it names, or a vLLM hllama starts)."""
+    return bool(resolved.load.upstream) or resolved.load.engine == "vllm"
 
 
 @dataclass
@@ -55,17 +56,21 @@ class Upstream:
     context_length = 0
     parallel = 256  # requests in flight to the engines at once (they batch their own); more wait here
 
-    def __init__(self, resolved: Resolved) -> None:
-        self.alias = resolved.name
-        self.model = resolved.model  # the name the engines serve it under
-        self.replicas = [Replica(url) for url in resolved.load.upstream or []]
+    def __init__(self, alias: str, urls: list[str], *, api_key: str = "") -> None:
+        self.alias = alias
+        self.replicas = [Replica(url) for url in urls]
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def of(cls, resolved: Resolved) -> Upstream:
+        """The engines an alias's ``upstream`` names, with the key its ``upstream_api_key_env`` holds."""
         variable = resolved.load.upstream_api_key_env
         key = os.environ.get(variable, "") if variable else ""
         if variable and not key:
-            log.warning("'%s': the API key variable %s is not set", self.alias, variable)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+            log.warning("'%s': the API key variable %s is not set", resolved.name, variable)
+        return cls(resolved.name, resolved.load.upstream or [], api_key=key)
 
     def close(self) -> None:
         """Called from a worker thread when the scheduler lets it go: close the connections on their own loop."""
@@ -181,13 +186,14 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "
 
 def request_body(resolved: Resolved, messages: list[dict[str, Any]], *, structure: Structure | None = None,
                  tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto",
-                 think: bool | str | None = None, logprobs: int | None = None) -> dict[str, Any]:
+                 think: bool | str | None = None, logprobs: int | None = None, context: int = 0) -> dict[str, Any]:
     """A streamed chat completion for the engine: the resolved settings by the engine's names. What an engine
-    cannot take per request is refused by name rather than dropped."""
+    cannot take per request is refused by name rather than dropped: ``ctx`` is the engine's own, set where it
+    starts (``context``, when hllama started it with that one)."""
     parameters = resolved.parameters
-    if parameters.ctx is not None:
-        raise InvalidOption(f"num_ctx: '{resolved.name}' is served by an upstream engine, whose context is set "
-                            "where it starts (vLLM's --max-model-len)")
+    if parameters.ctx is not None and parameters.ctx != context:
+        raise InvalidOption(f"num_ctx: '{resolved.name}' is served by an engine whose context is set where it "
+                            f"starts (vLLM's --max-model-len{f', here {context}' if context else ''})")
     if resolved.template is not None:
         raise InvalidOption(f"template: '{resolved.name}' is served by an upstream engine, which renders "
                             "its own chat template")

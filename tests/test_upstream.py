@@ -143,8 +143,8 @@ def test_calls_and_their_results_are_matched_by_id():
 
 
 def test_requests_go_to_the_replica_with_the_fewest_in_flight():
-    upstream = Upstream(Resolved(name="big", model="org/big", parameters=Parameters(), sources={},
-                                 load=LoadOptions(upstream=["http://a/v1", "http://b/v1", "http://c/v1"])))
+    upstream = Upstream.of(Resolved(name="big", model="org/big", parameters=Parameters(), sources={},
+                                    load=LoadOptions(upstream=["http://a/v1", "http://b/v1", "http://c/v1"])))
     upstream.replicas[0].in_flight, upstream.replicas[1].in_flight, upstream.replicas[2].in_flight = 3, 1, 2
     assert asyncio.run(upstream._pick(exclude=[])).url == "http://b/v1"
     assert asyncio.run(upstream._pick(exclude=["http://b/v1"])).url == "http://c/v1"
