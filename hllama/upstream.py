@@ -78,6 +78,10 @@ class Upstream:
         if client is not None and loop is not None and not loop.is_closed():
             asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -118,6 +122,25 @@ class Upstream:
                 replica.in_flight -= 1
         reasons = "; ".join(f"{replica.url}: {replica.reason}" for replica in self.replicas if replica.reason)
         raise UpstreamUnavailable(self.alias, reasons or "no replica answers")
+
+    async def describe(self, model: str) -> dict[str, Any]:
+        """What the first replica that answers says of ``model`` (``GET /models``), as ``model_info`` keys:
+        ``upstream.url``, ``upstream.owned_by`` and ``upstream.context_length`` (vLLM's ``max_model_len``)."""
+        for replica in self.replicas:
+            try:
+                response = await self.client.get(f"{replica.url}/models", timeout=CONNECT_TIMEOUT)
+                listed = response.json().get("data") if response.status_code == 200 else None
+            except (httpx.TransportError, ValueError, AttributeError):
+                continue
+            names = (model, f"{model}:latest")  # Ollama and hllama list their models with a tag
+            entry = next((item for item in listed or [] if isinstance(item, dict) and item.get("id") in names), {})
+            info: dict[str, Any] = {"upstream.url": replica.url}
+            if isinstance(entry.get("owned_by"), str):
+                info["upstream.owned_by"] = entry["owned_by"][:200]
+            if isinstance(entry.get("max_model_len"), int):
+                info["upstream.context_length"] = entry["max_model_len"]
+            return info
+        return {"upstream.url": self.replicas[0].url if self.replicas else "", "upstream.reachable": False}
 
     async def _pick(self, *, exclude: list[str]) -> Replica | None:
         """The answering replica with the fewest requests in flight; one that failed is checked again first."""

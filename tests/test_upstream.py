@@ -172,3 +172,9 @@ def test_list_and_ps_show_an_upstream_alias(front: str, capsys):
     assert main(["list"]) == 0
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nowhere")]
     assert "served by http://127.0.0.1:" in line
+
+
+def test_show_says_what_the_engine_reports(engine: str, front: str):
+    info = ollama.Client(host=front).show("relayed").modelinfo
+    assert info["upstream.url"] == f"{engine}/v1" and info["upstream.owned_by"] == "hllama-test"  # the repo owner, as Ollama says
+    assert ollama.Client(host=front).show("nowhere").modelinfo["upstream.reachable"] is False
