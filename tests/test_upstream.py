@@ -176,5 +176,6 @@ def test_list_and_ps_show_an_upstream_alias(front: str, capsys):
 
 def test_show_says_what_the_engine_reports(engine: str, front: str):
     info = ollama.Client(host=front).show("relayed").modelinfo
-    assert info["upstream.url"] == f"{engine}/v1" and info["upstream.owned_by"] == "hllama-test"  # the repo owner, as Ollama says
+    assert info["upstream.url"] == f"{engine}/v1"
+    assert info["upstream.owned_by"] == "hllama-test"  # the repo's owner, as hllama's /v1/models says
     assert ollama.Client(host=front).show("nowhere").modelinfo["upstream.reachable"] is False
