@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +47,25 @@ SizeFn = Callable[[Resolved, int], int]  # (what to load, bytes it may use) -> b
 def load_key(resolved: Resolved) -> tuple:
     """Two requests share a loaded model when these agree; anything else means loading again."""
     return resolved.model, resolved.revision, json.dumps(resolved.load.model_dump(), sort_keys=True)  # hashable
+
+
+@dataclass(eq=False)
+class Loading:
+    """A model on its way in, for ``/api/ps``: since when (the scheduler's clock), and the loader's latest word."""
+
+    key: tuple
+    name: str
+    started: float
+    status: str = ""
+
+
+_loading: ContextVar[Loading | None] = ContextVar("hllama_loading", default=None)
+
+
+def report_progress(status: str) -> None:
+    """For a loader, in the worker thread the scheduler runs it in: how loading goes (shown by ``/api/ps``)."""
+    if (loading := _loading.get()) is not None:
+        loading.status = status[:500]
 
 
 @dataclass(eq=False)
@@ -83,6 +103,7 @@ class Scheduler:
         self.parallel = parallel
         self.clock = clock
         self.runners: list[Runner] = []
+        self.loading: list[Loading] = []  # what is being loaded now (one at a time)
         self._load_lock = asyncio.Lock()  # one load at a time, as Ollama does
 
     @property
@@ -156,7 +177,14 @@ class Scheduler:
             needed = await asyncio.to_thread(self._size, resolved, self.budget)
             await self._make_room(resolved, needed)
             started = self.clock()
-            model = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
+            loading = Loading(load_key(resolved), resolved.alias or resolved.model, started)
+            self.loading.append(loading)
+            reporting = _loading.set(loading)  # the worker thread gets a copy of this context
+            try:
+                model = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
+            finally:
+                _loading.reset(reporting)
+                self.loading.remove(loading)
             runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
                             size=model.reserved_bytes, parallel=getattr(model, PARALLEL_ATTRIBUTE, self.parallel),
                             keep_alive=resolved.parameters.keep_alive, last_used=started)

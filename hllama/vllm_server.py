@@ -23,6 +23,7 @@ import httpx
 
 from hllama.errors import InvalidOption, ModelLoadError
 from hllama.resolve import Resolved
+from hllama.scheduler import report_progress
 from hllama.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,12 @@ class ManagedVllm(Upstream):
             now = time.monotonic()
             if now - started > timeout:
                 raise ModelLoadError(f"vLLM did not answer within {timeout:.0f} s: {self._log_tail()}")
-            if now - reported >= 10:
+            if now - reported >= 2:
                 reported = now
-                log.info("vLLM for '%s' is still starting (%.0f s): %s", self.alias, now - started,
-                         self._log_tail(lines=1))
+                status = f"starting vLLM ({now - started:.0f} s): {self._log_tail(lines=1)}"
+                report_progress(status)
+                if int(now - started) % 10 < 2:
+                    log.info("'%s': %s", self.alias, status)
             time.sleep(0.5)
 
     def _log_tail(self, *, lines: int = 5) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -96,6 +97,21 @@ def test_a_managed_server_starts_on_first_use_and_stops_with_its_model(fake_vllm
 
         unloaded = httpx.post(f"{url}/api/generate", json={"model": "served", "keep_alive": 0}, timeout=60)
         assert unloaded.status_code == 200 and httpx.get(f"{url}/api/ps").json()["models"] == []
+
+
+def test_ps_shows_a_server_on_its_way_in(fake_vllm: Path):
+    _alias(fake_vllm, "slow", REPO_ID, vllm={"args": ["--start-delay", "5"]})
+    with live_server(load_settings(), watch=False) as url, ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(ollama.Client(host=url).chat, "slow", messages=[{"role": "user", "content": "hi"}])
+        deadline = time.monotonic() + 20
+        while not (models := httpx.get(f"{url}/api/ps").json()["models"]) or "Loading weights" not in \
+                models[0]["loading"]["status"]:
+            assert time.monotonic() < deadline, models
+            time.sleep(0.2)
+        assert models[0]["name"] == "slow:latest" and models[0]["loading"]["status"].startswith("starting vLLM (")
+        assert "--start-delay" in answer.result(timeout=60).message.content
+        [running] = httpx.get(f"{url}/api/ps").json()["models"]
+        assert "loading" not in running
 
 
 def test_a_server_that_fails_to_start_says_why(fake_vllm: Path):

@@ -129,6 +129,12 @@ async def ps(request: Request) -> dict[str, Any]:
                        "details": details(load_plan), "expires_at": local_rfc3339(time.time() + remaining),
                        "size_vram": runner.size if service.budget.device == "cuda" else 0,
                        "context_length": runner.model.context_length})  # type: ignore[attr-defined]
+    for loading in scheduler.loading:  # on its way in: an extra field says how far it got
+        name = wire_name(loading.name)
+        models.append({"name": name, "model": name, "size": 0, "digest": digest(repr(loading.key)),
+                       "details": details(None), "expires_at": local_rfc3339(time.time()), "size_vram": 0,
+                       "context_length": 0, "loading": {"seconds": round(scheduler.clock() - loading.started, 1),
+                                                        "status": loading.status}})
     return {"models": models}
 
 

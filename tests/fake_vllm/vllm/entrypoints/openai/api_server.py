@@ -1,16 +1,22 @@
 """A stand-in for vLLM's OpenAI server, for tests of the engine hllama starts: it answers every chat with the
-command line it was started with, so a test can see what hllama asked for. ``--fail-to-start`` fails to start."""
+command line it was started with, so a test can see what hllama asked for. ``--fail-to-start`` fails to start,
+``--start-delay S`` takes S seconds to."""
 
 import argparse
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model")
 parser.add_argument("--port", type=int)
 parser.add_argument("--host")
+parser.add_argument("--start-delay", type=float, default=0.0)
 known, _ = parser.parse_known_args()
+if known.start_delay:
+    print("Loading weights took a while", flush=True)
+    time.sleep(known.start_delay)
 if "--fail-to-start" in sys.argv:
     print("ValueError: this model cannot be loaded", flush=True)
     sys.exit(3)
