@@ -179,3 +179,11 @@ def test_show_says_what_the_engine_reports(engine: str, front: str):
     assert info["upstream.url"] == f"{engine}/v1"
     assert info["upstream.owned_by"] == "hllama-test"  # the repo's owner, as hllama's /v1/models says
     assert ollama.Client(host=front).show("nowhere").modelinfo["upstream.reachable"] is False
+
+
+def test_run_on_an_upstream_alias(front: str, capsys):
+    from hllama.cli import main
+
+    capsys.readouterr()
+    assert main(["run", "relayed", CHATS[0][0]]) == 0
+    assert capsys.readouterr().out.strip() == CHATS[0][1]
