@@ -35,7 +35,7 @@ from hllama.registry import Registry, changes
 from hllama.resolve import Overrides, Resolved, resolve
 from hllama.scheduler import Scheduler, load_key
 from hllama.store import AliasStore
-from hllama.upstream import Answer, Upstream, is_upstream, request_body
+from hllama.upstream import Answer, Upstream, completion_body, is_upstream, request_body
 
 log = logging.getLogger("hllama.server")
 
@@ -162,8 +162,10 @@ class Service:
         elif not tools and tool_choice != "auto":
             raise InvalidOption("tool_choice: the request offers no tools")
         if is_upstream(resolved):
-            return self._relay(resolved, history, structure=structure, tools=tools, tool_choice=tool_choice,
-                               think=think, logprobs=logprobs)
+            messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
+            return self._relay(resolved, lambda upstream: request_body(
+                resolved, messages, structure=structure_of(resolved.parameters, structure), tools=tools,
+                tool_choice=tool_choice, think=think, logprobs=logprobs, context=upstream.context_length))
 
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
@@ -178,22 +180,18 @@ class Service:
         events = self._generate(resolved, prompt_for, logprobs=logprobs, structure=structure_for)
         return _taking_out_tool_calls(events) if tools else events
 
-    async def _relay(self, resolved: Resolved, history: list[Message], *, structure: Structure | None,
-                     tools: list[dict[str, Any]] | None, tool_choice: str, think: bool | str | None,
-                     logprobs: int | None) -> AsyncIterator[str | Thought | Result]:
-        """An alias served by engines already running: the conversation, with the alias's settings, goes to one."""
+    async def _relay(self, resolved: Resolved, body_for: Callable[[Upstream], dict[str, Any]], *,
+                     path: str = "/chat/completions") -> AsyncIterator[str | Thought | Result]:
+        """An alias served by engines in other processes: the request ``body_for`` builds goes to one of them."""
         started = time.perf_counter_ns()
         await self.retire_replaced()
-        messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
             upstream: Upstream = runner.model  # type: ignore[assignment]
-            body = request_body(resolved, messages, structure=structure_of(resolved.parameters, structure),
-                                tools=tools, tool_choice=tool_choice, think=think, logprobs=logprobs,
-                                context=upstream.context_length)
+            body = body_for(upstream)
             answer = Answer()
             first: int | None = None
-            async with contextlib.aclosing(upstream.stream(body)) as chunks:  # a client that leaves closes it now
+            async with contextlib.aclosing(upstream.stream(body, path=path)) as chunks:  # a client that leaves
                 async for chunk in chunks:
                     content, thought = answer.add(chunk)
                     if first is None and (content or thought):
@@ -215,9 +213,14 @@ class Service:
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
         """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool."""
-        if is_upstream(resolved) and texts:
-            raise NotSupported(resolved.name, "embeddings", "it is served by an upstream engine")
         started = time.perf_counter_ns()
+        if is_upstream(resolved) and texts:
+            await self.retire_replaced()
+            async with self.scheduler.use(resolved) as runner:
+                acquired = time.perf_counter_ns()
+                vectors, tokens = await runner.model.embed(resolved.model, texts)  # type: ignore[attr-defined]
+            return EmbedResult(Embeddings(vectors, tokens), load_ns=acquired - started,
+                               total_ns=time.perf_counter_ns() - started)
         await self.retire_replaced()
         async with self.scheduler.use(resolved) as runner:
             acquired = time.perf_counter_ns()
@@ -229,11 +232,16 @@ class Service:
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 
     def complete(self, resolved: Resolved, prompt_ids: Callable[[LoadedModel], list[int]], *,
-                 logprobs: int | None = None, structure: Structure | None = None) -> AsyncIterator[str | Result]:
-        """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill)."""
+                 logprobs: int | None = None, structure: Structure | None = None, text: str | None = None,
+                 suffix: str | None = None) -> AsyncIterator[str | Result]:
+        """Generate from tokens the caller builds (raw prompts, ``context`` continuations, infill). An engine in
+        another process is given the raw ``text`` (and ``suffix``) instead; without them it cannot be asked."""
         if is_upstream(resolved):
-            raise NotSupported(resolved.name, "raw prompts, context or suffix",
-                               "it is served by an upstream engine, which takes conversations")
+            if text is None:
+                raise NotSupported(resolved.name, "context", "it is served by an engine in another process, "
+                                                             "which does not take this model's token ids")
+            return self._relay(resolved, lambda upstream: completion_body(resolved, text, suffix=suffix,
+                                                                          logprobs=logprobs), path="/completions")
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
                               structure=lambda prompt: structure_of(resolved.parameters, structure))
 

@@ -90,20 +90,39 @@ class Upstream:
             self._client = httpx.AsyncClient(headers=self.headers, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT))
         return self._client
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The chunks of one streamed chat completion, from the least busy replica that answers."""
+    async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Vectors for ``texts`` (``POST /embeddings``) and the tokens they took, from a replica that answers."""
+        chunks = [chunk async for chunk in self.stream({"model": model, "input": texts}, path="/embeddings")]
+        document = chunks[0] if chunks else {}
+        items = sorted((item for item in document.get("data") or [] if isinstance(item, dict)),
+                       key=lambda item: item.get("index", 0))
+        vectors = [[float(value) for value in item.get("embedding") or []] for item in items]
+        if len(vectors) != len(texts):
+            raise UpstreamUnavailable(self.alias, f"asked for {len(texts)} embeddings, got {len(vectors)}")
+        usage = document.get("usage") if isinstance(document.get("usage"), dict) else {}
+        return vectors, int(usage.get("prompt_tokens") or 0)
+
+    async def stream(self, body: dict[str, Any], *, path: str = "/chat/completions") -> AsyncIterator[dict[str, Any]]:
+        """The chunks of one streamed completion (or the one document of an answer that does not stream), from the
+        least busy replica that answers."""
         tried: list[str] = []
         while (replica := await self._pick(exclude=tried)) is not None:
             tried.append(replica.url)
             replica.in_flight += 1
             began = False
             try:
-                async with self.client.stream("POST", f"{replica.url}/chat/completions", json=body) as response:
+                async with self.client.stream("POST", f"{replica.url}{path}", json=body) as response:
                     if response.status_code >= 500:
                         self._failed(replica, f"HTTP {response.status_code}")
                         continue
                     if response.status_code != 200:  # the engine refused the request: say why, as a 400
                         raise InvalidOption(f"the upstream engine refused the request: {await _error_text(response)}")
+                    if not body.get("stream"):
+                        try:
+                            yield _chunk((await response.aread()).decode(errors="replace"))
+                        except ValueError as exc:
+                            raise UpstreamUnavailable(self.alias, f"{replica.url}: {exc}") from None
+                        return
                     async for line in response.aiter_lines():
                         if not line.startswith("data:") or (data := line[5:].strip()) == "[DONE]":
                             continue
@@ -246,6 +265,19 @@ def request_body(resolved: Resolved, messages: list[dict[str, Any]], *, structur
     return body
 
 
+def completion_body(resolved: Resolved, prompt: str, *, suffix: str | None = None,
+                    logprobs: int | None = None) -> dict[str, Any]:
+    """A streamed raw completion (``/completions``): the prompt as given, no chat template; the same settings."""
+    body = request_body(resolved, [], logprobs=None)
+    del body["messages"]
+    body["prompt"] = prompt
+    if suffix:
+        body["suffix"] = suffix
+    if logprobs is not None:
+        body["logprobs"] = logprobs  # the completions API counts alternatives here
+    return body
+
+
 def _wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Template-ready messages as OpenAI's wire takes them: calls with ids and their arguments as JSON text, each
     tool result naming the call it answers."""
@@ -303,8 +335,17 @@ class Answer:
             return "", ""
         choice = choices[0]
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        if isinstance(logprobs := choice.get("logprobs"), dict) and isinstance(logprobs.get("content"), list):
-            self.logprobs.extend(item for item in logprobs["content"] if isinstance(item, dict))
+        if isinstance(logprobs := choice.get("logprobs"), dict):
+            if isinstance(logprobs.get("content"), list):
+                self.logprobs.extend(item for item in logprobs["content"] if isinstance(item, dict))
+            elif isinstance(logprobs.get("tokens"), list):  # the completions API's columns
+                tops = logprobs.get("top_logprobs") or []
+                for index, token in enumerate(logprobs["tokens"]):
+                    top = tops[index] if index < len(tops) and isinstance(tops[index], dict) else {}
+                    values = logprobs.get("token_logprobs") or []
+                    self.logprobs.append({"token": token, "logprob": values[index] if index < len(values) else 0.0,
+                                          "top_logprobs": [{"token": key, "logprob": value}
+                                                           for key, value in top.items()]})
         delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict):
@@ -312,7 +353,7 @@ class Answer:
                 function = call.get("function") or {}
                 slot["name"] += function.get("name") or ""
                 slot["arguments"] += function.get("arguments") or ""
-        content = delta.get("content") or ""
+        content = delta.get("content") or choice.get("text") or ""  # a chat delta, or a raw completion's text
         thought = delta.get("reasoning_content") or delta.get("reasoning") or ""
         self.text += content
         self.thinking += thought

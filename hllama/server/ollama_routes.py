@@ -91,10 +91,11 @@ async def generate(request: Request) -> Response:
     logprobs = body.logprob_alternatives
     if body.raw:
         events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
-                                  ["input_ids"], logprobs=logprobs)
+                                  ["input_ids"], logprobs=logprobs, text=body.prompt)
     elif body.suffix:
         events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, body.prompt, body.suffix,
-                                                                      model=resolved.name), logprobs=logprobs)
+                                                                      model=resolved.name), logprobs=logprobs,
+                                  text=body.prompt, suffix=body.suffix)
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:

@@ -96,7 +96,8 @@ async def completions(request: Request) -> Response:
     resolved = _resolve(service, body.model, body.parameters())
     if body.suffix:  # an editor's completion between two pieces of code
         events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, prompt, body.suffix or "",
-                                                                      model=resolved.name))
+                                                                      model=resolved.name),
+                                  text=prompt, suffix=body.suffix)
     else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
         events = service.chat(resolved, [Message(role="user", content=prompt)])
     return await _respond(events, body, resolved, kind="text")
