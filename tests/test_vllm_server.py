@@ -114,6 +114,20 @@ def test_ps_shows_a_server_on_its_way_in(fake_vllm: Path):
         assert "loading" not in running
 
 
+def test_a_client_that_leaves_stops_the_engine(fake_vllm: Path):
+    _alias(fake_vllm, "chatty", REPO_ID, vllm={"args": ["--chunk-delay", "0.05"]})
+    with live_server(load_settings(), watch=False) as url:
+        with httpx.stream("POST", f"{url}/api/chat", json={"model": "chatty", "messages": [
+                {"role": "user", "content": "hi"}]}, timeout=60) as response:
+            lines = response.iter_lines()
+            assert json.loads(next(lines))["message"]["content"] and json.loads(next(lines))["done"] is False
+        log = load_settings().home / "logs" / "vllm-chatty.log"
+        deadline = time.monotonic() + 10
+        while "the client left" not in log.read_text():
+            assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+            time.sleep(0.1)
+
+
 def test_a_server_that_fails_to_start_says_why(fake_vllm: Path):
     _alias(fake_vllm, "broken", REPO_ID, vllm={"args": ["--fail-to-start"]})
     with live_server(load_settings(), watch=False) as url:

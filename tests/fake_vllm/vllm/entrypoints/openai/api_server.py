@@ -1,6 +1,7 @@
 """A stand-in for vLLM's OpenAI server, for tests of the engine hllama starts: it answers every chat with the
 command line it was started with, so a test can see what hllama asked for. ``--fail-to-start`` fails to start,
-``--start-delay S`` takes S seconds to."""
+``--start-delay S`` takes S seconds to, and
+``--chunk-delay S`` streams its answer a hundred times over, S seconds a chunk, and says when the client left."""
 
 import argparse
 import json
@@ -13,6 +14,7 @@ parser.add_argument("--model")
 parser.add_argument("--port", type=int)
 parser.add_argument("--host")
 parser.add_argument("--start-delay", type=float, default=0.0)
+parser.add_argument("--chunk-delay", type=float, default=0.0)
 known, _ = parser.parse_known_args()
 if known.start_delay:
     print("Loading weights took a while", flush=True)
@@ -50,6 +52,18 @@ class Handler(BaseHTTPRequestHandler):
         chunks = [{"choices": [{"index": 0, "delta": {"content": word + " "}}]} for word in ANSWER.split()]
         chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         chunks.append({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(chunks) - 1}})
+        if known.chunk_delay:  # slowly, one chunk at a time, saying whether the client stayed to the end
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            try:
+                for chunk in chunks * 100:
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(known.chunk_delay)
+            except (BrokenPipeError, ConnectionResetError):
+                print("the client left", flush=True)
+            return
         body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
         self._send(200, body.encode(), "text/event-stream")
 
