@@ -211,6 +211,18 @@ class Service:
             yield Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
                          tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)
 
+    async def count_tokens(self, resolved: Resolved, history: list[Message], *,
+                           tools: list[dict[str, Any]] | None = None) -> int:
+        """How many tokens the conversation's prompt takes with the model's chat template (the model is loaded)."""
+        if is_upstream(resolved):
+            raise NotSupported(resolved.name, "counting tokens", "it is served by an engine in another process")
+        await self.retire_replaced()
+        async with self.scheduler.use(resolved) as runner:
+            loaded: LoadedModel = runner.model  # type: ignore[assignment]
+            prompt = await asyncio.to_thread(build_prompt, loaded.tokenizer, conversation(resolved, history),
+                                             template=resolved.template, tools=tools, model=resolved.name)
+        return len(prompt.ids)
+
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
         """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool."""
         started = time.perf_counter_ns()

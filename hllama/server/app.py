@@ -41,6 +41,7 @@ from hllama.errors import (
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
+from hllama.server.anthropic_types import ErrorBody, ErrorResponse
 from hllama.server.body import hoist_schemas
 from hllama.server.security import add_access_control
 from hllama.service import Service, build_service
@@ -61,6 +62,10 @@ HTTP_STATUS: dict[type[HllamaError], int] = {
 _OPENAI_TYPE = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
                 415: "invalid_request_error"}
+
+
+_ANTHROPIC_TYPE = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                   413: "request_too_large", 503: "overloaded_error"}
 
 
 def status_of(error: HllamaError) -> int:
@@ -114,11 +119,12 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
         log.exception("unexpected error on %s", request.url.path)
         return error_response(request.url.path, 500, f"{type(exc).__name__}: {exc}")
 
-    from hllama.server import ollama_models, ollama_routes, openai_routes
+    from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes
 
     app.include_router(ollama_models.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
     describe_api = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -132,7 +138,11 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
 
 def error_response(path: str, status: int, message: str, *, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """Ollama's ``{"error": "..."}``, or OpenAI's error object under ``/v1``."""
+    """Ollama's ``{"error": "..."}``, Anthropic's error under ``/v1/messages``, or OpenAI's elsewhere under ``/v1``."""
+    if path.startswith("/v1/messages"):
+        kind = _ANTHROPIC_TYPE.get(status, "invalid_request_error" if status < 500 else "api_error")
+        return JSONResponse(ErrorResponse(error=ErrorBody(type=kind, message=message)).model_dump(),
+                            status_code=status, headers=headers)
     if path.startswith("/v1/"):
         body = {"error": {"message": message, "type": _OPENAI_TYPE.get(status, "api_error"), "param": None,
                           "code": code}}

@@ -3,7 +3,8 @@
 A page on any website can make a browser send requests to ``127.0.0.1:11434``. CORS keeps other
 origins from reading the answers; the Host check stops DNS rebinding (a hostile name that resolves
 to 127.0.0.1) from reaching a server bound to loopback at all. The API key is for a server others
-can reach: every route but the health check ``/`` then needs ``Authorization: Bearer <key>``.
+can reach: every route but the health check ``/`` then needs ``Authorization: Bearer <key>`` (or Anthropic's
+``x-api-key: <key>``).
 """
 
 from __future__ import annotations
@@ -132,12 +133,15 @@ class RequireApiKey:
     def __init__(self, app: ASGIApp, *, key: str, refuse: Refuse) -> None:
         self.app = app
         self.expected = f"Bearer {key}".encode()
+        self.key = key.encode()
         self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != "/":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            headers = dict(scope["headers"])
+            bearer = hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
+            anthropic = hmac.compare_digest(headers.get(b"x-api-key", b""), self.key)  # Anthropic's clients
+            if not (bearer or anthropic):
                 response = self.refuse(
                     scope["path"], 401, "unauthorized: send the server's API key as 'Authorization: Bearer <key>'",
                     code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

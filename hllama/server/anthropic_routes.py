@@ -1,0 +1,202 @@
+"""Anthropic's Messages API (``POST /v1/messages``, ``/v1/messages/count_tokens``) over the same service.
+
+Tools written for Anthropic's API (the ``anthropic`` SDKs, Claude Code with ``ANTHROPIC_BASE_URL``) run on local
+models: the conversation's blocks become the engine's messages, ``tools`` its function tools (their calls held
+to ``input_schema`` as on the other routes), and the answer comes back as thinking, text and tool_use blocks,
+whole or as Anthropic's typed events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from hllama.engine.prompt import ChatMessage as EngineMessage
+from hllama.engine.thinking import Thought
+from hllama.engine.tools import ToolCall
+from hllama.errors import HllamaError, InvalidOption
+from hllama.modelfile import Message
+from hllama.server.anthropic_types import (
+    ContentBlock,
+    ContentBlockDelta,
+    ContentBlockStart,
+    ContentBlockStop,
+    CountTokensRequest,
+    ErrorBody,
+    ErrorResponse,
+    InputJsonDelta,
+    InputMessage,
+    MessageDelta,
+    MessageDeltaBody,
+    MessageResponse,
+    MessagesRequest,
+    MessageStart,
+    MessageStop,
+    OutputBlock,
+    TextBlock,
+    TextDelta,
+    ThinkingBlock,
+    ThinkingDelta,
+    TokenCount,
+    Tool,
+    ToolChoice,
+    ToolUseBlock,
+    Usage,
+)
+from hllama.server.body import json_body, read_body
+from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
+from hllama.service import Result, Service, collect, effective_settings
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger("hllama.server")
+
+#: Anthropic's tool_choice types as the engine's.
+_TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+
+
+@router.post("/messages", openapi_extra=json_body(MessagesRequest))
+async def messages(request: Request) -> Response:
+    body: MessagesRequest = await read_body(request, MessagesRequest)
+    if not body.messages:
+        raise InvalidOption("messages: at least one message is required")
+    service: Service = request.app.state.service
+    resolved = _resolve(service, body.model, body.parameters())
+    choice = body.tool_choice or ToolChoice()
+    tool_choice = (choice.name or "") if choice.type == "tool" else _TOOL_CHOICE[choice.type]
+    think = None if body.thinking is None else body.thinking.type != "disabled"
+    events = service.chat(resolved, _history(body.system, body.messages), tools=_tools(body.tools),
+                          tool_choice=tool_choice, think=think)
+    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
+    first = await anext(events)  # failures before the first token keep their HTTP status
+    ident = "msg_" + secrets.token_hex(12)
+    if not body.stream:
+        pieces, result = await collect(first, events)
+        content: list[OutputBlock] = [ThinkingBlock(thinking=result.thinking)] if result.thinking else []
+        if text := "".join(pieces):
+            content.append(TextBlock(text=text))
+        content += _tool_uses(result)
+        reply = MessageResponse(id=ident, model=body.model, content=content, stop_reason=_stop_reason(result),
+                                usage=_usage(result))
+        return JSONResponse(reply.model_dump(), headers=headers)
+    return StreamingResponse(_stream(first, events, ident, body.model), media_type="text/event-stream",
+                             headers=headers)
+
+
+async def _stream(first: str | Thought | Result, events: AsyncIterator[str | Thought | Result], ident: str,
+                  model: str) -> AsyncIterator[bytes]:
+    """Anthropic's events: message_start, then each block's start, deltas and stop, then message_delta and
+    message_stop (an error after the stream began is an ``error`` event)."""
+    start = MessageResponse(id=ident, model=model, content=[], stop_reason=None,
+                            usage=Usage(input_tokens=0, output_tokens=0))
+    yield _event(MessageStart(message=start))
+    index, open_kind = -1, ""
+    item = first
+    try:
+        while not isinstance(item, Result):
+            kind = "thinking" if isinstance(item, Thought) else "text"
+            if kind != open_kind:
+                if open_kind:
+                    yield _event(ContentBlockStop(index=index))
+                index, open_kind = index + 1, kind
+                empty = ThinkingBlock(thinking="") if kind == "thinking" else TextBlock(text="")
+                yield _event(ContentBlockStart(index=index, content_block=empty))
+            delta = ThinkingDelta(thinking=item.text) if isinstance(item, Thought) else TextDelta(text=item)
+            yield _event(ContentBlockDelta(index=index, delta=delta))
+            item = await anext(events)
+        if open_kind:
+            yield _event(ContentBlockStop(index=index))
+        for block in _tool_uses(item):
+            index += 1
+            yield _event(ContentBlockStart(index=index, content_block=block.model_copy(update={"input": {}})))
+            yield _event(ContentBlockDelta(index=index, delta=InputJsonDelta(
+                partial_json=json.dumps(block.input, ensure_ascii=False))))
+            yield _event(ContentBlockStop(index=index))
+        yield _event(MessageDelta(delta=MessageDeltaBody(stop_reason=_stop_reason(item)), usage=_usage(item)))
+        yield _event(MessageStop())
+    except HllamaError as exc:
+        yield _event(ErrorResponse(error=ErrorBody(type="api_error", message=str(exc))), name="error")
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
+        log.exception("unexpected error while streaming %s", model)
+        yield _event(ErrorResponse(error=ErrorBody(type="api_error", message=f"{type(exc).__name__}: {exc}")),
+                     name="error")
+    finally:
+        await events.aclose()
+
+
+@router.post("/messages/count_tokens", openapi_extra=json_body(CountTokensRequest))
+async def count_tokens(request: Request) -> dict[str, Any]:
+    body: CountTokensRequest = await read_body(request, CountTokensRequest)
+    service: Service = request.app.state.service
+    resolved = _resolve(service, body.model, {})
+    count = await service.count_tokens(resolved, _history(body.system, body.messages), tools=_tools(body.tools))
+    return TokenCount(input_tokens=count).model_dump()
+
+
+def _history(system: str | list[ContentBlock] | None, messages: list[InputMessage]) -> list[Message]:
+    """Anthropic's conversation as the engine's: a tool_result block becomes a tool message naming its tool."""
+    history: list[Message] = []
+    if text := _text(system if isinstance(system, list) else [ContentBlock(type="text", text=system or "")]):
+        history.append(EngineMessage(role="system", content=text))
+    tool_names: dict[str, str] = {}
+    for message in messages:
+        blocks = message.blocks
+        if kinds := {block.type for block in blocks} - {"text", "tool_use", "tool_result", "thinking",
+                                                         "redacted_thinking"}:
+            raise InvalidOption(f"messages: {', '.join(sorted(kinds))} blocks are not supported")
+        if message.role == "assistant":
+            calls = [ToolCall(name=block.name or "", arguments=block.input or {})
+                     for block in blocks if block.type == "tool_use"]
+            tool_names |= {block.id: block.name for block in blocks if block.type == "tool_use" and block.id
+                           and block.name}
+            thinking = "".join(block.thinking or "" for block in blocks if block.type == "thinking")
+            history.append(EngineMessage(role="assistant", content=_text(blocks), tool_calls=calls or None,
+                                         thinking=thinking or None))
+            continue
+        results = [block for block in blocks if block.type == "tool_result"]
+        history += [EngineMessage(role="tool", content=block.plain_text,
+                                  tool_name=tool_names.get(block.tool_use_id or "")) for block in results]
+        if (text := _text(blocks)) or not results:
+            history.append(EngineMessage(role="user", content=text))
+    return history
+
+
+def _text(blocks: list[ContentBlock]) -> str:
+    return "".join(block.text or "" for block in blocks if block.type == "text")
+
+
+def _tools(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
+    """Anthropic's tools as the function tools chat templates take."""
+    if not tools:
+        return None
+    return [{"type": "function", "function": {"name": tool.name, "description": tool.description or "",
+                                              "parameters": tool.input_schema}} for tool in tools]
+
+
+def _tool_uses(result: Result) -> list[ToolUseBlock]:
+    return [ToolUseBlock(id="toolu_" + secrets.token_hex(12), name=call.name, input=call.arguments)
+            for call in result.tool_calls]
+
+
+def _stop_reason(result: Result) -> Any:
+    if result.tool_calls:
+        return "tool_use"
+    return "max_tokens" if result.finished.stats.done_reason == "length" else "end_turn"
+
+
+def _usage(result: Result) -> Usage:
+    stats = result.finished.stats
+    return Usage(input_tokens=stats.evaluated_tokens, output_tokens=stats.generated_tokens,
+                 cache_read_input_tokens=stats.cached_tokens)
+
+
+def _event(event: BaseModel, *, name: str | None = None) -> bytes:
+    document = event.model_dump()
+    return (f"event: {name or document['type']}\ndata: ".encode()
+            + json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n")
