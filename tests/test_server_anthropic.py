@@ -1,11 +1,13 @@
 """Anthropic's Messages API through the official ``anthropic`` client, with the tiny models."""
 
 from pathlib import Path
+from typing import Literal
 
 import anthropic
 import httpx
 import ollama
 import pytest
+from pydantic import BaseModel, Field
 
 from hllama.config import load_settings
 
@@ -90,6 +92,17 @@ def test_thinking_comes_as_its_own_block(url: str):
         kinds = [event.delta.type for event in stream if event.type == "content_block_delta"]
     assert "thinking_delta" in kinds and "text_delta" in kinds
     assert kinds.index("text_delta") > kinds.index("thinking_delta")
+
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no"]
+    tags: list[str] = Field(max_length=3)  # the client moves bounds it cannot send into the description
+
+
+def test_structured_output_through_the_clients_parse(url: str):
+    parsed = _client(url).messages.parse(model=REPO_ID, max_tokens=64, messages=ASK, output_format=Verdict,
+                                         extra_body=GREEDY)
+    assert isinstance(parsed.parsed_output, Verdict)
 
 
 def test_count_tokens_matches_what_the_model_reads(url: str):

@@ -70,9 +70,8 @@ async def messages(request: Request) -> Response:
     resolved = _resolve(service, body.model, body.parameters())
     choice = body.tool_choice or ToolChoice()
     tool_choice = (choice.name or "") if choice.type == "tool" else _TOOL_CHOICE[choice.type]
-    think = None if body.thinking is None else body.thinking.type != "disabled"
-    events = service.chat(resolved, _history(body.system, body.messages), tools=_tools(body.tools),
-                          tool_choice=tool_choice, think=think)
+    events = service.chat(resolved, _history(body.system, body.messages), structure=body.schema,
+                          tools=_tools(body.tools), tool_choice=tool_choice, think=body.think())
     headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
     first = await anext(events)  # failures before the first token keep their HTTP status
     ident = "msg_" + secrets.token_hex(12)

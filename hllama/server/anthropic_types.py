@@ -63,6 +63,17 @@ class ThinkingConfig(_Lenient):
     budget_tokens: int | None = Field(None, ge=0, description="accepted; the model's template decides its length")
 
 
+class OutputFormat(_Lenient):
+    type: Literal["json_schema"] = Field(description="always json_schema")
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the answer follows")
+
+
+class OutputConfig(_Lenient):
+    format: OutputFormat | None = Field(None, description="structured output, enforced while decoding")
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = Field(
+        None, description="with thinking enabled: how hard a thinking model thinks")
+
+
 class MessagesRequest(_Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     max_tokens: int = Field(description="most tokens to generate", ge=1)
@@ -76,6 +87,21 @@ class MessagesRequest(_Lenient):
     tool_choice: ToolChoice | None = Field(None, description="whether and which tool the model must call")
     thinking: ThinkingConfig | None = Field(None, description="a thinking model's thinking, on or off")
     stream: bool = Field(False, description="server-sent events as the answer is generated")
+    output_config: OutputConfig | None = Field(None, description="structured output and effort")
+
+    def think(self) -> bool | str | None:
+        """Thinking on (at the effort asked for, if any) or off; None: as the model's template does by default."""
+        if self.thinking is None:
+            return None
+        if self.thinking.type == "disabled":
+            return False
+        effort = self.output_config.effort if self.output_config else None
+        return {"xhigh": "max"}.get(effort, effort) if effort else True
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        config = self.output_config
+        return config.format.schema_ if config and config.format else None
 
     def parameters(self) -> dict[str, Any]:
         values = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
