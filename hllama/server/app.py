@@ -119,12 +119,13 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
         log.exception("unexpected error on %s", request.url.path)
         return error_response(request.url.path, 500, f"{type(exc).__name__}: {exc}")
 
-    from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes
+    from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes, responses_routes
 
     app.include_router(ollama_models.router)
     app.include_router(ollama_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     describe_api = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -1,0 +1,232 @@
+"""OpenAI's Responses API (``POST /v1/responses``), stateless as Ollama serves it, over the same service.
+
+The input items become the engine's conversation; the answer comes back as output items (reasoning, the
+message, function calls), whole or as typed events. ``previous_response_id`` is refused: responses are not
+kept, so a client sends the conversation each time, as with chat completions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from hllama.engine.grammar import ANY_OBJECT
+from hllama.engine.prompt import ChatMessage as EngineMessage
+from hllama.engine.thinking import Thought
+from hllama.engine.tools import ToolCall
+from hllama.errors import HllamaError, InvalidOption
+from hllama.modelfile import Message
+from hllama.server.body import json_body, read_body
+from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
+from hllama.server.openai_types import EFFORT_TO_THINK
+from hllama.server.responses_types import (
+    FunctionCallItem,
+    IncompleteDetails,
+    InputItem,
+    InputTokensDetails,
+    MessageItem,
+    OutputItem,
+    OutputText,
+    ReasoningItem,
+    ReasoningText,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    StreamEvent,
+)
+from hllama.service import Result, Service, collect, effective_settings
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger("hllama.server")
+
+
+@router.post("/responses", openapi_extra=json_body(ResponsesRequest))
+async def responses(request: Request) -> Response:
+    body: ResponsesRequest = await read_body(request, ResponsesRequest)
+    if body.previous_response_id:
+        raise InvalidOption("previous_response_id: responses are not stored here; send the whole conversation "
+                            "as input items")
+    service: Service = request.app.state.service
+    resolved = _resolve(service, body.model, body.parameters())
+    choice = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.name
+    events = service.chat(resolved, _history(body), structure=_structure(body), tools=_tools(body),
+                          tool_choice=choice, think=_think(body))
+    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
+    first = await anext(events)  # failures before the first token keep their HTTP status
+    shell = ResponseObject(id="resp_" + secrets.token_hex(12), created_at=int(time.time()), status="in_progress",
+                           model=body.model, output=[], instructions=body.instructions,
+                           max_output_tokens=body.max_output_tokens, temperature=body.temperature,
+                           top_p=body.top_p, tools=body.tools or [], tool_choice=body.tool_choice)
+    if not body.stream:
+        pieces, result = await collect(first, events)
+        return JSONResponse(_finished(shell, result, "".join(pieces)).model_dump(), headers=headers)
+    return StreamingResponse(_stream(shell, first, events), media_type="text/event-stream", headers=headers)
+
+
+async def _stream(shell: ResponseObject, first: str | Thought | Result,
+                  events: AsyncIterator[str | Thought | Result]) -> AsyncIterator[bytes]:
+    """response.created, then each output item's added, deltas and done events, then response.completed."""
+    number = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal number
+        number += 1
+        document = StreamEvent(type=kind, sequence_number=number - 1, **fields).model_dump()
+        return f"event: {kind}\ndata: ".encode() + json.dumps(document, ensure_ascii=False).encode() + b"\n\n"
+
+    yield event("response.created", response=shell.model_dump())
+    yield event("response.in_progress", response=shell.model_dump())
+    index, open_kind, item_id, said, text = -1, "", "", "", ""
+    item = first
+
+    def close() -> list[bytes]:
+        """The done events of the item being written."""
+        place = {"item_id": item_id, "output_index": index, "content_index": 0}
+        if open_kind == "reasoning":
+            done = ReasoningItem(id=item_id, content=[ReasoningText(text=said)])
+            return [event("response.reasoning_text.done", **place, text=said),
+                    event("response.output_item.done", output_index=index, item=done.model_dump())]
+        part = OutputText(text=said)
+        done_message = MessageItem(id=item_id, status="completed", content=[part])
+        return [event("response.output_text.done", **place, text=said),
+                event("response.content_part.done", **place, part=part.model_dump()),
+                event("response.output_item.done", output_index=index, item=done_message.model_dump())]
+
+    try:
+        while not isinstance(item, Result):
+            kind = "reasoning" if isinstance(item, Thought) else "message"
+            if kind != open_kind:
+                if open_kind:
+                    for done in close():
+                        yield done
+                index, open_kind, said = index + 1, kind, ""
+                if kind == "reasoning":
+                    item_id = "rs_" + secrets.token_hex(12)
+                    added: OutputItem = ReasoningItem(id=item_id, content=[])
+                    yield event("response.output_item.added", output_index=index, item=added.model_dump())
+                else:
+                    item_id = "msg_" + secrets.token_hex(12)
+                    added = MessageItem(id=item_id, status="in_progress", content=[])
+                    yield event("response.output_item.added", output_index=index, item=added.model_dump())
+                    yield event("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                                part=OutputText(text="").model_dump())
+            piece = item.text if isinstance(item, Thought) else item
+            said += piece
+            text += "" if isinstance(item, Thought) else piece
+            name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+            yield event(name, item_id=item_id, output_index=index, content_index=0, delta=piece)
+            item = await anext(events)
+        if open_kind:
+            for done in close():
+                yield done
+        for call in _calls(item):
+            index += 1
+            yield event("response.output_item.added", output_index=index,
+                        item=call.model_copy(update={"arguments": "", "status": "in_progress"}).model_dump())
+            yield event("response.function_call_arguments.delta", item_id=call.id, output_index=index,
+                        delta=call.arguments)
+            yield event("response.function_call_arguments.done", item_id=call.id, output_index=index,
+                        arguments=call.arguments)
+            yield event("response.output_item.done", output_index=index, item=call.model_dump())
+        done_response = _finished(shell, item, text)
+        yield event("response.completed" if done_response.status == "completed" else "response.incomplete",
+                    response=done_response.model_dump())
+    except HllamaError as exc:
+        yield event("error", code=None, message=str(exc), param=None)
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
+        log.exception("unexpected error while streaming a response")
+        yield event("error", code=None, message=f"{type(exc).__name__}: {exc}", param=None)
+    finally:
+        await events.aclose()
+
+
+def _finished(shell: ResponseObject, result: Result, text: str) -> ResponseObject:
+    """The whole response: reasoning, the message (when there is text), function calls, usage."""
+    output: list[OutputItem] = []
+    if result.thinking:
+        output.append(ReasoningItem(id="rs_" + secrets.token_hex(12), content=[ReasoningText(text=result.thinking)]))
+    cut = result.finished.stats.done_reason == "length"
+    if text or not result.tool_calls:
+        output.append(MessageItem(id="msg_" + secrets.token_hex(12), status="incomplete" if cut else "completed",
+                                  content=[OutputText(text=text)]))
+    output += _calls(result)
+    stats = result.finished.stats
+    usage = ResponseUsage(input_tokens=stats.prompt_tokens, output_tokens=stats.generated_tokens,
+                          total_tokens=stats.prompt_tokens + stats.generated_tokens,
+                          input_tokens_details=InputTokensDetails(cached_tokens=stats.cached_tokens))
+    return shell.model_copy(update={
+        "status": "incomplete" if cut else "completed", "output": output, "usage": usage,
+        "incomplete_details": IncompleteDetails(reason="max_output_tokens") if cut else None})
+
+
+def _calls(result: Result) -> list[FunctionCallItem]:
+    return [FunctionCallItem(id="fc_" + secrets.token_hex(12), call_id="call_" + secrets.token_hex(12),
+                             name=call.name, arguments=json.dumps(call.arguments, ensure_ascii=False),
+                             status="completed") for call in result.tool_calls]
+
+
+def _history(body: ResponsesRequest) -> list[Message]:
+    """The input items as the engine's conversation; a function call's output names its function."""
+    history: list[Message] = [EngineMessage(role="system", content=body.instructions)] if body.instructions else []
+    items = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    names: dict[str, str] = {}
+    for item in items:
+        if item.type == "function_call":
+            try:
+                arguments = json.loads(item.arguments or "{}")
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise InvalidOption(f"function_call '{item.name}': arguments must be a JSON object")
+            names[item.call_id or ""] = item.name or ""
+            call = ToolCall(name=item.name or "", arguments=arguments)
+            last = history[-1] if history else None
+            if isinstance(last, EngineMessage) and last.role == "assistant" and last.tool_calls is not None:
+                last.tool_calls.append(call)  # several calls of one turn
+            else:
+                history.append(EngineMessage(role="assistant", content="", tool_calls=[call]))
+        elif item.type == "function_call_output":
+            history.append(EngineMessage(role="tool", content=item.output_text,
+                                         tool_name=names.get(item.call_id or "")))
+        elif item.type == "message":
+            if isinstance(item.content, list) and any(part.type == "input_image" for part in item.content):
+                raise InvalidOption("input_image: images are not supported")
+            role = {"developer": "system"}.get(item.role or "user", item.role or "user")
+            if role not in ("system", "user", "assistant"):
+                raise InvalidOption(f"input items with role '{item.role}' are not supported")
+            history.append(EngineMessage(role=role, content=item.text))  # type: ignore[arg-type]
+        elif item.type != "reasoning":  # earlier reasoning is not shown to the model again
+            raise InvalidOption(f"input items of type '{item.type}' are not supported")
+    return history
+
+
+def _tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
+    functions = [tool for tool in body.tools or [] if tool.type == "function"]
+    if len(functions) != len(body.tools or []):
+        raise InvalidOption("tools: only function tools are supported")
+    return [{"type": "function", "function": {"name": tool.name, "description": tool.description or "",
+                                              "parameters": tool.parameters or {"type": "object"}}}
+            for tool in functions] or None
+
+
+def _structure(body: ResponsesRequest) -> dict[str, Any] | None:
+    format_ = body.text.format if body.text else None
+    if format_ is None or format_.type == "text":
+        return None
+    return ANY_OBJECT if format_.type == "json_object" else (format_.schema_ or {})
+
+
+def _think(body: ResponsesRequest) -> bool | str | None:
+    effort = body.reasoning.effort if body.reasoning else None
+    if effort is None:
+        return None
+    if effort not in EFFORT_TO_THINK:
+        raise InvalidOption(f"reasoning.effort: use one of {', '.join(EFFORT_TO_THINK)}")
+    return EFFORT_TO_THINK[effort]

@@ -1,0 +1,87 @@
+"""OpenAI's Responses API through the official ``openai`` client, with the tiny models."""
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from hllama.config import load_settings
+
+from .liveserver import live_server
+from .tinymodel import (
+    CHATS,
+    REPO_ID,
+    THINKING_REPO_ID,
+    THOUGHT,
+    TOOL_REPO_ID,
+    WEATHER_ANSWER,
+    WEATHER_QUESTION,
+    WEATHER_RESULT,
+    install_into_cache,
+)
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture
+def client(tiny_cache: Path, tool_model_dir: Path, thinking_model_dir: Path):
+    install_into_cache(tool_model_dir, tiny_cache, repo_id=TOOL_REPO_ID)
+    install_into_cache(thinking_model_dir, tiny_cache, repo_id=THINKING_REPO_ID)
+    with live_server(load_settings(), watch=False) as base:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+
+
+def test_a_response_whole_and_streamed(client: openai.OpenAI):
+    response = client.responses.create(model=REPO_ID, input=CHATS[0][0], temperature=0)
+    assert response.output_text == CHATS[0][1] and response.status == "completed"
+    assert response.id.startswith("resp_") and response.usage.output_tokens > 0
+    events = list(client.responses.create(model=REPO_ID, input=CHATS[0][0], temperature=0, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "".join(event.delta for event in events if event.type == "response.output_text.delta") == CHATS[0][1]
+    assert events[-1].response.output_text == CHATS[0][1]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    short = client.responses.create(model=REPO_ID, input=CHATS[0][0], temperature=0, max_output_tokens=3,
+                                    instructions="Be terse.")
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens"
+
+
+def test_function_calls_and_their_outputs(client: openai.OpenAI):
+    first = client.responses.create(model=TOOL_REPO_ID, input=WEATHER_QUESTION, tools=[WEATHER], temperature=0)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    streamed = list(client.responses.create(model=TOOL_REPO_ID, input=WEATHER_QUESTION, tools=[WEATHER],
+                                            temperature=0, stream=True))
+    [arguments] = [event.arguments for event in streamed if event.type == "response.function_call_arguments.done"]
+    assert json.loads(arguments) == {"city": "Paris"}
+    follow_up = [{"role": "user", "content": WEATHER_QUESTION}, call.model_dump(exclude_none=True),
+                 {"type": "function_call_output", "call_id": call.call_id, "output": WEATHER_RESULT}]
+    second = client.responses.create(model=TOOL_REPO_ID, input=follow_up, tools=[WEATHER], temperature=0)
+    assert second.output_text == WEATHER_ANSWER
+    forced = client.responses.create(model=TOOL_REPO_ID, input=CHATS[0][0], tools=[WEATHER], temperature=0,
+                                     tool_choice={"type": "function", "name": "get_weather"})
+    assert [item.name for item in forced.output if item.type == "function_call"] == ["get_weather"]
+
+
+def test_structured_output_and_reasoning(client: openai.OpenAI):
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
+              "additionalProperties": False}
+    shaped = client.responses.create(model=REPO_ID, input=CHATS[1][0], temperature=0, text={"format": {
+        "type": "json_schema", "name": "verdict", "schema": schema, "strict": True}})
+    assert json.loads(shaped.output_text)["answer"] in ("yes", "no")
+    thought = client.responses.create(model=THINKING_REPO_ID, input=CHATS[0][0], temperature=0,
+                                      reasoning={"effort": "medium"}, max_output_tokens=96)
+    [reasoning] = [item for item in thought.output if item.type == "reasoning"]
+    assert reasoning.content[0].text.strip() == THOUGHT and thought.output_text.strip() == CHATS[0][1]
+
+
+def test_what_is_not_kept_or_served_is_refused(client: openai.OpenAI):
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        client.responses.create(model=REPO_ID, input="hi", previous_response_id="resp_123")
+    with pytest.raises(openai.BadRequestError, match="only function tools"):
+        client.responses.create(model=REPO_ID, input="hi", tools=[{"type": "web_search"}])
+    response = httpx.post(f"{client.base_url}responses", json={"model": "nobody/nothing", "input": "hi"}, timeout=60)
+    assert response.status_code == 404 and "not found" in response.json()["error"]["message"]
