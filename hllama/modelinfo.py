@@ -14,7 +14,7 @@ from typing import Any
 
 from hllama.catalog import plan_for
 from hllama.engine.infill import folder_can_infill
-from hllama.engine.loader import is_generative, locate
+from hllama.engine.loader import is_generative, is_vision, locate
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
 from hllama.footprint import Plan, text_config
@@ -102,7 +102,8 @@ def capabilities(load_plan: Any, template: str, folder: Path | None) -> list[str
         return ["embedding"]
     return ["completion", *(["tools"] if supports_tools(template) else []),
             *(["insert"] if folder is not None and folder_can_infill(folder) else []),
-            *(["thinking"] if supports_thinking(template) else [])]
+            *(["thinking"] if supports_thinking(template) else []),
+            *(["vision"] if load_plan is not None and is_vision(load_plan.footprint.config) else [])]
 
 
 def chat_template(folder: Path | None) -> str:

@@ -171,7 +171,7 @@ class Service:
             messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
             return build_prompt(loaded.tokenizer, messages, template=resolved.template,
                                 ctx=loaded.context_for(resolved.parameters.ctx),
-                                tools=tools, think=think, model=resolved.name)
+                                tools=tools, think=think, model=resolved.name, processor=loaded.processor)
 
         def structure_for(prompt: Prompt) -> Structure | None:
             calls = ToolCalls.of(tools, style=prompt.tool_style, choice=tool_choice) if prompt.tool_style else None
@@ -275,7 +275,7 @@ class Service:
             generation = await asyncio.to_thread(  # compiling a large schema's grammar may take a while
                 functools.partial(Generation, loaded, prompt.ids, resolved.parameters, sink=sink,
                                   stops=prompt.extra_stops, logprobs=logprobs, thinking=thinking_mode(prompt),
-                                  structure=structure(prompt)))
+                                  structure=structure(prompt), vision=getattr(prompt, "vision", None)))
             self._running.add(generation.cancel)
             generation.start()
             try:

@@ -237,6 +237,9 @@ def request_body(resolved: Resolved, messages: list[dict[str, Any]], *, structur
     if parameters.ctx is not None and parameters.ctx != context:
         raise InvalidOption(f"num_ctx: '{resolved.name}' is served by an engine whose context is set where it "
                             f"starts (vLLM's --max-model-len{f', here {context}' if context else ''})")
+    if any(message.get("images") for message in messages):
+        raise InvalidOption(f"images: '{resolved.name}' is served by an engine in another process, to which "
+                            "images are not passed on")
     if resolved.template is not None:
         raise InvalidOption(f"template: '{resolved.name}' is served by an upstream engine, which renders "
                             "its own chat template")

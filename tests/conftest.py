@@ -50,6 +50,14 @@ def tool_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vision_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llava with random weights and its processor (tests/tinymodel.py), built once per test run."""
+    from .tinymodel import build_vision_model
+
+    return build_vision_model(tmp_path_factory.mktemp("vision-model"))
+
+
+@pytest.fixture(scope="session")
 def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained to think before it answers (tests/tinymodel.py), built once per test run."""
     from .tinymodel import build_thinking_model

@@ -306,3 +306,60 @@ def endless_variant(model_dir: Path, out_dir: Path) -> Path:
     config["max_position_embeddings"] = 1_000_000
     path.write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# A variant that reads images
+
+VISION_REPO_ID = "hllama-test/tiny-vision"
+
+#: Llava's way: an image part becomes <image>, which the processor widens to the image's tokens.
+VISION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: Each image becomes this many tokens: (28 / 14) ** 2 patches.
+IMAGE_TOKENS = 4
+
+
+def build_vision_model(out_dir: Path) -> Path:
+    """A tiny Llava (a 1-layer CLIP tower on 28x28 images, the tiny Llama as its language model) with random
+    weights and its processor (PIL image processing): it answers, though not sensibly, and shapes are real."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(template=VISION_TEMPLATE, special=("<image>",))
+    images = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, image_token="<image>",
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=VISION_TEMPLATE)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -77,7 +77,7 @@ class Generation:
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
                  logprobs: int | None = None, structure: Structure | None = None,
-                 thinking: ThinkingMode = "no") -> None:
+                 thinking: ThinkingMode = "no", vision: dict[str, Any] | None = None) -> None:
         """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
         ``structure``: the JSON schema or pattern the answer must follow (enforced token by token); ``thinking``:
         whether the model may think first (see :data:`~hllama.engine.grammar.ThinkingMode`)."""
@@ -100,7 +100,8 @@ class Generation:
         self._executor = loaded.executor
         self._future: Future[None] | None = None
         self._row: Row | None = None
-        self._batcher = loaded.batcher
+        self._batcher = loaded.batcher if vision is None else None  # images go through generate, with the model's
+        self._vision = vision  # own code for them (see _generate_call)
         if self._batcher is not None and self.limit > 0:
             from hllama.engine.picking import RowSampler
 
@@ -142,13 +143,17 @@ class Generation:
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
-        cache, worker.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares a prefix
-        if cache is not None:
-            kwargs[cache_keyword(type(model))] = cache
+        vision = self._vision
+        if vision is not None:  # an image's tokens are not text: no earlier turn's cache holds them
+            kwargs |= {key: _on(model, value) for key, value in vision.items()}
+        else:
+            cache, worker.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares
+            if cache is not None:
+                kwargs[cache_keyword(type(model))] = cache
 
         def keep(result: Any) -> None:
             """An answer that ended by itself leaves its cache for the next turn."""
-            if result is not None and not cancel.is_set():  # ``cache`` since transformers 5.24
+            if result is not None and not cancel.is_set() and vision is None:  # ``cache`` since transformers 5.24
                 cache = result.get("cache") if "cache" in result else result.get("past_key_values")
                 loaded.prefixes.put([*prompt_ids, *worker.ids], cache)
 
@@ -322,6 +327,13 @@ class _IncrementalDecoder:
             self.ids.append(token)
             self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         return self.text
+
+
+def _on(model: Any, value: Any) -> Any:
+    """An image input on the model's device, pixels in its dtype."""
+    if not hasattr(value, "to"):
+        return value
+    return value.to(model.device, dtype=model.dtype) if value.is_floating_point() else value.to(model.device)
 
 
 def _token_limit(loaded: LoadedModel, prompt_length: int, params: Parameters) -> int:

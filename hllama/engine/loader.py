@@ -54,6 +54,7 @@ class LoadedModel:
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="hllama-generate"))
     batcher: BatchEngine | None = None  # None: each request runs its own ``generate`` (see batch.batchable)
     grammar_tokenizer: Any = None  # the tokenizer as structured output's grammars see it (None: cannot be had)
+    processor: Any = None  # a vision model's processor (images and text into its inputs); None: text only
 
     @property
     def precision(self) -> str:
@@ -76,7 +77,7 @@ class LoadedModel:
         import torch
 
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self.processor = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -119,10 +120,20 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
 
     transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
     generates = is_generative(load_plan.footprint.config)
+    sees = is_vision(load_plan.footprint.config)
+    processor = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
-                                                  trust_remote_code=bool(resolved.load.trust_remote_code))
-        model = (AutoModelForCausalLM if generates else AutoModel).from_pretrained(source.folder, **kwargs)
+        if sees:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(source.folder,
+                                                      trust_remote_code=bool(resolved.load.trust_remote_code))
+            tokenizer = processor.tokenizer
+            model = AutoModelForImageTextToText.from_pretrained(source.folder, **kwargs)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
+                                                      trust_remote_code=bool(resolved.load.trust_remote_code))
+            model = (AutoModelForCausalLM if generates else AutoModel).from_pretrained(source.folder, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"cannot load '{resolved.model}': {str(exc).strip().splitlines()[0]}") from exc
     model.eval()
@@ -133,14 +144,14 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         load_duration_ns=time.perf_counter_ns() - started,
         context_length=trained if isinstance(trained, int) else None, generates=generates,
         pooling=pooling_of(source.folder), cancel_hooks=make_cancellable(model),
-        prefixes=PrefixCache(load_plan.chosen.kv_cache))  # within the KV cache its estimate reserves
+        prefixes=PrefixCache(load_plan.chosen.kv_cache), processor=processor)  # within its KV cache estimate
     if generates:
         from hllama.engine.generate import eos_ids_of, vocab_size_of
         from hllama.engine.grammar import grammar_tokenizer
 
         loaded.grammar_tokenizer = grammar_tokenizer(tokenizer, vocab_size=vocab_size_of(model),
                                                      eos_ids=eos_ids_of(model, tokenizer))
-        if batchable(model):
+        if batchable(model) and not sees:  # a vision model runs each request through its own generate
             loaded.batcher = BatchEngine(loaded)
     return loaded
 
@@ -155,6 +166,11 @@ def is_generative(config: dict[str, Any]) -> bool:
 
 
 _GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def is_vision(config: dict[str, Any]) -> bool:
+    """A model that reads images (Llava, Qwen2.5-VL, Gemma 3, SmolVLM...): its config has a vision part."""
+    return isinstance(config.get("vision_config"), dict)
 
 
 def _from_pretrained_kwargs(load: LoadOptions, precision: str, device: str, source: ModelSource) -> dict[str, Any]:

@@ -33,11 +33,17 @@ class ChatMessage(Message):
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None  # the tool whose result a "tool" message carries
     thinking: str | None = None  # an assistant's thinking, for templates that show it again
+    images: list[bytes] | None = None  # checked image files (hllama.images), for a vision model
 
 
 def template_message(message: Message) -> dict[str, Any]:
-    """A message as chat templates expect it (tool calls in OpenAI's shape, arguments as an object)."""
+    """A message as chat templates expect it (tool calls in OpenAI's shape, arguments as an object; a message
+    with images as content parts, the images first, as vision models' templates take them)."""
     document: dict[str, Any] = {"role": message.role, "content": message.content}
+    if isinstance(message, ChatMessage) and message.images:
+        document["content"] = [*({"type": "image"} for _ in message.images),
+                               {"type": "text", "text": message.content}]
+        document["images"] = message.images  # taken out again by build_prompt, in order
     if isinstance(message, ChatMessage):
         if message.tool_calls:
             document["tool_calls"] = [{"type": "function", "function": call.model_dump()}
@@ -58,6 +64,7 @@ class Prompt:
     extra_stops: tuple[str, ...] = field(default_factory=tuple)
     thinking: bool | None = None  # None: the model does not think; else whether its thinking is wanted
     tool_style: ToolStyle | None = None  # how the model writes tool calls, when it was offered tools
+    vision: dict[str, Any] | None = None  # a vision model's image inputs (pixel_values, ...), when images came
 
 
 def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema: Any = None
@@ -82,7 +89,7 @@ def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema:
 
 def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
                  ctx: int | None = None, tools: list[dict[str, Any]] | None = None,
-                 think: bool | str | None = None, model: str = "the model") -> Prompt:
+                 think: bool | str | None = None, model: str = "the model", processor: Any = None) -> Prompt:
     """Render and tokenize, dropping the oldest whole turns while the prompt does not fit ``ctx``.
 
     ``tools`` (OpenAI's function definitions, as Ollama takes them too) go to the chat template;
@@ -103,13 +110,26 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = _turns(messages[len(system):])
 
+    if processor is None and any(message.get("images") for message in messages):
+        raise NotSupported(model, "images", "it is not a vision model")
+
     def attempt(dropped: int) -> Prompt:
         kept = system + [message for turn in turns[dropped:] for message in turn]
-        text, extra_stops = render(tokenizer, kept, template=template, tools=tools, **options)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return Prompt(ids=ids, text=text, messages=kept, dropped_turns=dropped, extra_stops=extra_stops,
+        images = [image for message in kept for image in message.get("images") or []]
+        shown = [{key: value for key, value in message.items() if key != "images"} for message in kept]
+        text, extra_stops = render(tokenizer, shown, template=template, tools=tools, **options)
+        vision = None
+        if images:  # the processor puts each image's tokens where its template left a place for it
+            from hllama.images import opened
+
+            inputs = processor(text=[text], images=[opened(image) for image in images], return_tensors="pt")
+            ids = inputs["input_ids"][0].tolist()
+            vision = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+        else:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(ids=ids, text=text, messages=shown, dropped_turns=dropped, extra_stops=extra_stops,
                       thinking=(think is not False) if thinks else None,
-                      tool_style=tool_style(chat_template) if tools else None)
+                      tool_style=tool_style(chat_template) if tools else None, vision=vision)
 
     def fits(prompt: Prompt) -> bool:
         return ctx is None or len(prompt.ids) < ctx  # room for at least one new token

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hllama.engine import build_prompt, conversation
 from hllama.engine.embed import normalized
 from hllama.engine.infill import infill_ids
+from hllama.engine.prompt import ChatMessage
 from hllama.engine.thinking import Thought
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
@@ -22,6 +23,7 @@ from hllama.server.ollama_types import (
     ChatRequest,
     EmbedRequest,
     GenerateRequest,
+    decoded_images,
     messages_from,
     now_rfc3339,
     overrides,
@@ -83,6 +85,8 @@ async def generate(request: Request) -> Response:
     service: Service = request.app.state.service
     if body.raw and (body.template or body.system or body.context):
         raise InvalidOption("raw mode does not support template, system, or context")
+    if body.images and (body.raw or body.suffix or body.context):
+        raise InvalidOption("images go with a chat prompt, not with raw, suffix or context")
     api, schema = overrides(body, system=body.system, template=body.template)
     resolved = _resolve(service, body.model, api)
     name = wire_name(body.model)
@@ -99,7 +103,8 @@ async def generate(request: Request) -> Response:
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
-        events = service.chat(resolved, [Message(role="user", content=body.prompt)], structure=schema,
+        ask = ChatMessage(role="user", content=body.prompt, images=decoded_images(body.images, where="images"))
+        events = service.chat(resolved, [ask], structure=schema,
                               think=body.think, logprobs=logprobs)
 
     def chunk(piece: str | Thought) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class OllamaMessage(_Lenient):
     tool_calls: list[OllamaToolCall] | None = Field(None, description="calls an assistant message made")
     tool_name: str | None = Field(None, description="the tool whose result a tool message carries")
     thinking: str | None = Field(None, description="an assistant message's thinking")
+    images: list[str] | None = Field(None, description="base64 images, for a vision model")
 
 
 class _Generation(_Lenient):
@@ -73,6 +74,7 @@ class GenerateRequest(_Generation):
     context: list[int] | None = Field(None, description="the tokens of an earlier answer, to continue from")
     raw: bool = Field(False, description="send the prompt as it is, without the chat template")
     suffix: str = Field("", description="text after the insertion point (fill in the middle)")
+    images: list[str] | None = Field(None, description="base64 images, for a vision model")
 
 
 class EmbedRequest(_Generation):
@@ -162,15 +164,27 @@ def overrides(request: _Generation, *, system: str | None = None, template: str 
 
 def messages_from(request_messages: list[OllamaMessage]) -> list[Message]:
     messages: list[Message] = []
-    for message in request_messages:
+    for number, message in enumerate(request_messages):
         role = message.role.lower()
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidOption(f"messages with role '{message.role}' are not supported")
         calls = [ToolCall(name=call.function.name, arguments=call.function.arguments)
                  for call in message.tool_calls or []]
         messages.append(ChatMessage(role=role, content=message.content, tool_calls=calls or None,  # type: ignore[arg-type]
-                                    tool_name=message.tool_name, thinking=message.thinking))
+                                    tool_name=message.tool_name, thinking=message.thinking,
+                                    images=decoded_images(message.images, where=f"messages[{number}].images")))
     return messages
+
+
+def decoded_images(images: list[str] | None, *, where: str) -> list[bytes] | None:
+    """Ollama's base64 ``images``, checked (each a 400 naming its place when it is not a usable image)."""
+    from hllama.images import MAX_IMAGES, from_base64
+
+    if not images:
+        return None
+    if len(images) > MAX_IMAGES:
+        raise InvalidOption(f"{where}: at most {MAX_IMAGES} images")
+    return [from_base64(image, where=f"{where}[{index}]") for index, image in enumerate(images)]
 
 
 def wire_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
     """OpenAI's messages as the engine's; a tool result names its tool through the call it answers."""
     tool_names: dict[str, str] = {}
     history: list[Message] = []
-    for message in messages:
+    for number, message in enumerate(messages):
         role = message.role.lower().replace("developer", "system")
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidOption(f"messages with role '{message.role}' are not supported")
@@ -82,7 +82,7 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
             tool_names[item.id] = item.function.name
         tool_name = message.name or tool_names.get(message.tool_call_id or "") if role == "tool" else None
         history.append(EngineMessage(role=role, content=message.text, tool_calls=calls or None,  # type: ignore[arg-type]
-                                     tool_name=tool_name))
+                                     tool_name=tool_name, images=message.images(f"messages[{number}]") or None))
     return history
 
 

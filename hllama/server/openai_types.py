@@ -15,9 +15,14 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageURL(_Lenient):
+    url: str = Field(description="a data:image/...;base64,... URI (remote URLs are not fetched)")
+
+
 class ContentPart(_Lenient):
-    type: str = Field(description="text (other parts are not read)")
-    text: str = Field("", description="the part's text")
+    type: str = Field(description="text or image_url")
+    text: str = Field("", description="a text part's text")
+    image_url: ImageURL | None = Field(None, description="an image_url part's image")
 
 
 class FunctionCall(_Lenient):
@@ -43,6 +48,14 @@ class ChatMessage(_Lenient):
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content if part.type == "text")
         return self.content or ""
+
+    def images(self, where: str) -> list[bytes]:
+        """The images of its image_url parts, checked."""
+        from hllama.images import from_url
+
+        parts = self.content if isinstance(self.content, list) else []
+        return [from_url(part.image_url.url if part.image_url else "", where=where)
+                for part in parts if part.type == "image_url"]
 
 
 class ResponseFormat(_Lenient):
