@@ -118,7 +118,7 @@ def test_errors_in_anthropics_shape(url: str):
     assert missing.value.body["type"] == "error" and missing.value.body["error"]["type"] == "not_found_error"
     image = [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                                                        "data": "iVBORw0KGgo="}}]}]
-    with pytest.raises(anthropic.BadRequestError, match="image blocks are not supported"):
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\].content\[0\]: not an image"):
         client.messages.create(model=REPO_ID, max_tokens=8, messages=image)
 
 

@@ -6,6 +6,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -98,3 +99,18 @@ def test_bad_image_urls_are_400s(url: str, image_url: str, problem: str):
     response = httpx.post(f"{url}/v1/chat/completions", json={"model": VISION_REPO_ID, "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]}]}, timeout=60)
     assert response.status_code == 400 and problem in response.json()["error"]["message"]
+
+
+def test_images_through_the_messages_and_responses_apis(url: str):
+    message = anthropic.Anthropic(base_url=url, api_key="unused").messages.create(
+        model=VISION_REPO_ID, max_tokens=5, extra_body={"temperature": 0}, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _b64(_png())}},
+            {"type": "text", "text": ASK}]}])
+    plain = ollama.Client(host=url).chat(VISION_REPO_ID, messages=[{"role": "user", "content": ASK}],
+                                         options={"temperature": 0, "num_predict": 1})
+    assert message.usage.output_tokens == 5 and message.usage.input_tokens == plain.prompt_eval_count + IMAGE_TOKENS
+    response = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").responses.create(
+        model=VISION_REPO_ID, temperature=0, max_output_tokens=5, input=[{"role": "user", "content": [
+            {"type": "input_text", "text": ASK},
+            {"type": "input_image", "image_url": "data:image/png;base64," + _b64(_png())}]}])
+    assert response.usage.input_tokens == plain.prompt_eval_count + IMAGE_TOKENS

@@ -22,6 +22,7 @@ from hllama.engine.prompt import ChatMessage as EngineMessage
 from hllama.engine.thinking import Thought
 from hllama.engine.tools import ToolCall
 from hllama.errors import HllamaError, InvalidOption
+from hllama.images import from_base64
 from hllama.modelfile import Message
 from hllama.server.anthropic_types import (
     ContentBlock,
@@ -144,9 +145,9 @@ def _history(system: str | list[ContentBlock] | None, messages: list[InputMessag
     if text := _text(system if isinstance(system, list) else [ContentBlock(type="text", text=system or "")]):
         history.append(EngineMessage(role="system", content=text))
     tool_names: dict[str, str] = {}
-    for message in messages:
+    for number, message in enumerate(messages):
         blocks = message.blocks
-        if kinds := {block.type for block in blocks} - {"text", "tool_use", "tool_result", "thinking",
+        if kinds := {block.type for block in blocks} - {"text", "image", "tool_use", "tool_result", "thinking",
                                                          "redacted_thinking"}:
             raise InvalidOption(f"messages: {', '.join(sorted(kinds))} blocks are not supported")
         if message.role == "assistant":
@@ -161,9 +162,21 @@ def _history(system: str | list[ContentBlock] | None, messages: list[InputMessag
         results = [block for block in blocks if block.type == "tool_result"]
         history += [EngineMessage(role="tool", content=block.plain_text,
                                   tool_name=tool_names.get(block.tool_use_id or "")) for block in results]
-        if (text := _text(blocks)) or not results:
-            history.append(EngineMessage(role="user", content=text))
+        images = [_image(block, f"messages[{number}].content[{index}]") for index, block in enumerate(blocks)
+                  if block.type == "image"]
+        if (text := _text(blocks)) or images or not results:
+            history.append(EngineMessage(role="user", content=text, images=images or None))
     return history
+
+
+def _image(block: ContentBlock, where: str) -> bytes:
+    """An image block's image, checked; only base64 sources (remote images are not fetched)."""
+    source = block.source
+    if source is None or source.type != "base64" or not source.data:
+        raise InvalidOption(f"{where}: images come as base64 sources (remote images are not fetched)")
+    if not (source.media_type or "").startswith("image/"):
+        raise InvalidOption(f"{where}: media_type {str(source.media_type)[:50]!r} is not an image type")
+    return from_base64(source.data, where=where)
 
 
 def _text(blocks: list[ContentBlock]) -> str:

@@ -14,6 +14,13 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageSource(_Lenient):
+    type: str = Field(description="base64 (url is not fetched)")
+    media_type: str | None = Field(None, description="image/png, image/jpeg, image/webp or image/gif")
+    data: str | None = Field(None, description="the image file, base64")
+    url: str | None = Field(None, description="refused: remote images are not fetched")
+
+
 class ContentBlock(_Lenient):
     """One block of a message: text, image, tool_use (an assistant's call), tool_result (a user's answer to one)
     or thinking (an assistant's earlier thinking)."""
@@ -27,6 +34,7 @@ class ContentBlock(_Lenient):
     content: str | list[ContentBlock] | None = Field(None, description="a tool_result block's content")
     is_error: bool | None = Field(None, description="whether a tool_result reports a failure")
     thinking: str | None = Field(None, description="a thinking block's text")
+    source: ImageSource | None = Field(None, description="an image block's image")
 
     @property
     def plain_text(self) -> str:

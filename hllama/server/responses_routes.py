@@ -22,6 +22,7 @@ from hllama.engine.prompt import ChatMessage as EngineMessage
 from hllama.engine.thinking import Thought
 from hllama.engine.tools import ToolCall
 from hllama.errors import HllamaError, InvalidOption
+from hllama.images import from_url
 from hllama.modelfile import Message
 from hllama.server.body import json_body, read_body
 from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
@@ -177,7 +178,7 @@ def _history(body: ResponsesRequest) -> list[Message]:
     history: list[Message] = [EngineMessage(role="system", content=body.instructions)] if body.instructions else []
     items = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     names: dict[str, str] = {}
-    for item in items:
+    for number, item in enumerate(items):
         if item.type == "function_call":
             try:
                 arguments = json.loads(item.arguments or "{}")
@@ -196,12 +197,13 @@ def _history(body: ResponsesRequest) -> list[Message]:
             history.append(EngineMessage(role="tool", content=item.output_text,
                                          tool_name=names.get(item.call_id or "")))
         elif item.type == "message":
-            if isinstance(item.content, list) and any(part.type == "input_image" for part in item.content):
-                raise InvalidOption("input_image: images are not supported")
+            parts = item.content if isinstance(item.content, list) else []
+            images = [from_url(part.image_url or "", where=f"input[{number}].content[{index}]")
+                      for index, part in enumerate(parts) if part.type == "input_image"]
             role = {"developer": "system"}.get(item.role or "user", item.role or "user")
             if role not in ("system", "user", "assistant"):
                 raise InvalidOption(f"input items with role '{item.role}' are not supported")
-            history.append(EngineMessage(role=role, content=item.text))  # type: ignore[arg-type]
+            history.append(EngineMessage(role=role, content=item.text, images=images or None))  # type: ignore[arg-type]
         elif item.type != "reasoning":  # earlier reasoning is not shown to the model again
             raise InvalidOption(f"input items of type '{item.type}' are not supported")
     return history

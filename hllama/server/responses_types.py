@@ -18,6 +18,7 @@ class _Lenient(BaseModel):
 class ContentPart(_Lenient):
     type: str = Field(description="input_text, output_text or input_image")
     text: str | None = Field(None, description="the part's text")
+    image_url: str | None = Field(None, description="an input_image's data:image/...;base64,... URI")
 
 
 class InputItem(_Lenient):
