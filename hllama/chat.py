@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
+from hllama.engine.prompt import ChatMessage
 from hllama.engine.thinking import Thought
 from hllama.errors import InvalidOption
 from hllama.fsutil import atomic_write_text
@@ -39,7 +40,7 @@ def load_history(path: Path) -> list[Message]:
 
 
 def save_history(path: Path, messages: list[Message]) -> None:
-    data = [message.model_dump() for message in messages]
+    data = [Message(role=message.role, content=message.content).model_dump() for message in messages]  # no images
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -70,11 +71,12 @@ class ChatSession:
         if load_key(resolved) != before:
             self._run(self.service.scheduler.retire(before))
 
-    def ask(self, text: str) -> Iterator[str | Thought | Result]:
+    def ask(self, text: str, *, images: list[bytes] | None = None) -> Iterator[str | Thought | Result]:
         """Stream one answer (a thinking model's thinking as :class:`Thought` pieces), then its :class:`Result`.
         An interrupted answer (closing the iterator, Ctrl+C) stays in the context as far as it got; thinking is
-        not kept."""
-        question = Message(role="user", content=text)
+        not kept. ``images`` (checked files) go with the question, for a vision model."""
+        question = ChatMessage(role="user", content=text, images=images) if images else Message(role="user",
+                                                                                                 content=text)
         events = self.service.chat(self._held(self.resolved), [*self.messages, question], think=self.think)
         self.messages.append(question)
         pieces: list[str] = []

@@ -114,3 +114,25 @@ def test_images_through_the_messages_and_responses_apis(url: str):
             {"type": "input_text", "text": ASK},
             {"type": "input_image", "image_url": "data:image/png;base64," + _b64(_png())}]}])
     assert response.usage.input_tokens == plain.prompt_eval_count + IMAGE_TOKENS
+
+
+def test_run_attaches_images_named_or_given(capsys, tiny_cache: Path, vision_model_dir: Path, tmp_path: Path,
+                                            monkeypatch):
+    from hllama.cli import main
+    from hllama.cli.chat import _attached
+
+    install_into_cache(vision_model_dir, tiny_cache, repo_id=VISION_REPO_ID)
+    (tmp_path / "photo.png").write_bytes(_png())
+    monkeypatch.chdir(tmp_path)
+    text, images = _attached("what is in ./photo.png? and in ./missing.png")
+    assert text == "what is in ? and in ./missing.png" and images == [_png()]
+    capsys.readouterr()
+    assert main(["run", VISION_REPO_ID, "what is in ./photo.png?", "--num-predict", "3", "--verbose"]) == 0
+    assert "prompt eval count:" in capsys.readouterr().err.lower()
+    assert main(["run", VISION_REPO_ID, "describe it", "--image", "photo.png", "--num-predict", "3"]) == 0
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert main(["run", VISION_REPO_ID, "describe it", "--image", "broken.png"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert error == "Error: broken.png: not an image"
+    assert main(["run", REPO_ID, "describe it", "--image", "photo.png"]) != 0
+    assert "does not support images" in capsys.readouterr().err

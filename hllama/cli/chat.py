@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--history", metavar="FILE", type=Path,
                             help="load the conversation from FILE if it exists, and append every turn to it")
         parser.add_argument("--input-file", metavar="FILE", type=Path, help="its text is the first user message")
+        parser.add_argument("--image", metavar="FILE", type=Path, action="append", default=[],
+                            help="attach an image to the first message (vision models; repeatable); image files "
+                                 "named in a prompt (./photo.png) are attached too")
         parser.add_argument("--force", action="store_true", help="load even when it looks too large for memory")
         parser.add_argument("-y", "--yes", action="store_true", help="pull without asking, even if it cannot fit")
         parser.add_argument("--verbose", action="store_true", help="print timings after each answer")
@@ -108,7 +112,7 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         show = _Shown(verbose=args.verbose, thinking=not args.hidethinking)
         if first is not None:
-            _answer(session, first, show)
+            _answer(session, first, show, images=[_read_image(path) for path in args.image])
         return _repl(session, talk, show) if interactive else 0
     finally:
         session.close()
@@ -167,14 +171,43 @@ class _Shown:
     thinking: bool  # a thinking model's thinking, before its answer
 
 
-def _answer(session, text: str, show: _Shown) -> None:
+#: An image file named in a prompt, as ``ollama run`` finds them: a path ending in an image extension.
+_IMAGE_PATH = re.compile(r"(?:~|\.{1,2})?/?[^\s'\"]*\.(?:png|jpe?g|webp|gif|bmp)\b", re.IGNORECASE)
+
+
+def _read_image(path: Path) -> bytes:
+    """An image file, checked as a request's images are."""
+    from hllama.images import MAX_IMAGE_BYTES, checked
+
+    try:
+        with path.expanduser().open("rb") as handle:
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidOption(f"cannot read {path}: {exc.strerror or exc}") from None
+    checked(data, where=str(path))
+    return data
+
+
+def _attached(text: str) -> tuple[str, list[bytes]]:
+    """The prompt without the image files it names, and those images (a path that is no file stays text)."""
+    images = []
+    for match in _IMAGE_PATH.findall(text):
+        path = Path(match).expanduser()
+        if path.is_file():
+            images.append(_read_image(path))
+            text = text.replace(match, "", 1)
+    return " ".join(text.split()), images
+
+
+def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = None) -> None:
     """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it."""
     from hllama.engine.thinking import Thought
     from hllama.service import Result
 
     result = None
     thinking = False
-    answer = session.ask(text)
+    text, named = _attached(text)
+    answer = session.ask(text, images=[*(images or []), *named])
     try:
         for item in answer:
             if isinstance(item, Result):
