@@ -112,12 +112,14 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
 
     if processor is None and any(message.get("images") for message in messages):
         raise NotSupported(model, "images", "it is not a vision model")
+    # a vision model is prompted through its processor's chat template, where it has one
+    renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
 
     def attempt(dropped: int) -> Prompt:
         kept = system + [message for turn in turns[dropped:] for message in turn]
         images = [image for message in kept for image in message.get("images") or []]
         shown = [{key: value for key, value in message.items() if key != "images"} for message in kept]
-        text, extra_stops = render(tokenizer, shown, template=template, tools=tools, **options)
+        text, extra_stops = render(renderer, shown, template=template, tools=tools, **options)
         vision = None
         if images:  # the processor puts each image's tokens where its template left a place for it
             from hllama.images import opened
