@@ -136,3 +136,13 @@ def test_run_attaches_images_named_or_given(capsys, tiny_cache: Path, vision_mod
     assert error == "Error: broken.png: not an image"
     assert main(["run", REPO_ID, "describe it", "--image", "photo.png"]) != 0
     assert "does not support images" in capsys.readouterr().err
+
+
+def test_the_estimate_counts_the_vision_tower(vision_model_dir: Path):
+    from transformers import AutoModelForImageTextToText
+
+    from hllama.footprint import local_footprint
+
+    model = AutoModelForImageTextToText.from_pretrained(vision_model_dir)
+    tower = sum(parameter.numel() for parameter in model.model.vision_tower.parameters())
+    assert tower > 0 and local_footprint(vision_model_dir).parameters == model.num_parameters()
