@@ -7,21 +7,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from hllama.server.body import Lenient
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ImageSource(_Lenient):
+class ImageSource(Lenient):
     type: str = Field(description="base64 (url is not fetched)")
     media_type: str | None = Field(None, description="image/png, image/jpeg, image/webp or image/gif")
     data: str | None = Field(None, description="the image file, base64")
     url: str | None = Field(None, description="refused: remote images are not fetched")
 
 
-class ContentBlock(_Lenient):
+class ContentBlock(Lenient):
     """One block of a message: text, image, tool_use (an assistant's call), tool_result (a user's answer to one)
     or thinking (an assistant's earlier thinking)."""
 
@@ -44,7 +42,7 @@ class ContentBlock(_Lenient):
         return self.content or ""
 
 
-class InputMessage(_Lenient):
+class InputMessage(Lenient):
     role: Literal["user", "assistant"] = Field(description="user or assistant")
     content: str | list[ContentBlock] = Field(description="text, or a list of blocks")
 
@@ -53,36 +51,36 @@ class InputMessage(_Lenient):
         return [ContentBlock(type="text", text=self.content)] if isinstance(self.content, str) else self.content
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     name: str = Field(description="the tool's name")
     description: str | None = Field(None, description="what it does, for the model")
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
                                          description="the JSON schema of its input")
 
 
-class ToolChoice(_Lenient):
+class ToolChoice(Lenient):
     type: Literal["auto", "any", "tool", "none"] = Field("auto", description="auto, any (some tool), tool (the "
                                                                              "one named) or none")
     name: str | None = Field(None, description="the tool, when type is tool")
 
 
-class ThinkingConfig(_Lenient):
+class ThinkingConfig(Lenient):
     type: Literal["enabled", "disabled", "adaptive"] = Field(description="whether a thinking model thinks")
     budget_tokens: int | None = Field(None, ge=0, description="accepted; the model's template decides its length")
 
 
-class OutputFormat(_Lenient):
+class OutputFormat(Lenient):
     type: Literal["json_schema"] = Field(description="always json_schema")
     schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the answer follows")
 
 
-class OutputConfig(_Lenient):
+class OutputConfig(Lenient):
     format: OutputFormat | None = Field(None, description="structured output, enforced while decoding")
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = Field(
         None, description="with thinking enabled: how hard a thinking model thinks")
 
 
-class MessagesRequest(_Lenient):
+class MessagesRequest(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     max_tokens: int = Field(description="most tokens to generate", ge=1)
     messages: list[InputMessage] = Field(description="the conversation")
@@ -117,7 +115,7 @@ class MessagesRequest(_Lenient):
         return {key: value for key, value in values.items() if value is not None}
 
 
-class CountTokensRequest(_Lenient):
+class CountTokensRequest(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     messages: list[InputMessage] = Field(description="the conversation")
     system: str | list[ContentBlock] | None = Field(None, description="the system prompt")

@@ -12,7 +12,7 @@ import math
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hllama.errors import InvalidOption, UnsupportedMediaType
 from hllama.validation import has_lone_surrogate, request_problem
@@ -34,6 +34,13 @@ async def read_body(request: Request, model: type[M]) -> M:
         raise UnsupportedMediaType(f"the request body must be JSON (Content-Type: application/json), "
                                    f"not {content_type}")
     return parse_body(model, await request.body())
+
+
+class Lenient(BaseModel):
+    """The base of every API's request shapes: fields a client sends that hllama does not read are ignored (as the
+    APIs' own servers ignore what they do not know), and a field with an alias takes its own name too."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 def parse_body(model: type[M], raw: bytes) -> M:

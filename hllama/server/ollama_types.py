@@ -10,7 +10,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from hllama.engine.prompt import ChatMessage
 from hllama.engine.thinking import ThinkLevel
@@ -19,25 +19,22 @@ from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.resolve import Overrides
+from hllama.server.body import Lenient
 from hllama.validation import first_problem
 
 log = logging.getLogger("hllama.server")
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class OllamaFunction(_Lenient):
+class OllamaFunction(Lenient):
     name: str = Field(description="the tool's name")
     arguments: dict[str, Any] = Field(default_factory=dict, description="its arguments, as a JSON object")
 
 
-class OllamaToolCall(_Lenient):
+class OllamaToolCall(Lenient):
     function: OllamaFunction = Field(description="the function called")
 
 
-class OllamaMessage(_Lenient):
+class OllamaMessage(Lenient):
     role: str = Field(description="system, user, assistant or tool")
     content: str = Field("", description="the message's text")
     tool_calls: list[OllamaToolCall] | None = Field(None, description="calls an assistant message made")
@@ -46,7 +43,7 @@ class OllamaMessage(_Lenient):
     images: list[str] | None = Field(None, description="base64 images, for a vision model")
 
 
-class _Generation(_Lenient):
+class _Generation(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     format: str | dict[str, Any] | None = Field(None, description='"json", or a JSON schema the answer follows')
     options: dict[str, Any] | None = Field(None, description="generation parameters (Ollama's names or hllama's)")
@@ -93,7 +90,7 @@ class EmbedRequest(_Generation):
         return [text] if (text := self.input or self.prompt) else []
 
 
-class NameRequest(_Lenient):
+class NameRequest(Lenient):
     """``/api/show``, ``/api/delete``, ``/api/pull``: ``model``, or the deprecated ``name``."""
 
     model: str = Field("", description="the model or alias")
@@ -106,12 +103,12 @@ class NameRequest(_Lenient):
         return self.model or self.name
 
 
-class CopyRequest(_Lenient):
+class CopyRequest(Lenient):
     source: str = Field("", description="an alias or a downloaded model")
     destination: str = Field("", description="the new alias's name")
 
 
-class CreateRequest(_Lenient):
+class CreateRequest(Lenient):
     model: str = Field("", description="the new alias's name")
     name: str = Field("", description="the same, under its deprecated name")
     from_: str | None = Field(None, alias="from", description="an alias, a Hub repo id or an absolute model path")

@@ -5,38 +5,35 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from hllama.engine.grammar import Pattern, Structure
 from hllama.errors import InvalidOption
+from hllama.server.body import Lenient
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ImageURL(_Lenient):
+class ImageURL(Lenient):
     url: str = Field(description="a data:image/...;base64,... URI (remote URLs are not fetched)")
 
 
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str = Field(description="text or image_url")
     text: str = Field("", description="a text part's text")
     image_url: ImageURL | None = Field(None, description="an image_url part's image")
 
 
-class FunctionCall(_Lenient):
+class FunctionCall(Lenient):
     name: str = Field(description="the tool's name")
     arguments: str = Field("{}", description="its arguments, as a JSON text")
 
 
-class ToolCallItem(_Lenient):
+class ToolCallItem(Lenient):
     id: str = Field("", description="the call's id, which its tool message names")
     type: str = Field("function", description="function")
     function: FunctionCall = Field(description="the function called")
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: str = Field(description="system, developer, user, assistant or tool")
     content: str | list[ContentPart] | None = Field("", description="text, or content parts")
     tool_calls: list[ToolCallItem] | None = Field(None, description="calls an assistant message made")
@@ -58,12 +55,12 @@ class ChatMessage(_Lenient):
                 for part in parts if part.type == "image_url"]
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"] = Field("text", description="the answer's form")
     json_schema: dict[str, Any] | None = Field(None, description="{name, schema} for json_schema")
 
 
-class StructuredOutputs(_Lenient):
+class StructuredOutputs(Lenient):
     """vLLM's request extra: exactly one of these holds the answer while it is decoded."""
 
     json_: dict[str, Any] | None = Field(None, alias="json", description="a JSON schema")
@@ -83,20 +80,20 @@ class StructuredOutputs(_Lenient):
         return Pattern(kind, json.dumps(value) if kind == "choice" else value)
 
 
-class ToolName(_Lenient):
+class ToolName(Lenient):
     name: str = Field(description="the function to call")
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"] = Field("function", description="always function")
     function: ToolName = Field(description="the one function the answer calls")
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool = Field(False, description="a last chunk with token counts")
 
 
-class _Sampling(_Lenient):
+class _Sampling(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     stream: bool = Field(False, description="server-sent events as the answer is generated")
     stream_options: StreamOptions | None = Field(None, description="what a stream carries")
@@ -116,7 +113,7 @@ class _Sampling(_Lenient):
         return {key: value for key, value in values.items() if value is not None}
 
 
-class Reasoning(_Lenient):
+class Reasoning(Lenient):
     effort: str | None = Field(None, description="none, minimal, low, medium, high, xhigh")
 
 
@@ -169,7 +166,7 @@ class CompletionRequest(_Sampling):
     suffix: str | None = Field(None, description="text after the insertion point (fill in the middle)")
 
 
-class EmbeddingRequest(_Lenient):
+class EmbeddingRequest(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     input: str | list[Any] = Field("", description="a text or a list of texts")
     encoding_format: str = Field("float", description="float or base64")

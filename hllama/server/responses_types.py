@@ -10,18 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+from hllama.server.body import Lenient
 
 
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str = Field(description="input_text, output_text or input_image")
     text: str | None = Field(None, description="the part's text")
     image_url: str | None = Field(None, description="an input_image's data:image/...;base64,... URI")
 
 
-class InputItem(_Lenient):
+class InputItem(Lenient):
     """A message (``role`` and ``content``), a ``function_call`` the model made, or a ``function_call_output``."""
 
     type: str = Field("message", description="message, function_call, function_call_output or reasoning")
@@ -45,33 +43,33 @@ class InputItem(_Lenient):
         return self.output or ""
 
 
-class FunctionTool(_Lenient):
+class FunctionTool(Lenient):
     type: str = Field("function", description="function (the only kind served)")
     name: str = Field("", description="the function's name")
     description: str | None = Field(None, description="what it does, for the model")
     parameters: dict[str, Any] | None = Field(None, description="the JSON schema of its arguments")
 
 
-class NamedFunction(_Lenient):
+class NamedFunction(Lenient):
     type: Literal["function"] = Field("function", description="always function")
     name: str = Field(description="the one function the answer calls")
 
 
-class TextFormat(_Lenient):
+class TextFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"] = Field("text", description="the answer's form")
     name: str | None = Field(None, description="a json_schema format's name")
     schema_: dict[str, Any] | None = Field(None, alias="schema", description="a json_schema format's schema")
 
 
-class TextConfig(_Lenient):
+class TextConfig(Lenient):
     format: TextFormat | None = Field(None, description="plain text, any JSON object, or JSON of a schema")
 
 
-class ReasoningConfig(_Lenient):
+class ReasoningConfig(Lenient):
     effort: str | None = Field(None, description="none, minimal, low, medium, high, xhigh")
 
 
-class ResponsesRequest(_Lenient):
+class ResponsesRequest(Lenient):
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     input: str | list[InputItem] = Field(description="the user's text, or the conversation's items")
     instructions: str | None = Field(None, description="the system prompt")
