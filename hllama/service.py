@@ -206,7 +206,7 @@ class Service:
                           prompt_eval_ns=first - acquired, eval_ns=ended - first, total_ns=ended - acquired,
                           cached_tokens=answer.cached_tokens,
                           done_reason="length" if answer.finish_reason == "length" else "stop")
-            finished = Finished(text=answer.text, stats=stats, generated_ids=[],
+            finished = Finished(text=answer.text, stats=stats, generated_ids=[], stop_sequence=answer.stop_sequence,
                                 logprobs=tuple(_token_logprobs(answer.logprobs)))
             yield Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
                          tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)

@@ -323,6 +323,7 @@ class Answer:
     cached_tokens: int = 0
 
     def __post_init__(self) -> None:
+        self.stop_sequence: str | None = None
         self.calls: dict[int, dict[str, str]] = {}
         self.logprobs: list[dict[str, Any]] = []
 
@@ -338,6 +339,8 @@ class Answer:
             return "", ""
         choice = choices[0]
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        if isinstance(choice.get("stop_reason"), str):  # vLLM names the stop string that ended the answer
+            self.stop_sequence = choice["stop_reason"]
         if isinstance(logprobs := choice.get("logprobs"), dict):
             if isinstance(logprobs.get("content"), list):
                 self.logprobs.extend(item for item in logprobs["content"] if isinstance(item, dict))

@@ -131,3 +131,15 @@ def test_x_api_key_is_the_servers_key(tiny_cache: Path, monkeypatch):
             _client(base, "wrong").messages.create(model=REPO_ID, max_tokens=8, messages=ASK)
         assert httpx.post(f"{base}/api/chat", json={"model": REPO_ID, "messages": ASK},
                           headers={"x-api-key": "sesame"}).status_code == 200
+
+
+def test_a_stop_sequence_is_named(url: str):
+    client = _client(url)
+    reply = client.messages.create(model=REPO_ID, max_tokens=64, messages=ASK, stop_sequences=["Paris", "zzz"],
+                                   extra_body=GREEDY)
+    assert reply.content[0].text == "The capital of France is " and reply.stop_reason == "stop_sequence"
+    assert reply.stop_sequence == "Paris"
+    with client.messages.stream(model=REPO_ID, max_tokens=64, messages=ASK, stop_sequences=["Paris"],
+                                extra_body=GREEDY) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "Paris"

@@ -53,3 +53,9 @@ def test_held_text_is_released_when_generation_ends():
     matcher = StopMatcher(["STOP"])
     assert _stream(matcher, ["go ST"]) == ["go ", "ST"]
     assert matcher.text == "go ST"
+
+
+def test_the_matched_stop_is_named():
+    matcher = StopMatcher(["END", "STOP"])
+    assert matcher.feed("one STOP two END") == "one " and matcher.matched == "STOP"
+    assert StopMatcher(["x"]).matched is None

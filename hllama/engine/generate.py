@@ -59,6 +59,7 @@ class Finished:
     stats: Stats
     generated_ids: list[int]
     logprobs: tuple[TokenLogprob, ...] = ()  # when asked for: one per token of the answer (end token excluded)
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
 #: What a :class:`Generation` hands its sink last.
@@ -178,7 +179,7 @@ class Generation:
         ended = worker.ended_at or time.perf_counter_ns()
         first = worker.first_token_at or ended
         return Finished(text=worker.matcher.text, generated_ids=list(worker.ids), logprobs=tuple(worker.logprobs),
-                        stats=Stats(
+                        stop_sequence=worker.matcher.matched, stats=Stats(
             prompt_tokens=self.prompt_length, generated_tokens=len(worker.ids), prompt_eval_ns=first - self.started,
             eval_ns=ended - first, total_ns=ended - self.started, cached_tokens=worker.reused,
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))

@@ -12,6 +12,7 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [stop for stop in stops if stop]
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text, once one has
         self.text = ""  # everything shown so far (and, once stopped, the final text)
         self._longest = max((len(stop) for stop in self.stops), default=0)
 
@@ -20,10 +21,11 @@ class StopMatcher:
         if self.stopped:
             return ""
         start = max(0, len(self.text) - self._longest)
-        hits = [index for stop in self.stops if (index := decoded.find(stop, start)) != -1]
+        hits = [(index, stop) for stop in self.stops if (index := decoded.find(stop, start)) != -1]
         if hits:
             self.stopped = True
-            return self._advance(decoded[: min(hits)])
+            index, self.matched = min(hits, key=lambda hit: hit[0])
+            return self._advance(decoded[:index])
         return self._advance(decoded[: len(decoded) - self._held(decoded)])
 
     def flush(self, decoded: str) -> str:

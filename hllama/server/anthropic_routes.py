@@ -82,17 +82,18 @@ async def messages(request: Request) -> Response:
         if text := "".join(pieces):
             content.append(TextBlock(text=text))
         content += _tool_uses(result)
-        reply = MessageResponse(id=ident, model=body.model, content=content, stop_reason=_stop_reason(result),
-                                usage=_usage(result))
+        reply = MessageResponse(id=ident, model=body.model, content=content, stop_reason=_stop_reason(result, body),
+                                stop_sequence=_stop_sequence(result, body), usage=_usage(result))
         return JSONResponse(reply.model_dump(), headers=headers)
-    return StreamingResponse(_stream(first, events, ident, body.model), media_type="text/event-stream",
+    return StreamingResponse(_stream(first, events, ident, body), media_type="text/event-stream",
                              headers=headers)
 
 
 async def _stream(first: str | Thought | Result, events: AsyncIterator[str | Thought | Result], ident: str,
-                  model: str) -> AsyncIterator[bytes]:
+                  body: MessagesRequest) -> AsyncIterator[bytes]:
     """Anthropic's events: message_start, then each block's start, deltas and stop, then message_delta and
     message_stop (an error after the stream began is an ``error`` event)."""
+    model = body.model
     start = MessageResponse(id=ident, model=model, content=[], stop_reason=None,
                             usage=Usage(input_tokens=0, output_tokens=0))
     yield _event(MessageStart(message=start))
@@ -118,7 +119,9 @@ async def _stream(first: str | Thought | Result, events: AsyncIterator[str | Tho
             yield _event(ContentBlockDelta(index=index, delta=InputJsonDelta(
                 partial_json=json.dumps(block.input, ensure_ascii=False))))
             yield _event(ContentBlockStop(index=index))
-        yield _event(MessageDelta(delta=MessageDeltaBody(stop_reason=_stop_reason(item)), usage=_usage(item)))
+        yield _event(MessageDelta(delta=MessageDeltaBody(stop_reason=_stop_reason(item, body),
+                                                         stop_sequence=_stop_sequence(item, body)),
+                                  usage=_usage(item)))
         yield _event(MessageStop())
     except HllamaError as exc:
         yield _event(ErrorResponse(error=ErrorBody(type="api_error", message=str(exc))), name="error")
@@ -196,10 +199,18 @@ def _tool_uses(result: Result) -> list[ToolUseBlock]:
             for call in result.tool_calls]
 
 
-def _stop_reason(result: Result) -> Any:
+def _stop_reason(result: Result, body: MessagesRequest) -> Any:
     if result.tool_calls:
         return "tool_use"
+    if _stop_sequence(result, body) is not None:
+        return "stop_sequence"
     return "max_tokens" if result.finished.stats.done_reason == "length" else "end_turn"
+
+
+def _stop_sequence(result: Result, body: MessagesRequest) -> str | None:
+    """The request's stop sequence that ended the answer (not one the chat format adds of its own)."""
+    matched = result.finished.stop_sequence
+    return matched if matched is not None and matched in (body.stop_sequences or []) else None
 
 
 def _usage(result: Result) -> Usage:

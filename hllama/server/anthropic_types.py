@@ -159,9 +159,9 @@ class MessageResponse(BaseModel):
     role: Literal["assistant"] = Field("assistant", description="always assistant")
     model: str = Field(description="the model as the request named it")
     content: list[OutputBlock] = Field(description="thinking, text and tool_use blocks, in that order")
-    stop_reason: Literal["end_turn", "max_tokens", "tool_use"] | None = Field(
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None = Field(
         description="why the answer ended; null until it has")
-    stop_sequence: str | None = Field(None, description="not reported: null")
+    stop_sequence: str | None = Field(None, description="the stop sequence that ended it, if one did")
     usage: Usage = Field(description="token counts")
 
 
@@ -203,8 +203,9 @@ class ContentBlockStop(BaseModel):
 
 
 class MessageDeltaBody(BaseModel):
-    stop_reason: Literal["end_turn", "max_tokens", "tool_use"] = Field(description="why the answer ended")
-    stop_sequence: str | None = Field(None, description="not reported: null")
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] = Field(
+        description="why the answer ended")
+    stop_sequence: str | None = Field(None, description="the stop sequence that ended it, if one did")
 
 
 class MessageDelta(BaseModel):
