@@ -97,6 +97,8 @@ class Settings(BaseSettings):
         default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
     max_request_size: ByteSize = Field(ByteSize(32 * 1024 * 1024), gt=0,
                                        description="largest request body `serve` accepts (bytes or '64MiB')")
+    metrics_without_key: bool = Field(False, description="serve /metrics without the API key to clients on "
+                                                         "loopback (a scraper beside the server)")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")
     api_key: SecretStr | None = Field(
         None, description="when set, `serve` answers only requests with 'Authorization: Bearer <key>'")

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from hllama.errors import ModelTooLarge, ServerBusy
 from hllama.resolve import Resolved
@@ -104,6 +104,7 @@ class Scheduler:
         self.clock = clock
         self.runners: list[Runner] = []
         self.loading: list[Loading] = []  # what is being loaded now (one at a time)
+        self.observer: Any = None  # told of each load (``loaded(name, seconds)``) and unload (``unloaded(name)``)
         self._load_lock = asyncio.Lock()  # one load at a time, as Ollama does
 
     @property
@@ -148,6 +149,8 @@ class Scheduler:
             self.runners.remove(runner)
             self._cancel_timer(runner)
             log.info("unloading %s", runner.name)
+            if self.observer is not None:
+                self.observer.unloaded(runner.name)
             await asyncio.to_thread(runner.model.close)
 
     async def retire(self, key: tuple) -> None:
@@ -190,6 +193,8 @@ class Scheduler:
                             keep_alive=resolved.parameters.keep_alive, last_used=started)
             self.runners.append(runner)
             log.info("loaded %s (%d bytes) in %.2fs", runner.name, runner.size, self.clock() - started)
+            if self.observer is not None:
+                self.observer.loaded(runner.name, self.clock() - started)
             return runner
 
     async def _make_room(self, resolved: Resolved, needed: int) -> None:

@@ -30,6 +30,7 @@ from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption, NotSupported
 from hllama.hardware import Budget, memory_budget
+from hllama.metrics import Metrics
 from hllama.modelfile import Message
 from hllama.registry import Registry, changes
 from hllama.resolve import Overrides, Resolved, resolve
@@ -102,6 +103,9 @@ class Service:
         self.registry: Registry = store.refresh()
         self._replaced: set[tuple] = set()
         self._running: set[threading.Event] = set()  # the cancel events of generations under way
+        self.metrics = Metrics()
+        self.metrics.watch(scheduler)
+        scheduler.observer = self.metrics
 
     def cancel_all(self) -> None:
         """Stop every generation under way (within a token, or a layer of the pass reading its prompt): the server is
@@ -119,7 +123,9 @@ class Service:
                 log.info("alias '%s' %s", name, verb)
         for error in diff.new_problems:
             log.warning("%s", error)
+        self.metrics.reload_errors.inc(len(diff.new_problems))
         if diff.added or diff.removed or diff.changed:
+            self.metrics.reloads.inc()
             log.info("modelfiles reloaded: %d added, %d removed, %d changed, %d aliases", len(diff.added),
                      len(diff.removed), len(diff.changed), len(new.entries))
         still_used = {self._key(name, new) for name in new.entries}
@@ -208,6 +214,7 @@ class Service:
                           done_reason="length" if answer.finish_reason == "length" else "stop")
             finished = Finished(text=answer.text, stats=stats, generated_ids=[], stop_sequence=answer.stop_sequence,
                                 logprobs=tuple(_token_logprobs(answer.logprobs)))
+            self.metrics.answered(resolved.name, stats)
             yield Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
                          tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)
 
@@ -290,7 +297,9 @@ class Service:
                         if item is END:
                             for part in parts.finish():
                                 yield part
-                            yield Result(finished=generation.finished(), prompt_ids=list(prompt.ids),
+                            finished = generation.finished()
+                            self.metrics.answered(resolved.name, finished.stats)
+                            yield Result(finished=finished, prompt_ids=list(prompt.ids),
                                          load_ns=acquired - started, total_ns=time.perf_counter_ns() - started,
                                          thinking=parts.thinking)
                             return

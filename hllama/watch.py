@@ -63,6 +63,7 @@ class ModelfileWatcher:
             await self.apply(changed)
         except Exception:  # noqa: BLE001 - a server fault, but the watch must outlive it
             log.exception("reloading the modelfiles failed; keeping the aliases as they were")
+            self.service.metrics.reload_errors.inc()
 
     async def apply(self, changed: set[Path]) -> None:
         old = self.service.registry

@@ -87,7 +87,8 @@ def test_an_api_key_guards_every_route_but_the_health_check(keyed: str):
 
 def test_ps_sends_the_configured_key(keyed: str, capsys, monkeypatch: pytest.MonkeyPatch):
     assert main(["ps"]) == 0
-    assert capsys.readouterr().out.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert capsys.readouterr().out.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "RUNNING", "QUEUED",
+                                               "UNTIL"]
     monkeypatch.setenv("HLLAMA_API_KEY", "wrong")
     assert main(["ps"]) == 1
     assert capsys.readouterr().err.startswith("Error: unauthorized")

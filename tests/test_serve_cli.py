@@ -34,8 +34,9 @@ def test_ps_and_stop_talk_to_the_server(served, capsys):
     httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": ""}, timeout=120)
     assert main(["ps"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert out[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "RUNNING", "QUEUED", "UNTIL"]
     assert out[1].startswith("tiny:latest") and "100% CPU" in out[1] and out[1].endswith("seconds from now")
+    assert out[1].split()[-6:-4] == ["0", "0"]  # running, queued
     assert main(["stop", "tiny"]) == 0
     assert httpx.get(f"{url}/api/ps").json() == {"models": []}
 

@@ -65,10 +65,13 @@ def run_ps(args: argparse.Namespace) -> int:
     for model in _call("GET", "/api/ps")["models"]:
         until = datetime.fromisoformat(model["expires_at"])
         seconds = (until - datetime.now(until.tzinfo)).total_seconds()
+        until_text = "Forever" if seconds > 3 * 365 * 86400 else f"{max(0, int(seconds))} seconds from now"
+        if "loading" in model:
+            until_text = f"loading ({model['loading']['seconds']:.0f} s)"
         rows.append((model["name"], model["digest"][:12], format_bytes(model["size"]),
                      "100% GPU" if model["size_vram"] else "100% CPU", str(model.get("context_length") or "-"),
-                     "Forever" if seconds > 3 * 365 * 86400 else f"{max(0, int(seconds))} seconds from now"))
-    print(format_table(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"), rows))
+                     str(model.get("requests_running", "-")), str(model.get("requests_waiting", "-")), until_text))
+    print(format_table(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "RUNNING", "QUEUED", "UNTIL"), rows))
     return 0
 
 

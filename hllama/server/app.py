@@ -12,7 +12,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from hllama import __version__
@@ -41,6 +42,7 @@ from hllama.errors import (
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
+from hllama.metrics import RequestMetrics
 from hllama.server.anthropic_types import ErrorBody, ErrorResponse
 from hllama.server.body import hoist_schemas
 from hllama.server.security import add_access_control
@@ -97,7 +99,14 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     key = service.settings.api_key
     add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
                        api_key=key.get_secret_value() if key else None, refuse=error_response,
-                       max_body=int(service.settings.max_request_size))
+                       max_body=int(service.settings.max_request_size),
+                       open_paths=("/metrics",) if service.settings.metrics_without_key else ())
+    app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: refusals are counted too
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus' text format."""
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:

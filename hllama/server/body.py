@@ -33,7 +33,10 @@ async def read_body(request: Request, model: type[M]) -> M:
     if content_type.startswith(_NOT_JSON):
         raise UnsupportedMediaType(f"the request body must be JSON (Content-Type: application/json), "
                                    f"not {content_type}")
-    return parse_body(model, await request.body())
+    body = parse_body(model, await request.body())
+    if isinstance(named := getattr(body, "model", None), str):
+        request.state.model = named[:200]  # for the metrics of a request that succeeds (hllama.metrics)
+    return body
 
 
 class Lenient(BaseModel):

@@ -128,7 +128,8 @@ async def ps(request: Request) -> dict[str, Any]:
         models.append({"name": name, "model": name, "size": runner.size, "digest": digest(repr(runner.key)),
                        "details": details(load_plan), "expires_at": local_rfc3339(time.time() + remaining),
                        "size_vram": runner.size if service.budget.device == "cuda" else 0,
-                       "context_length": runner.model.context_length})  # type: ignore[attr-defined]
+                       "context_length": runner.model.context_length,  # type: ignore[attr-defined]
+                       "requests_running": runner.active, "requests_waiting": runner.waiting})
     for loading in scheduler.loading:  # on its way in: an extra field says how far it got
         name = wire_name(loading.name)
         models.append({"name": name, "model": name, "size": 0, "digest": digest(repr(loading.key)),

@@ -130,14 +130,20 @@ class LimitBodySize:
 class RequireApiKey:
     """401 for a request without the key; CORS preflights and ``/`` (clients probe it) stay open."""
 
-    def __init__(self, app: ASGIApp, *, key: str, refuse: Refuse) -> None:
+    def __init__(self, app: ASGIApp, *, key: str, refuse: Refuse, open_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.expected = f"Bearer {key}".encode()
         self.key = key.encode()
         self.refuse = refuse
+        self.open_paths = open_paths
+
+    def _open(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        return scope["path"] in self.open_paths and client is not None and is_loopback(client[0])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != "/":
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != "/" \
+                and not self._open(scope):
             headers = dict(scope["headers"])
             bearer = hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
             anthropic = hmac.compare_digest(headers.get(b"x-api-key", b""), self.key)  # Anthropic's clients
@@ -151,12 +157,12 @@ class RequireApiKey:
 
 
 def add_access_control(app, *, bind_host: str, origins: list[str], api_key: str | None, refuse: Refuse,
-                       max_body: int) -> None:
+                       max_body: int, open_paths: tuple[str, ...] = ()) -> None:
     """Outermost first: the Host check, the origin check, CORS (so even a 401 carries its headers), the key,
-    then the body's size."""
+    then the body's size. ``open_paths`` need no key from a client on loopback (a metrics scraper)."""
     app.add_middleware(LimitBodySize, limit=max_body, refuse=refuse)
     if api_key is not None:
-        app.add_middleware(RequireApiKey, key=api_key, refuse=refuse)
+        app.add_middleware(RequireApiKey, key=api_key, refuse=refuse, open_paths=open_paths)
     allowed = origin_pattern(origins)
     app.add_middleware(CORSMiddleware, allow_origin_regex=allowed, allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Hllama-Effective"])
