@@ -54,8 +54,6 @@ class Metrics:
                                "change", registry=registry)
         self.reload_errors = Counter("hllama_modelfile_reload_errors", "Modelfiles that broke, or reloads that "
                                      "failed", registry=registry)
-        self.log_dropped = Counter("hllama_request_log_dropped", "Request log entries lost (a locked or full "
-                                   "database)", registry=registry)
 
     def watch(self, scheduler: Any) -> None:
         """Read what is true now (running, waiting, batch width, loaded models) from ``scheduler`` when scraped."""
