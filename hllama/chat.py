@@ -105,6 +105,7 @@ class ChatSession:
             self._run(self.service.scheduler.close())
         finally:
             self._loop.close()
+            self.service.close_log()
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the session's loop; Ctrl+C meanwhile cancels it (letting it clean up), then goes on."""

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         default_factory=list, description="extra browser origins allowed by CORS (comma-separated)")
     max_request_size: ByteSize = Field(ByteSize(32 * 1024 * 1024), gt=0,
                                        description="largest request body `serve` accepts (bytes or '64MiB')")
+    log_requests: bool = Field(False, description="keep every answer (prompt, answer, settings, timings) in "
+                                                  "<home>/logs.db; off, since prompts are private")
+    log_retention: int = Field(10000, ge=1, description="how many of the newest answers the request log keeps")
     metrics_without_key: bool = Field(False, description="serve /metrics without the API key to clients on "
                                                          "loopback (a scraper beside the server)")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")

@@ -27,12 +27,14 @@ from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation, TokenLogprob
 from hllama.engine.grammar import Structure, structure_of, thinking_mode
 from hllama.engine.thinking import ThinkingParts, Thought
-from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream
+from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream, parse_tool_calls
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption, NotSupported
 from hllama.hardware import Budget, memory_budget
 from hllama.metrics import Metrics
 from hllama.modelfile import Message
 from hllama.registry import Registry, changes
+from hllama.requestlog import Entry as LogEntry
+from hllama.requestlog import RequestLog, current_client
 from hllama.resolve import Overrides, Resolved, resolve
 from hllama.scheduler import Scheduler, load_key
 from hllama.store import AliasStore
@@ -106,6 +108,25 @@ class Service:
         self.metrics = Metrics()
         self.metrics.watch(scheduler)
         scheduler.observer = self.metrics
+        self.request_log = RequestLog(settings.home / "logs.db", retention=settings.log_retention,
+                                      dropped=self.metrics.log_dropped.inc) if settings.log_requests else None
+
+    def close_log(self) -> None:
+        """Write what the request log still holds (at shutdown)."""
+        if self.request_log is not None:
+            self.request_log.close()
+
+    def _logged(self, resolved: Resolved, messages: list[dict[str, Any]], result: Result, *, tools: bool) -> None:
+        if self.request_log is None:
+            return
+        finished, stats = result.finished, result.finished.stats
+        calls = parse_tool_calls(finished.text)[1] if tools else list(result.tool_calls)
+        self.request_log.record(LogEntry(
+            model=resolved.model, alias=resolved.alias, messages=messages, response=finished.text,
+            settings=effective_settings(resolved), thinking=result.thinking,
+            tool_calls=[call.model_dump() for call in calls], prompt_tokens=stats.prompt_tokens,
+            generated_tokens=stats.generated_tokens, duration_ms=result.total_ns / 1e6,
+            first_token_ms=stats.prompt_eval_ns / 1e6, done_reason=stats.done_reason, client=current_client.get()))
 
     def cancel_all(self) -> None:
         """Stop every generation under way (within a token, or a layer of the pass reading its prompt): the server is
@@ -215,8 +236,11 @@ class Service:
             finished = Finished(text=answer.text, stats=stats, generated_ids=[], stop_sequence=answer.stop_sequence,
                                 logprobs=tuple(_token_logprobs(answer.logprobs)))
             self.metrics.answered(resolved.name, stats)
-            yield Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
-                         tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)
+            result = Result(finished=finished, prompt_ids=[], load_ns=acquired - started, total_ns=ended - started,
+                            tool_calls=tuple(answer.tool_calls()), thinking=answer.thinking)
+            self._logged(resolved, body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}],
+                         result, tools=False)
+            yield result
 
     async def count_tokens(self, resolved: Resolved, history: list[Message], *,
                            tools: list[dict[str, Any]] | None = None) -> int:
@@ -299,9 +323,11 @@ class Service:
                                 yield part
                             finished = generation.finished()
                             self.metrics.answered(resolved.name, finished.stats)
-                            yield Result(finished=finished, prompt_ids=list(prompt.ids),
-                                         load_ns=acquired - started, total_ns=time.perf_counter_ns() - started,
-                                         thinking=parts.thinking)
+                            result = Result(finished=finished, prompt_ids=list(prompt.ids), load_ns=acquired - started,
+                                            total_ns=time.perf_counter_ns() - started, thinking=parts.thinking)
+                            self._logged(resolved, getattr(prompt, "messages", []), result,
+                                         tools=getattr(prompt, "tool_style", None) is not None)
+                            yield result
                             return
             finally:  # a client gone mid-stream lands here too: stop generating, then give the model back
                 generation.cancel.set()

@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hllama.cli import aliases, chat, models, server
+    from hllama.cli import aliases, chat, logs, models, server
 
     parser = _Parser(prog="hllama", description="Run Hugging Face models the way Ollama runs GGUF.")
     parser.add_argument("-v", "--version", action="version", version=f"hllama {__version__}")
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.register(commands)
     server.register(commands)
     server.register_client(commands)
+    logs.register(commands)
     return parser
 
 

@@ -93,6 +93,7 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
             watcher.stop()
             await asyncio.gather(task, return_exceptions=True)
         await service.scheduler.close()
+        await asyncio.to_thread(service.close_log)
 
     app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
