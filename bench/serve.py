@@ -19,8 +19,8 @@ is one it never writes), so every answer is exactly N tokens; all answers stream
 
 ``--vllm PYTHON`` measures an alias served by vLLM instead: it starts vLLM's OpenAI server with that interpreter
 (vLLM lives in an environment of its own) on the model, then asks it with 1 and C clients directly and through
-an hllama alias whose ``upstream`` is that server, in the same run. ``--log`` compares C clients with the request
-log off and on (a server each, alternating, same run).
+an hllama alias whose ``upstream`` is that server, in the same run. ``--log`` compares C clients with metrics and the
+request log both off and both on (a server each, alternating, same run).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="single-client runs (medians)")
     parser.add_argument("--peer", action="store_true", help="also run transformers serve --continuous-batching")
     parser.add_argument("--vllm", metavar="PYTHON", help="compare an alias served by vLLM with vLLM asked directly")
-    parser.add_argument("--log", action="store_true", help="compare the request log on against off")
+    parser.add_argument("--log", action="store_true", help="compare metrics and the request log on against off")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
     if args.smollm2:
@@ -149,20 +149,20 @@ def _report(model: Path, args: argparse.Namespace, plain: Run, results: dict[str
 
 
 def _compare_logging(work: Path, model: Path, args: argparse.Namespace) -> None:
-    """C clients with the request log off, on, off, on (a server each, same run); metrics are on throughout."""
+    """C clients with metrics and the request log both off, both on, off, on (a server each, same run)."""
     rates: dict[bool, list[float]] = {False: [], True: []}
-    for logging_on in (False, True, False, True):
-        os.environ["HLLAMA_LOG_REQUESTS"] = "1" if logging_on else "0"
+    for on in (False, True, False, True):
+        os.environ["HLLAMA_LOG_REQUESTS"] = os.environ["HLLAMA_METRICS"] = "1" if on else "0"
         with _hllama(work, model, args.clients) as url:
-            rates[logging_on].append(_concurrent(_Native(url, "model"), {"temperature": 0}, args.tokens,
-                                                 args.clients).rate)
-    os.environ.pop("HLLAMA_LOG_REQUESTS")
+            rates[on].append(_concurrent(_Native(url, "model"), {"temperature": 0}, args.tokens, args.clients).rate)
+    for name in ("HLLAMA_LOG_REQUESTS", "HLLAMA_METRICS"):
+        os.environ.pop(name)
     print(f"model: {model}   {args.clients} clients x {args.tokens} tokens, /api/chat greedy")
-    for logging_on, values in rates.items():
-        print(f"request log {'on ' if logging_on else 'off'}: " + ", ".join(f"{rate:.1f}" for rate in values)
+    for on, values in rates.items():
+        print(f"metrics and request log {'on ' if on else 'off'}: " + ", ".join(f"{rate:.1f}" for rate in values)
               + " tok/s")
     ratio = statistics.mean(rates[True]) / statistics.mean(rates[False])
-    print(f"request log on vs off: {ratio:.3f}x tokens/s   (target >= 0.98x)")
+    print(f"metrics and request log on vs off: {ratio:.3f}x tokens/s   (target >= 0.98x)")
 
 
 def _compare_upstream(work: Path, model: Path, args: argparse.Namespace) -> None:

@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     log_requests: bool = Field(False, description="keep every answer (prompt, answer, settings, timings) in "
                                                   "<home>/logs.db; off, since prompts are private")
     log_retention: int = Field(10000, ge=1, description="how many of the newest answers the request log keeps")
+    metrics: bool = Field(True, description="serve GET /metrics and count what it shows")
     metrics_without_key: bool = Field(False, description="serve /metrics without the API key to clients on "
                                                          "loopback (a scraper beside the server)")
     memory_budget: ByteSize | None = Field(None, description="bytes (or '8GiB') models may use; default: detected")

@@ -137,3 +137,9 @@ def test_metrics_need_the_key_unless_opened_for_loopback(tiny_cache: Path, monke
     with live_server(load_settings(), watch=False) as base:
         assert _scrape(base)  # this test's client is on loopback
         assert httpx.post(f"{base}/api/chat", json={"model": REPO_ID, "messages": ASK}).status_code == 401
+
+
+def test_metrics_can_be_turned_off(tiny_cache: Path, monkeypatch):
+    monkeypatch.setenv("HLLAMA_METRICS", "false")
+    with live_server(load_settings(), watch=False) as base:
+        assert httpx.get(f"{base}/metrics").status_code == 404

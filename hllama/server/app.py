@@ -102,12 +102,13 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
                        api_key=key.get_secret_value() if key else None, refuse=error_response,
                        max_body=int(service.settings.max_request_size),
                        open_paths=("/metrics",) if service.settings.metrics_without_key else ())
-    app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: refusals are counted too
+    if service.settings.metrics:
+        app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: refusals are counted too
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        """Prometheus' text format."""
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            """Prometheus' text format."""
+            return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
