@@ -121,9 +121,7 @@ def _compiled(schema_text: str) -> str:
         grammar = LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_text)), defaults=_OPTIONS)
     except ValueError as exc:
         raise InvalidOption(f"format: not a JSON schema: {exc}") from None
-    if problem := LLMatcher.validate_grammar(grammar):
-        raise InvalidOption(f"format: this JSON schema cannot be enforced: {problem.strip().splitlines()[0]}")
-    return grammar
+    return _enforceable(grammar, "format: this JSON schema")
 
 
 @functools.lru_cache(maxsize=256)
@@ -142,10 +140,7 @@ def _compiled_pattern(pattern: Pattern) -> str:
             grammar = LLMatcher.grammar_from_lark(lark)
     except Exception as exc:  # a GBNF grammar the converter cannot read
         raise InvalidOption(f"structured_outputs.{pattern.kind}: {str(exc).strip().splitlines()[0]}") from None
-    if problem := LLMatcher.validate_grammar(grammar):
-        raise InvalidOption(f"structured_outputs.{pattern.kind} cannot be enforced: "
-                            f"{problem.strip().splitlines()[0]}")
-    return grammar
+    return _enforceable(grammar, f"structured_outputs.{pattern.kind}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,8 +171,16 @@ def _compiled_calls(calls: ToolCalls) -> str:
         grammar = LLMatcher.grammar_from_lark(lark)
     except Exception as exc:
         raise InvalidOption(f"tools: {str(exc).strip().splitlines()[0]}") from None
+    return _enforceable(grammar, "tools: a tool's parameters")
+
+
+def _enforceable(grammar: str, what: str) -> str:
+    """``grammar``, once llguidance finds nothing in it that it cannot enforce; else an :class:`InvalidOption`
+    saying ``what`` and the first problem."""
+    from llguidance import LLMatcher
+
     if problem := LLMatcher.validate_grammar(grammar):
-        raise InvalidOption(f"tools: a tool's parameters cannot be enforced: {problem.strip().splitlines()[0]}")
+        raise InvalidOption(f"{what} cannot be enforced: {problem.strip().splitlines()[0]}")
     return grammar
 
 
@@ -337,8 +340,8 @@ class Constraint:
         whitespace came) those that may begin the JSON."""
         begun = self.tokenizer.decode_str(self._free)
         opening = [token for token in self._vocabulary.think_pieces
-                   if OPEN.startswith((begun + self.tokenizer.decode_str([token])).lstrip()[:len(OPEN)])
-                   and (begun + self.tokenizer.decode_str([token])).strip()]
+                   if (text := (begun + self.tokenizer.decode_str([token])).lstrip())
+                   and OPEN.startswith(text[:len(OPEN)])]
         kept = scores[opening].clone() if opening else None
         if begun.strip():  # inside "<think" already: only its continuation
             scores.fill_(float("-inf"))
