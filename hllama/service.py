@@ -283,8 +283,8 @@ class Service:
             if text is None:
                 raise NotSupported(resolved.name, "context", "it is served by an engine in another process, "
                                                              "which does not take this model's token ids")
-            return self._relay(resolved, lambda upstream: completion_body(resolved, text, suffix=suffix,
-                                                                          logprobs=logprobs), path="/completions")
+            return self._relay(resolved, lambda upstream: completion_body(
+                resolved, text, suffix=suffix, logprobs=logprobs, context=upstream.context_length), path="/completions")
         return self._generate(resolved, lambda loaded: _RawPrompt(prompt_ids(loaded)), logprobs=logprobs,
                               structure=lambda prompt: structure_of(resolved.parameters, structure))
 

@@ -230,24 +230,11 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "
 def request_body(resolved: Resolved, messages: list[dict[str, Any]], *, structure: Structure | None = None,
                  tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto",
                  think: bool | str | None = None, logprobs: int | None = None, context: int = 0) -> dict[str, Any]:
-    """A streamed chat completion for the engine: the resolved settings by the engine's names. What an engine
-    cannot take per request is refused by name rather than dropped: ``ctx`` is the engine's own, set where it
-    starts (``context``, when hllama started it with that one)."""
-    parameters = resolved.parameters
-    if parameters.ctx is not None and parameters.ctx != context:
-        raise InvalidOption(f"num_ctx: '{resolved.name}' is served by an engine whose context is set where it "
-                            f"starts (vLLM's --max-model-len{f', here {context}' if context else ''})")
+    """A streamed chat completion for the engine (see :func:`_settings`)."""
     if any(message.get("images") for message in messages):
         raise InvalidOption(f"images: '{resolved.name}' is served by an engine in another process, to which "
                             "images are not passed on")
-    if resolved.template is not None:
-        raise InvalidOption(f"template: '{resolved.name}' is served by an upstream engine, which renders "
-                            "its own chat template")
-    body: dict[str, Any] = {"model": resolved.model, "messages": _wire_messages(messages), "stream": True,
-                            "stream_options": {"include_usage": True}}
-    body |= {wire: value for name, wire in _SAMPLING.items() if (value := getattr(parameters, name)) is not None}
-    if parameters.max_new_tokens not in (None, -1):
-        body["max_tokens"] = parameters.max_new_tokens
+    body = _settings(resolved, context=context) | {"messages": _wire_messages(messages)}
     if logprobs is not None:
         body |= {"logprobs": True, "top_logprobs": logprobs}
     if isinstance(structure, Pattern):  # vLLM's structured_outputs
@@ -268,16 +255,33 @@ def request_body(resolved: Resolved, messages: list[dict[str, Any]], *, structur
     return body
 
 
-def completion_body(resolved: Resolved, prompt: str, *, suffix: str | None = None,
-                    logprobs: int | None = None) -> dict[str, Any]:
-    """A streamed raw completion (``/completions``): the prompt as given, no chat template; the same settings."""
-    body = request_body(resolved, [], logprobs=None)
-    del body["messages"]
-    body["prompt"] = prompt
+def completion_body(resolved: Resolved, prompt: str, *, suffix: str | None = None, logprobs: int | None = None,
+                    context: int = 0) -> dict[str, Any]:
+    """A streamed raw completion (``/completions``): the prompt as given, no chat template (see :func:`_settings`)."""
+    body = _settings(resolved, context=context) | {"prompt": prompt}
     if suffix:
         body["suffix"] = suffix
     if logprobs is not None:
         body["logprobs"] = logprobs  # the completions API counts alternatives here
+    return body
+
+
+def _settings(resolved: Resolved, *, context: int) -> dict[str, Any]:
+    """What every request to the engine carries: the model, a stream with its usage, and the resolved settings
+    by the engine's names. What an engine cannot take per request is refused by name rather than dropped:
+    ``ctx`` is the engine's own, set where it starts (``context``, when hllama started it with that one), and so
+    is its chat template."""
+    parameters = resolved.parameters
+    if parameters.ctx is not None and parameters.ctx != context:
+        raise InvalidOption(f"num_ctx: '{resolved.name}' is served by an engine whose context is set where it "
+                            f"starts (vLLM's --max-model-len{f', here {context}' if context else ''})")
+    if resolved.template is not None:
+        raise InvalidOption(f"template: '{resolved.name}' is served by an upstream engine, which renders "
+                            "its own chat template")
+    body: dict[str, Any] = {"model": resolved.model, "stream": True, "stream_options": {"include_usage": True}}
+    body |= {wire: value for name, wire in _SAMPLING.items() if (value := getattr(parameters, name)) is not None}
+    if parameters.max_new_tokens not in (None, -1):
+        body["max_tokens"] = parameters.max_new_tokens
     return body
 
 

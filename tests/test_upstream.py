@@ -14,7 +14,7 @@ from hllama.engine.grammar import ANY_OBJECT, Pattern
 from hllama.errors import InvalidOption
 from hllama.options import LoadOptions, Parameters
 from hllama.resolve import Resolved
-from hllama.upstream import Upstream, _wire_messages, request_body
+from hllama.upstream import Upstream, _wire_messages, completion_body, request_body
 
 from .liveserver import free_port, live_server
 from .tinymodel import CHATS, REPO_ID, TOOL_REPO_ID, WEATHER_QUESTION, WEATHER_TOOL, install_into_cache
@@ -142,6 +142,12 @@ def test_settings_go_to_the_engine_by_its_names():
     assert request_body(_resolved(), [], think=False)["chat_template_kwargs"] == {"enable_thinking": False}
     with pytest.raises(InvalidOption, match="^num_ctx:"):
         request_body(_resolved(num_ctx=4096), [])
+    # a raw prompt to a vLLM hllama started with that context goes through, with the same settings
+    raw = completion_body(_resolved(num_ctx=4096, temperature=0.2), "hi", suffix="end", logprobs=1, context=4096)
+    assert raw["prompt"] == "hi" and raw["suffix"] == "end" and raw["logprobs"] == 1 and raw["temperature"] == 0.2
+    assert "messages" not in raw and raw["stream"]
+    with pytest.raises(InvalidOption, match="^num_ctx:"):
+        completion_body(_resolved(num_ctx=4096), "hi")
 
 
 def test_calls_and_their_results_are_matched_by_id():
