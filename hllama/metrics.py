@@ -18,8 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hllama.requestlog import current_client
-
 #: Seconds, for request durations and times to the first token.
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Seconds per generated token.
@@ -125,8 +123,6 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
-        client = scope.get("client")
-        current_client.set(client[0] if client else "")  # for the request log
 
         async def sending(message: Message) -> None:
             nonlocal status

@@ -96,3 +96,11 @@ def test_retention_and_migrations(tmp_path: Path):
             "m001_initial", "m002_full_text_search"]
     with pytest.raises(Exception, match="--search"):
         read(path, search='"unbalanced')
+
+
+def test_the_client_is_named_with_metrics_off(tiny_cache: Path, hllama_home: Path, monkeypatch, capsys):
+    monkeypatch.setenv("HLLAMA_LOG_REQUESTS", "1")
+    monkeypatch.setenv("HLLAMA_METRICS", "false")
+    with live_server(load_settings(), watch=False) as url:
+        ollama.Client(host=url).chat(REPO_ID, messages=[{"role": "user", "content": CHATS[0][0]}], options=GREEDY)
+    assert [entry["client"] for entry in _logs(capsys)] == ["127.0.0.1"]
