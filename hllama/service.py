@@ -251,7 +251,8 @@ class Service:
         async with self.scheduler.use(resolved) as runner:
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             prompt = await asyncio.to_thread(build_prompt, loaded.tokenizer, conversation(resolved, history),
-                                             template=resolved.template, tools=tools, model=resolved.name)
+                                             template=resolved.template, tools=tools, model=resolved.name,
+                                             processor=loaded.processor)
         return len(prompt.ids)
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:

@@ -146,3 +146,12 @@ def test_the_estimate_counts_the_vision_tower(vision_model_dir: Path):
     model = AutoModelForImageTextToText.from_pretrained(vision_model_dir)
     tower = sum(parameter.numel() for parameter in model.model.vision_tower.parameters())
     assert tower > 0 and local_footprint(vision_model_dir).parameters == model.num_parameters()
+
+
+def test_count_tokens_counts_an_images_tokens(url: str):
+    client = anthropic.Anthropic(base_url=url, api_key="unused")
+    plain = client.messages.count_tokens(model=VISION_REPO_ID, messages=[{"role": "user", "content": ASK}])
+    seen = client.messages.count_tokens(model=VISION_REPO_ID, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _b64(_png())}},
+        {"type": "text", "text": ASK}]}])
+    assert seen.input_tokens == plain.input_tokens + IMAGE_TOKENS

@@ -114,6 +114,7 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
         raise NotSupported(model, "images", "it is not a vision model")
     # a vision model is prompted through its processor's chat template, where it has one
     renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
+    pictures = _pictures(messages)  # decoded once, however many times the turns are fitted to ctx
 
     def attempt(dropped: int) -> Prompt:
         kept = system + [message for turn in turns[dropped:] for message in turn]
@@ -122,9 +123,7 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
         text, extra_stops = render(renderer, shown, template=template, tools=tools, **options)
         vision = None
         if images:  # the processor puts each image's tokens where its template left a place for it
-            from hllama.images import opened
-
-            inputs = processor(text=[text], images=[opened(image) for image in images], return_tensors="pt")
+            inputs = processor(text=[text], images=[pictures[id(image)] for image in images], return_tensors="pt")
             ids = inputs["input_ids"][0].tolist()
             vision = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
         else:
@@ -152,6 +151,15 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
         else:
             low = middle + 1
     return best
+
+
+def _pictures(messages: list[dict[str, Any]]) -> dict[int, Any]:
+    """Each image file of the conversation as the picture a processor takes, by the identity of its bytes."""
+    if not any(message.get("images") for message in messages):
+        return {}
+    from hllama.images import opened
+
+    return {id(image): opened(image) for message in messages for image in message.get("images") or []}
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
