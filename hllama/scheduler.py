@@ -33,11 +33,8 @@ class Loaded(Protocol):
 
     def close(self) -> None: ...
 
-
-#: What a loaded model may also say: how many requests it runs at once, when not the scheduler's ``parallel``
-#: (an engine elsewhere batches its own); one that takes no memory here (``reserved_bytes`` 0) does not count
-#: against ``max_loaded``.
-PARALLEL_ATTRIBUTE = "parallel"
+    # It may also have ``parallel``: the requests it runs at once, when not the scheduler's (an engine elsewhere
+    # batches its own). One that takes no memory here (``reserved_bytes`` 0) does not count against max_loaded.
 
 
 LoadFn = Callable[[Resolved, int], Loaded]  # (what to load, bytes it may use) -> loaded model
@@ -189,7 +186,7 @@ class Scheduler:
                 _loading.reset(reporting)
                 self.loading.remove(loading)
             runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
-                            size=model.reserved_bytes, parallel=getattr(model, PARALLEL_ATTRIBUTE, self.parallel),
+                            size=model.reserved_bytes, parallel=getattr(model, "parallel", self.parallel),
                             keep_alive=resolved.parameters.keep_alive, last_used=started)
             self.runners.append(runner)
             log.info("loaded %s (%d bytes) in %.2fs", runner.name, runner.size, self.clock() - started)
