@@ -30,7 +30,7 @@ SYNONYMS: dict[str, str] = {
 #: Options Ollama knows that have no meaning for a transformers model. Real Modelfiles and clients
 #: send them, so they are accepted and ignored with a warning rather than refused.
 OLLAMA_IGNORED_OPTIONS: frozenset[str] = frozenset({
-    "num_keep", "typical_p", "repeat_last_n", "num_batch", "num_gpu", "main_gpu", "use_mmap",
+    "num_keep", "typical_p", "num_batch", "num_gpu", "main_gpu", "use_mmap",
     "num_thread", "draft_num_predict", "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z",
     "penalize_newline", "numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
 })
@@ -121,6 +121,9 @@ class GenerationParameters(BaseModel):
     seed: int | None = Field(None, description="same seed, same output")
     repetition_penalty: float | None = _with_synonym(
         "repeat_penalty", gt=0, description="multiplicative penalty on repeated tokens; 1 is off")
+    repeat_last_n: int | None = Field(
+        None, ge=-1, description="how many of the latest tokens the repetition penalty looks back over; "
+                                 "0 is off, -1 the whole context")
     presence_penalty: float | None = Field(
         None, ge=-2, le=2, description="OpenAI-style: subtracted once from every token already generated")
     frequency_penalty: float | None = Field(
@@ -226,8 +229,8 @@ class LoadOptions(BaseModel):
 #: The lowest layer of every resolution: Ollama's defaults, so a drop-in behaves the same.
 #: ``seed`` (random) and ``ctx`` (the model's own context length) stay unset.
 BUILTIN_PARAMETERS = Parameters(
-    temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
-    frequency_penalty=0.0, stop=[], max_new_tokens=-1, json_mode=False, keep_alive=300,
+    temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repetition_penalty=1.0, repeat_last_n=64,
+    presence_penalty=0.0, frequency_penalty=0.0, stop=[], max_new_tokens=-1, json_mode=False, keep_alive=300,
 )
 BUILTIN_LOAD = LoadOptions(engine="transformers", quantize="none", dtype="auto", device_map="auto",
                            trust_remote_code=False)

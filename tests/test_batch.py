@@ -199,9 +199,11 @@ def test_models_that_are_not_batched_answer_the_same_through_generate(tiny, monk
     stopped = GREEDY.model_copy(update={"stop": ["robot"]})
     seeded = Parameters(temperature=0.9, top_k=40, top_p=0.9, min_p=0.02, repetition_penalty=1.1,
                         presence_penalty=0.5, frequency_penalty=0.2, seed=77, max_new_tokens=40)
-    sampled = _alone(tiny, _ids(tiny, "Write about rivers."), seeded).text
+    windowed = seeded.model_copy(update={"repetition_penalty": 5.0, "repeat_last_n": 6, "seed": 5})
+    sampled = [_alone(tiny, _ids(tiny, "Write about rivers."), params).text for params in (seeded, windowed)]
     monkeypatch.setattr(tiny, "batcher", None)
-    assert _alone(tiny, _ids(tiny, "Write about rivers."), seeded).text == sampled  # one draw, both paths
+    assert [_alone(tiny, _ids(tiny, "Write about rivers."), params).text
+            for params in (seeded, windowed)] == sampled  # one draw, both paths
     running = _together(tiny, [(ids, whole, {}) for ids in prompts])
     assert [each.result()[1].text for each in running] == batched == [answer for _, answer in CHATS]
     story, answer = CHATS[4]

@@ -24,6 +24,14 @@ def test_ollama_synonyms_are_stored_under_one_name():
     assert "repeat_penalty" not in params.model_dump()
 
 
+def test_repeat_last_n_is_honoured_with_ollamas_default(caplog):
+    from hllama.options import BUILTIN_PARAMETERS
+
+    assert Parameters.model_validate({"repeat_last_n": -1}).repeat_last_n == -1
+    assert BUILTIN_PARAMETERS.repeat_last_n == 64
+    assert "ignoring" not in caplog.text
+
+
 def test_ollama_only_options_are_ignored_with_a_warning(caplog):
     params = GenerationParameters.model_validate({"temperature": 0.3, "num_gpu": 20, "mirostat": 0})
     assert params.temperature == 0.3
@@ -33,7 +41,7 @@ def test_ollama_only_options_are_ignored_with_a_warning(caplog):
 @pytest.mark.parametrize("field, value", [
     ("temperature", -0.1), ("top_p", 0), ("top_p", 1.01), ("top_k", -1), ("min_p", 1.5),
     ("repetition_penalty", 0), ("presence_penalty", 2.5), ("frequency_penalty", -3), ("max_new_tokens", -2),
-    ("ctx", 0), ("seed", "abc"), ("stop", 5),
+    ("ctx", 0), ("seed", "abc"), ("stop", 5), ("repeat_last_n", -2),
 ])
 def test_out_of_range_values_are_refused(field, value):
     with pytest.raises(ValidationError):

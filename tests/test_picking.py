@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from hllama.engine.picking import CANDIDATES, RowSampler, kept, penalised, pick
-from hllama.engine.sampling import PresenceFrequencyPenalty
+from hllama.engine.sampling import PresenceFrequencyPenalty, RecentRepetitionPenalty, logits_processors
 from hllama.options import Parameters
 
 VOCAB = 3000  # wider than CANDIDATES, so rows whose kept tokens reach past them take the whole-vocabulary path
@@ -112,6 +112,32 @@ def test_penalties_match_transformers_and_the_openai_definition():
     expected = torch.cat([RepetitionPenaltyLogitsProcessor(1.7)(ids, scores[:1].clone()),
                           openai_reference(ids, scores[1:].clone())])
     torch.testing.assert_close(penalised(scores, [repetition, openai]), expected)
+
+
+@pytest.mark.parametrize("window", [3, 1, -1])
+def test_the_repetition_penalty_reads_only_the_latest_repeat_last_n_tokens(window):
+    """Ollama's repeat_last_n: the window slides over prompt and answer; -1 is the whole context."""
+    scores = _logits(1)
+    prompt, answer = [11, 12, 13, 14], [15, 11, 16]
+    sampler = RowSampler(Parameters(temperature=0.0, repetition_penalty=1.7, repeat_last_n=window), prompt,
+                         vocab_size=VOCAB)
+    history = list(prompt)
+    for token in answer:
+        sampler.accept(token)
+        history.append(token)
+        recent = torch.tensor([history if window == -1 else history[-window:]])
+        expected = RepetitionPenaltyLogitsProcessor(1.7)(recent, scores.clone())
+        torch.testing.assert_close(penalised(scores, [sampler]), expected)
+    assert RecentRepetitionPenalty(1.7, window)(torch.tensor([history]), scores.clone()).equal(
+        penalised(scores, [sampler]))
+
+
+def test_repeat_last_n_zero_turns_the_repetition_penalty_off():
+    sampler = RowSampler(Parameters(temperature=0.0, repetition_penalty=1.7, repeat_last_n=0), [1, 2, 3],
+                         vocab_size=VOCAB)
+    assert not sampler.penalises
+    assert not any(isinstance(each, RecentRepetitionPenalty) for each in logits_processors(
+        Parameters(temperature=0.0, repetition_penalty=1.7, repeat_last_n=0), prompt_length=3))
 
 
 def test_infinite_and_nan_scores_never_break_a_draw():

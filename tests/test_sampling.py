@@ -1,7 +1,7 @@
 import torch
-from transformers import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+from transformers import MinPLogitsWarper, TemperatureLogitsWarper
 
-from hllama.engine.sampling import PresenceFrequencyPenalty, SeededSampler, logits_processors
+from hllama.engine.sampling import PresenceFrequencyPenalty, RecentRepetitionPenalty, SeededSampler, logits_processors
 from hllama.options import BUILTIN_PARAMETERS, Parameters
 
 
@@ -57,5 +57,5 @@ def test_processors_follow_the_parameters():
     params = Parameters(temperature=0.7, top_k=0, top_p=1.0, min_p=0.1, repetition_penalty=1.2,
                         presence_penalty=0.5, frequency_penalty=0.0, seed=3)
     kinds = [type(processor) for processor in logits_processors(params, prompt_length=4)]
-    assert kinds == [RepetitionPenaltyLogitsProcessor, PresenceFrequencyPenalty, TemperatureLogitsWarper,
+    assert kinds == [RecentRepetitionPenalty, PresenceFrequencyPenalty, TemperatureLogitsWarper,
                      MinPLogitsWarper, SeededSampler]

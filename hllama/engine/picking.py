@@ -16,13 +16,14 @@ order: repetition penalty, presence and frequency penalties, then (temperature a
 from __future__ import annotations
 
 import math
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from hllama.engine.noise import exponential, seed_of, step_key
-from hllama.engine.sampling import GREEDY_BELOW, finite
+from hllama.engine.sampling import ALL_TOKENS, GREEDY_BELOW, finite, repetition_window
 from hllama.options import Parameters
 
 if TYPE_CHECKING:
@@ -44,17 +45,22 @@ class RowSampler:
         self.top_k = params.top_k if params.top_k and params.top_k < vocab_size else 0
         self.top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else 1.0
         self.min_p = params.min_p or 0.0
-        self.repetition = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
+        window = repetition_window(params)
+        self.repetition = params.repetition_penalty if window is not None else None
         self.presence = params.presence_penalty or 0.0
         self.frequency = params.frequency_penalty or 0.0
         self.seed = seed_of(params.seed)
         self.device = torch.device(device)
         self.vocab_size = vocab_size
         self.steps = 0  # tokens chosen so far: each step's noise is its own
-        self._seen: set[int] = set()  # every token of prompt and answer: the repetition penalty's
+        # the repetition penalty's tokens: how often each is in its window (the latest repeat_last_n of prompt
+        # and answer, or all of them), and those tokens as a tensor once asked for
+        self._recent: deque[int] | None = deque(maxlen=window) if window not in (None, ALL_TOKENS) else None
+        self._seen: Counter[int] = Counter()
         self._seen_ids: torch.Tensor | None = None
         if self.repetition is not None:
-            self._seen = {token for token in prompt_ids if 0 <= token < vocab_size}
+            for token in prompt_ids[-window:] if self._recent is not None else prompt_ids:
+                self._remember(token)
         self.counts: dict[int, int] = {}  # the answer's tokens: presence and frequency penalties'
         self.constraint = constraint  # the grammar a structured answer follows
 
@@ -71,13 +77,26 @@ class RowSampler:
         self.steps += 1
         if self.constraint is not None:
             self.constraint.accept(token)
-        if not 0 <= token < self.vocab_size:
-            return
-        if self.repetition is not None and token not in self._seen:
-            self._seen.add(token)
-            self._seen_ids = None
-        if self.presence or self.frequency:
+        if self.repetition is not None:
+            self._remember(token)
+        if (self.presence or self.frequency) and 0 <= token < self.vocab_size:
             self.counts[token] = self.counts.get(token, 0) + 1
+
+    def _remember(self, token: int) -> None:
+        """The repetition penalty's window takes ``token``, and lets go of its oldest when full."""
+        recent = self._recent
+        if recent is not None and len(recent) == recent.maxlen and recent[0] in self._seen:
+            oldest = recent[0]
+            self._seen[oldest] -= 1
+            if not self._seen[oldest]:
+                del self._seen[oldest]
+                self._seen_ids = None
+        if recent is not None:
+            recent.append(token)
+        if 0 <= token < self.vocab_size:
+            if token not in self._seen:
+                self._seen_ids = None
+            self._seen[token] += 1
 
     def penalise(self, scores: torch.Tensor) -> None:
         """Apply this row's penalties to its ``scores`` (``[vocab]``) in place, touching only tokens it has seen."""

@@ -99,11 +99,36 @@ class LogprobRecorder(LogitsProcessor):
         return scores
 
 
+def repetition_window(params: Parameters) -> int | None:
+    """How many of the latest tokens (prompt and answer) the repetition penalty reads: Ollama's
+    ``repeat_last_n``, where 0 turns the penalty off and -1 (or unset) means every token of the context.
+    None: it is off."""
+    if params.repetition_penalty in (None, 1.0) or params.repeat_last_n == 0:
+        return None
+    return params.repeat_last_n if params.repeat_last_n and params.repeat_last_n > 0 else ALL_TOKENS
+
+
+#: The repetition window of a penalty over the whole context.
+ALL_TOKENS = -1
+
+
+class RecentRepetitionPenalty(RepetitionPenaltyLogitsProcessor):
+    """transformers' repetition penalty over the latest ``window`` tokens only (ALL_TOKENS: every one)."""
+
+    def __init__(self, penalty: float, window: int) -> None:
+        super().__init__(penalty)
+        self.window = window
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        recent = input_ids if self.window == ALL_TOKENS else input_ids[:, -self.window:]
+        return super().__call__(recent, scores)
+
+
 def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProcessorList:
     """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler."""
     processors: list[LogitsProcessor] = []
-    if params.repetition_penalty not in (None, 1.0):
-        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if (window := repetition_window(params)) is not None:
+        processors.append(RecentRepetitionPenalty(params.repetition_penalty, window))
     if params.presence_penalty or params.frequency_penalty:
         processors.append(PresenceFrequencyPenalty(presence=params.presence_penalty or 0.0,
                                                    frequency=params.frequency_penalty or 0.0,
