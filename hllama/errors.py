@@ -129,12 +129,18 @@ class NoModelAtPath(HllamaError, LookupError):
 
 
 class ModelTooLarge(HllamaError, MemoryError):
-    def __init__(self, model: str, needed: int, budget: int, source: str, hint: str | None) -> None:
+    """A model whose estimate is over the memory it may have. The message starts as Ollama's does (clients
+    look for "requires more system memory"), then says what the estimate is of, whose budget it is, and
+    the precision that would fit."""
+
+    def __init__(self, model: str, needed: int, budget: int, source: str, hint: str | None = None, *,
+                 detail: str = "", device: str = "cpu") -> None:
         from hllama.hardware import format_bytes
 
         self.model, self.needed, self.budget, self.hint = model, needed, budget, hint
-        message = (f"'{model}' needs about {format_bytes(needed)} but the budget is {format_bytes(budget)} "
-                   f"({source})")
+        memory = "GPU memory" if device == "cuda" else "system memory"
+        message = (f"model requires more {memory} ({format_bytes(needed, binary=True)}) than is available "
+                   f"({format_bytes(budget, binary=True)}): the estimate for '{model}'{detail}, against {source}")
         super().__init__(message + (f"; it {hint}" if hint else ""))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hllama.errors import ModelTooLarge
 from hllama.hardware import Budget, Device
 from hllama.options import LoadOptions
 
@@ -74,11 +75,20 @@ class Plan:
         return self.chosen.total <= self.budget.bytes
 
     def hint(self) -> str | None:
-        """The flag that would make it fit, if one would."""
+        """The flag (and modelfile setting) that would make it fit, if one would."""
         for estimate in self.alternatives:
             if estimate.total <= self.budget.bytes and estimate.precision in ("8bit", "4bit"):
-                return f"fits with --load-in-{estimate.precision}"
+                return (f"fits with --load-in-{estimate.precision} (quantize: {estimate.precision} in its modelfile, "
+                        "or quantize: auto for the best precision that fits)")
         return None
+
+    def refusal(self, model: str) -> ModelTooLarge:
+        """What loading ``model`` by this plan is answered with where it does not fit."""
+        chosen, conversations = self.chosen, self.chosen.conversations
+        return ModelTooLarge(model, chosen.total, self.budget.bytes, self.budget.source, self.hint(),
+                             detail=f" at {chosen.precision} with a {chosen.context}-token context"
+                                    f"{f' for each of {conversations} conversations' if conversations > 1 else ''}",
+                             device=self.budget.device)
 
 
 def footprint_from_tensors(tensors: Iterable[tuple[str, str, Iterable[int]]], *, files_bytes: int,

@@ -103,6 +103,8 @@ class Scheduler:
         self.loading: list[Loading] = []  # what is being loaded now (one at a time)
         self.observer: Any = None  # told of each load (``loaded(name, seconds)``) and unload (``unloaded(name)``)
         self._load_lock = asyncio.Lock()  # one load at a time, as Ollama does
+        self._waiting_to_load = 0  # requests for models not loaded yet, bounded by max_queue as the others are
+        self._finished = asyncio.Event()  # set whenever a model's last request ends: room may be made now
 
     @property
     def used(self) -> int:
@@ -134,6 +136,7 @@ class Scheduler:
             runner.last_used = self.clock()
             runner.keep_alive = resolved.parameters.keep_alive
             if runner.idle:
+                self._finished.set()
                 await (self.unload(runner) if runner.retiring else self._arm(runner))
 
     async def load(self, resolved: Resolved) -> Runner:
@@ -168,6 +171,15 @@ class Scheduler:
     async def _runner_for(self, resolved: Resolved) -> Runner:
         if (runner := self.find(resolved)) is not None:
             return runner
+        if self._waiting_to_load >= self.max_queue:
+            raise ServerBusy()
+        self._waiting_to_load += 1
+        try:
+            return await self._load_runner(resolved)
+        finally:
+            self._waiting_to_load -= 1
+
+    async def _load_runner(self, resolved: Resolved) -> Runner:
         async with self._load_lock:
             if (runner := self.find(resolved)) is not None:  # loaded while this request waited
                 return runner
@@ -195,18 +207,19 @@ class Scheduler:
             return runner
 
     async def _make_room(self, resolved: Resolved, needed: int) -> None:
-        """Unload idle models, least recently used first, until ``needed`` fits and the count allows one more."""
+        """Unload idle models, least recently used first, until ``needed`` fits and the count allows one more;
+        where only busy models stand in the way, wait for one to finish, as Ollama does."""
+        if needed > self.budget:  # nothing to evict would make room: say so before unloading anything
+            raise ModelTooLarge(resolved.model, needed, self.budget, "the server's memory budget")
         while (needed and self.loaded_here >= self.max_loaded) or self.used + needed > self.budget:
             idle = sorted((runner for runner in self.runners if runner.idle and runner.size),
                           key=lambda runner: runner.last_used)
-            if not idle:
-                if self.loaded_here >= self.max_loaded:
-                    raise ServerBusy(f"{self.loaded_here} models are loaded and busy (max_loaded_models)")
-                raise ModelTooLarge(resolved.model, needed, self.budget - self.used, "memory left by busy models",
-                                    None)
-            await self.unload(idle[0])
-        if needed > self.budget:
-            raise ModelTooLarge(resolved.model, needed, self.budget, "the server's memory budget", None)
+            if idle:
+                await self.unload(idle[0])
+                continue
+            log.info("%s waits for a busy model to finish to make room", resolved.alias or resolved.model)
+            self._finished.clear()
+            await self._finished.wait()
 
     async def _arm(self, runner: Runner) -> None:
         """Start the keep_alive countdown of a model nobody is using."""

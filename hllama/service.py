@@ -75,10 +75,14 @@ def build_service(settings: Settings, *, budget: Budget | None = None, force: bo
         if resolved.load.upstream:
             return 0
         source = locate(resolved.model, resolved.revision)
-        chosen = plan_load(resolved, source, replace(budget, bytes=available)).chosen
-        needed = chosen.total
+        load_plan = plan_load(resolved, source, replace(budget, bytes=available))
         if resolved.load.engine == "vllm":
-            needed = vllm_server.footprint(resolved, chosen.weights, device=budget.device, available=available)
+            needed = vllm_server.footprint(resolved, load_plan.chosen.weights, device=budget.device,
+                                           available=available)
+        elif not load_plan.fits and not force:  # more than the whole budget: no eviction would make room
+            raise load_plan.refusal(resolved.model)
+        else:
+            needed = load_plan.chosen.total
         return min(needed, available) if force else needed
 
     def load(resolved: Resolved, available: int) -> LoadedModel | Upstream:

@@ -72,7 +72,8 @@ def test_auto_picks_the_best_precision_that_fits():
     refused = plan(BIG, load=auto, context=4096, budget=budget(2))
     assert not refused.fits and refused.chosen.precision == "4bit"
     too_big = plan(BIG, load=LoadOptions(), context=4096, budget=budget(10))
-    assert not too_big.fits and too_big.hint() == "fits with --load-in-8bit"
+    assert not too_big.fits and too_big.hint() == ("fits with --load-in-8bit (quantize: 8bit in its modelfile, "
+                                                   "or quantize: auto for the best precision that fits)")
 
 
 def test_footprint_from_safetensors_headers(tiny_model_dir: Path):

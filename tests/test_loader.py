@@ -57,7 +57,8 @@ def test_refuses_a_model_that_does_not_fit_unless_forced(tiny_model_dir: Path):
     with pytest.raises(ModelTooLarge) as caught:
         load_model(resolved, budget=small)
     message = str(caught.value)
-    assert "needs about 67.7 MB but the budget is 10.5 MB (HLLAMA_MEMORY_BUDGET)" in message
+    assert message == (f"model requires more system memory (64.5 MiB) than is available (10.0 MiB): the estimate "
+                       f"for '{tiny_model_dir}' at float32 with a 256-token context, against HLLAMA_MEMORY_BUDGET")
     assert load_model(resolved, budget=small, force=True).precision == "float32"
 
 

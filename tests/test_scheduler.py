@@ -97,26 +97,63 @@ def test_max_loaded_models():
     assert [runner.name for runner in run(scenario()).runners] == ["b", "c"]
 
 
-def test_a_model_larger_than_the_budget_is_refused():
+def test_a_model_larger_than_the_budget_is_refused_before_anything_is_unloaded():
+    log: list[str] = []
+
     async def scenario():
-        await _scheduler([], budget=100, sizes={"huge": 500}).load(_resolved("huge"))
+        scheduler = _scheduler(log, budget=100, sizes={"huge": 500})
+        await scheduler.load(_resolved("small"))
+        await scheduler.load(_resolved("huge"))
 
-    with pytest.raises(ModelTooLarge, match="'huge' needs about 500 B"):
+    with pytest.raises(ModelTooLarge, match=r"^model requires more system memory \(500 B\) than is available "
+                                            r"\(100 B\): the estimate for 'huge', against the server's memory budget$"):
         run(scenario())
+    assert log == ["load small"]
 
 
-def test_busy_models_are_not_evicted():
+def test_a_load_waits_for_busy_models_to_finish_rather_than_failing():
     log: list[str] = []
 
     async def scenario():
         scheduler = _scheduler(log, budget=50, sizes={"a": 40, "b": 40})
-        async with scheduler.use(_resolved("a")):
-            with pytest.raises(ModelTooLarge, match="memory left by busy models"):
-                await scheduler.load(_resolved("b"))
-        await scheduler.load(_resolved("b"))
+        release = asyncio.Event()
+
+        async def hold_a():
+            async with scheduler.use(_resolved("a")):
+                await release.wait()
+                log.append("a done")
+
+        holding = asyncio.create_task(hold_a())
+        await asyncio.sleep(0.02)
+        loading = asyncio.create_task(scheduler.load(_resolved("b")))
+        await asyncio.sleep(0.05)
+        assert not loading.done() and log == ["load a"]  # a is busy: b waits for it, nothing fails
+        release.set()
+        await asyncio.gather(holding, loading)
 
     run(scenario())
-    assert log == ["load a", "unload a", "load b"]
+    assert log == ["load a", "a done", "unload a", "load b"]
+
+
+def test_loads_waiting_for_room_are_bounded_by_the_queue():
+    async def scenario():
+        scheduler = _scheduler([], budget=50, sizes={"a": 40, "b": 40, "c": 40}, max_queue=1)
+        release = asyncio.Event()
+
+        async def hold_a():
+            async with scheduler.use(_resolved("a")):
+                await release.wait()
+
+        holding = asyncio.create_task(hold_a())
+        await asyncio.sleep(0.02)
+        waiting = asyncio.create_task(scheduler.load(_resolved("b")))
+        await asyncio.sleep(0.02)
+        with pytest.raises(ServerBusy, match="server busy"):
+            await scheduler.load(_resolved("c"))
+        release.set()
+        await asyncio.gather(holding, waiting)
+
+    run(scenario())
 
 
 def test_keep_alive_zero_unloads_after_the_request_and_expiry_unloads_later():

@@ -105,11 +105,19 @@ def test_models_are_evicted_to_stay_in_budget(tiny_model_dir: Path, tiny_cache: 
 
 def test_a_model_larger_than_the_budget_is_a_clear_error(tiny_cache: Path, hllama_home: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
+    """Worded as Ollama words it, with Ollama's status (500), though nothing else is loaded: never blamed on
+    busy models."""
     monkeypatch.setenv("HLLAMA_MEMORY_BUDGET", "10MB")
     with live_server(load_settings()) as url:
         response = httpx.post(f"{url}/api/generate", json={"model": REPO_ID, "prompt": "x"})
-    assert response.status_code == 500
-    assert response.json()["error"].startswith(f"'{REPO_ID}' needs about 68.0 MB but the budget is 10.0 MB")
+        openai = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": REPO_ID, "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == openai.status_code == 500
+    expected = (f"model requires more system memory (64.9 MiB) than is available (9.5 MiB): the estimate for "
+                f"'{REPO_ID}' at float32 with a 256-token context for each of 4 conversations, against "
+                "HLLAMA_MEMORY_BUDGET")
+    assert response.json() == {"error": expected}
+    assert openai.json()["error"]["message"] == expected
 
 
 def test_an_error_after_streaming_began_is_the_last_line():

@@ -12,7 +12,7 @@ import os
 import sys
 
 from hllama import __version__
-from hllama.errors import AliasExists, AliasNotFound, ConfigError, HllamaError, InvalidAliasName
+from hllama.errors import AliasExists, AliasNotFound, ConfigError, HllamaError, InvalidAliasName, ModelTooLarge
 
 #: What to do next, by error class (the first match in the class's MRO wins).
 NEXT_STEPS: dict[type[HllamaError], str] = {
@@ -20,6 +20,7 @@ NEXT_STEPS: dict[type[HllamaError], str] = {
     AliasExists: "add --force to replace it",
     InvalidAliasName: "pick another name",
     ConfigError: "fix or remove that setting",
+    ModelTooLarge: "add --force to load it anyway",
 }
 
 

@@ -15,7 +15,7 @@ from hllama.engine.batch import BatchEngine, batchable
 from hllama.engine.cancel import make_cancellable
 from hllama.engine.embed import Pooling, pooling_of
 from hllama.engine.prefix import PrefixCache
-from hllama.errors import ModelLoadError, ModelNotDownloaded, ModelTooLarge, NoModelAtPath, QuantizationUnavailable
+from hllama.errors import ModelLoadError, ModelNotDownloaded, NoModelAtPath, QuantizationUnavailable
 from hllama.footprint import Plan, local_footprint, plan, text_config
 from hllama.hardware import Budget
 from hllama.names import is_local_path, is_model_path
@@ -111,7 +111,7 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     source = locate(resolved.model, resolved.revision)
     load_plan = plan_load(resolved, source, budget)
     if not load_plan.fits and not force:
-        raise ModelTooLarge(resolved.model, load_plan.chosen.total, budget.bytes, budget.source, load_plan.hint())
+        raise load_plan.refusal(resolved.model)
     precision = load_plan.chosen.precision
     kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
 
