@@ -153,9 +153,10 @@ class ModelLoadError(HllamaError, RuntimeError):
 
 
 class PromptTooLong(HllamaError, ValueError):
-    def __init__(self, needed: int, context: int) -> None:
+    def __init__(self, needed: int, context: int, *, truncating: bool = True) -> None:
         self.needed, self.context = needed, context
-        super().__init__(f"the prompt needs {needed} tokens even with older turns dropped, "
+        how = "even with older turns dropped" if truncating else "with no turn dropped (truncate is false)"
+        super().__init__(f"the prompt needs {needed} tokens {how}, "
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
 
 

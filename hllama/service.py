@@ -26,6 +26,7 @@ from hllama.engine import Finished, LoadedModel, Prompt, Stats, build_prompt, co
 from hllama.engine.embed import Embeddings, embed
 from hllama.engine.generate import END, Generation, TokenLogprob
 from hllama.engine.grammar import Structure, structure_of, thinking_mode
+from hllama.engine.prompt import answer_room
 from hllama.engine.thinking import ThinkingParts, Thought
 from hllama.engine.tools import ToolCall, ToolCalls, ToolCallStream, parse_tool_calls
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption, NotSupported
@@ -180,13 +181,16 @@ class Service:
 
     def chat(self, resolved: Resolved, history: list[Message], *, structure: Structure | None = None,
              tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto", think: bool | str | None = None,
-             logprobs: int | None = None) -> AsyncIterator[str | Thought | Result]:
+             logprobs: int | None = None, truncate: bool = True, shift: bool = True
+             ) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
         A thinking model's thinking comes as :class:`Thought` pieces (``think=False`` drops it). With
         ``tools``, the text pieces are the answer's content only; its tool calls come in the Result, their
         arguments held to each tool's schema. ``tool_choice`` (vLLM's meaning): "auto" (the model decides),
         "required" (it calls at least one tool), a tool's name (it calls that one), or "none" (no tools offered).
+        ``truncate`` (Ollama's): drop the oldest turns to fit the context, else refuse what does not fit;
+        ``shift``: an answer that fills the window goes on after more of them are dropped, else it ends there.
         """
         if tool_choice == "none":
             tools = None
@@ -200,9 +204,11 @@ class Service:
 
         def prompt_for(loaded: LoadedModel):
             messages = conversation(resolved, history, json_schema=structure if isinstance(structure, dict) else None)
-            return build_prompt(loaded.tokenizer, messages, template=resolved.template,
-                                ctx=loaded.context_for(resolved.parameters.ctx),
-                                tools=tools, think=think, model=resolved.name, processor=loaded.processor)
+            context = loaded.context_for(resolved.parameters.ctx)
+            prompt = build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=context,
+                                  reserve=answer_room(resolved.parameters.max_new_tokens, context), truncate=truncate,
+                                  tools=tools, think=think, model=resolved.name, processor=loaded.processor)
+            return prompt if shift else replace(prompt, refit=None)
 
         def structure_for(prompt: Prompt) -> Structure | None:
             calls = ToolCalls.of(tools, style=prompt.tool_style, choice=tool_choice) if prompt.tool_style else None
@@ -311,7 +317,8 @@ class Service:
             generation = await asyncio.to_thread(  # compiling a large schema's grammar may take a while
                 functools.partial(Generation, loaded, prompt.ids, resolved.parameters, sink=sink,
                                   stops=prompt.extra_stops, logprobs=logprobs, thinking=thinking_mode(prompt),
-                                  structure=structure(prompt), vision=getattr(prompt, "vision", None)))
+                                  structure=structure(prompt), vision=getattr(prompt, "vision", None),
+                                  refit=_ids_of(getattr(prompt, "refit", None))))
             self._running.add(generation.cancel)
             generation.start()
             try:
@@ -328,8 +335,9 @@ class Service:
                                 yield part
                             finished = generation.finished()
                             self.metrics.answered(resolved.name, finished.stats)
-                            result = Result(finished=finished, prompt_ids=list(prompt.ids), load_ns=acquired - started,
-                                            total_ns=time.perf_counter_ns() - started, thinking=parts.thinking)
+                            result = Result(finished=finished, prompt_ids=generation.prompt_ids,
+                                            load_ns=acquired - started, total_ns=time.perf_counter_ns() - started,
+                                            thinking=parts.thinking)
                             self._logged(resolved, getattr(prompt, "messages", []), result,
                                          tools=getattr(prompt, "tool_style", None) is not None)
                             yield result
@@ -416,6 +424,13 @@ async def collect(first: str | Thought | Result, events: AsyncIterator[str | Tho
     finally:
         await events.aclose()
     return pieces, item
+
+
+def _ids_of(refit: Callable[[int], Prompt | None] | None) -> Callable[[int], list[int] | None] | None:
+    """A prompt's ``refit`` as the engine takes it: token ids, not prompts."""
+    if refit is None:
+        return None
+    return lambda room: None if (prompt := refit(room)) is None else prompt.ids
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import inspect
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,8 @@ class Row:
     ended: threading.Event = field(default_factory=threading.Event)
     cache: Any = None  # its own, while its prompt is read
     read: int = 0  # prompt tokens in that cache so far
+    answered: int = 0  # answer tokens already at the end of ``prompt_ids`` (it goes on after a shift)
+    follow: Callable[[], bool] | None = None  # at its end: whether the answer goes on in another row
 
     def accept(self, token: int, logprob_row: torch.Tensor | None) -> bool:
         """Hand over the row's new token; True when the row is finished."""
@@ -97,6 +100,8 @@ class Row:
         return worker.saw_eos or worker.matcher.stopped or len(worker.ids) >= self.limit or self.cancel.is_set()
 
     def end(self, error: BaseException | None = None) -> None:
+        if error is None and self.follow is not None and not self.cancel.is_set() and self.follow():
+            return  # the answer goes on after a shorter prompt, in a row that shares ``ended``
         try:
             self.worker.finish(error)
         finally:
@@ -362,7 +367,7 @@ class BatchEngine:
         in_use = 0
         if self._cache is not None and self.rows:
             in_use = cache_bytes(self._cache) * (len(self.rows) if staying is None else staying) // len(self.rows)
-        self.loaded.prefixes.put([*row.prompt_ids, *row.worker.ids][:length], cache, in_use=in_use)
+        self.loaded.prefixes.put([*row.prompt_ids, *row.worker.ids[row.answered:]][:length], cache, in_use=in_use)
 
     def _reset(self) -> None:
         self.rows = []

@@ -9,6 +9,7 @@ Nothing here knows about HTTP or terminals.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,6 +25,8 @@ from hllama.engine.loader import LoadedModel
 from hllama.engine.stops import StopMatcher
 from hllama.errors import InvalidOption, PromptTooLong
 from hllama.options import Parameters
+
+log = logging.getLogger(__name__)
 
 DoneReason = Literal["stop", "length", "cancel"]
 
@@ -78,16 +81,25 @@ class Generation:
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *,
                  sink: Callable[[Any], None], stops: tuple[str, ...] = (), cancel: threading.Event | None = None,
                  logprobs: int | None = None, structure: Structure | None = None,
-                 thinking: ThinkingMode = "no", vision: dict[str, Any] | None = None) -> None:
+                 thinking: ThinkingMode = "no", vision: dict[str, Any] | None = None,
+                 refit: Callable[[int], list[int] | None] | None = None) -> None:
         """``logprobs``: None for none, else how many alternatives to report with each token (0 to 20).
         ``structure``: the JSON schema or pattern the answer must follow (enforced token by token); ``thinking``:
-        whether the model may think first (see :data:`~hllama.engine.grammar.ThinkingMode`)."""
+        whether the model may think first (see :data:`~hllama.engine.grammar.ThinkingMode`). ``refit``: where
+        the answer may go on once it fills the window, a shorter prompt that leaves at least the given number of
+        tokens free (None: there is none); without it such an answer ends there, its reason "length"."""
         if not prompt_ids:
             raise InvalidOption("the prompt has no tokens (did the template render nothing?)")
         self.started = time.perf_counter_ns()
         self.cancel = cancel or threading.Event()
         self.prompt_length = len(prompt_ids)
+        self.prompt_ids = list(prompt_ids)  # the prompt the answer follows now (a shift shortens it)
         self.limit = _token_limit(loaded, len(prompt_ids), params)
+        self.context = loaded.context_for(params.ctx)
+        self.wanted = params.max_new_tokens if params.max_new_tokens not in (None, -1) else None
+        self.refit = refit if vision is None else None  # an image's tokens are read with its prompt alone
+        self.shifts = 0
+        self._params, self._loaded = params, loaded
         model = loaded.model
         eos_ids = eos_ids_of(model, loaded.tokenizer)
         constraint = None
@@ -109,46 +121,94 @@ class Generation:
             sampler = RowSampler(params, prompt_ids, vocab_size=vocab_size_of(model), device=model.device,
                                  constraint=constraint)
             self._row = Row(prompt_ids=list(prompt_ids), limit=self.limit, sampler=sampler, worker=self.worker,
-                            cancel=self.cancel, logprobs=logprobs is not None)
+                            cancel=self.cancel, logprobs=logprobs is not None, follow=self._follow)
         elif self.limit > 0:
-            kwargs, keep = self._generate_call(loaded, prompt_ids, params, eos_ids, logprobs is not None, constraint)
-            self._run = lambda: self.worker.run(model.generate, kwargs, keep)
+            def answer() -> None:
+                while True:
+                    kwargs, keep = self._generate_call(eos_ids, logprobs is not None, constraint)
+                    keep(model.generate(**kwargs))
+                    if self._shifted() is None:
+                        return
+
+            self._run = lambda: self.worker.run(answer)
         else:  # num_predict 0 asks for no new token (llama.cpp's meaning): the answer is empty, its reason "length"
             self._run = self.worker.finish
 
-    def _generate_call(self, loaded: LoadedModel, prompt_ids: list[int], params: Parameters, eos_ids: list[int],
-                       logprobs: bool, constraint: Any) -> tuple[dict[str, Any], Callable[[Any], None]]:
-        """``generate``'s arguments for a model that is not batched, and what keeps its cache afterwards."""
+    def _shifted(self) -> list[int] | None:
+        """Where the answer filled the window (not its num_predict, not a stop), the prompt with more of the
+        oldest turns dropped, followed by the answer so far, which goes on from there; None: it ends here."""
+        worker = self.worker
+        answered = len(worker.ids)
+        if (self.refit is None or self.context is None or answered < self.limit or worker.saw_eos
+                or worker.matcher.stopped or self.cancel.is_set()
+                or (self.wanted is not None and answered >= self.wanted)):
+            return None
+        from hllama.engine.prompt import answer_room
+
+        wanted = None if self.wanted is None else self.wanted - answered
+        # room for the answer so far and as much again as a prompt leaves; else for one more token at least
+        prompt = self.refit(answered + max(answer_room(wanted, self.context), 1)) or self.refit(answered + 1)
+        if prompt is None:
+            return None
+        self.prompt_ids = prompt
+        room = self.context - len(prompt) - answered
+        self.limit = answered + (room if wanted is None else min(room, wanted))
+        self.shifts += 1
+        log.info("the answer filled the %d-token window after %d tokens: it goes on after a prompt of %d tokens "
+                 "with older turns dropped", self.context, answered, len(prompt))
+        return [*prompt, *worker.ids]
+
+    def _follow(self) -> bool:
+        """A batched row's answer filled the window: it goes on in a new row after a shorter prompt."""
+        if (ids := self._shifted()) is None:
+            return False
+        row = self._row
+        assert row is not None and self._batcher is not None
+        row.sampler.reread(ids)
+        self._row = Row(prompt_ids=ids, limit=self.limit, sampler=row.sampler, worker=row.worker, cancel=row.cancel,
+                        logprobs=row.logprobs, ended=row.ended, answered=len(row.worker.ids), follow=self._follow)
+        self._batcher.submit(self._row)
+        return True
+
+    def _generate_call(self, eos_ids: list[int], logprobs: bool, constraint: Any
+                       ) -> tuple[dict[str, Any], Callable[[Any], None]]:
+        """``generate``'s arguments for a model that is not batched, going on from the answer so far (after a
+        shift), and what keeps its cache afterwards."""
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
         from hllama.engine.sampling import GrammarMask, LogprobRecorder, logits_processors
 
+        loaded, params, prompt_ids = self._loaded, self._params, self.prompt_ids
         model, worker, cancel = loaded.model, self.worker, self.cancel
-        processors = logits_processors(params, prompt_length=len(prompt_ids))
+        answered = list(worker.ids)
+        input_ids = [*prompt_ids, *answered]
+        processors = logits_processors(params, prompt_length=len(prompt_ids), answered=len(answered))
         if constraint is not None:  # before the penalties, as in a batch
-            processors.insert(0, GrammarMask(constraint, prompt_length=len(prompt_ids)))
+            processors.insert(0, GrammarMask(constraint, prompt_length=len(input_ids)))
         if logprobs:
             worker.recorder = LogprobRecorder()
             processors.insert(0, worker.recorder)
+        worker.expect_prompt()
 
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 halt = worker.matcher.stopped or cancel.is_set()
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
-        config = GenerationConfig(max_new_tokens=self.limit, do_sample=False, eos_token_id=eos_ids,
+        config = GenerationConfig(max_new_tokens=self.limit - len(answered), do_sample=False, eos_token_id=eos_ids,
                                   pad_token_id=_pad_token_id(loaded), bos_token_id=model.generation_config.bos_token_id,
                                   return_dict_in_generate=True)  # its KV cache comes back, for the next turn
-        input_ids = torch.tensor([prompt_ids], device=model.device)
-        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+        ids = torch.tensor([input_ids], device=model.device)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
                       logits_processor=processors,
                       stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), streamer=worker)
         vision = self._vision
         if vision is not None:  # an image's tokens are not text: no earlier turn's cache holds them
             kwargs |= {key: _on(model, value) for key, value in vision.items()}
         else:
-            cache, worker.reused = loaded.prefixes.take(prompt_ids)  # an earlier turn's KV cache, if one shares
+            cache, reused = loaded.prefixes.take(input_ids)  # an earlier turn's KV cache, if one shares
+            worker.reused = worker.reused if answered else reused  # what the first prompt did not read
             if cache is not None:
                 kwargs[cache_keyword(type(model))] = cache
 
@@ -241,12 +301,12 @@ class Streamer:
         self.logprobs: list[TokenLogprob] = []
         self.reused = 0  # prompt tokens taken from an earlier turn's KV cache
 
-    def run(self, generate: Callable[..., Any], kwargs: dict[str, Any], keep: Callable[[Any], None]) -> None:
-        """The thread body of a ``generate`` call (models that are not batched)."""
+    def run(self, answer: Callable[[], None]) -> None:
+        """The thread body of the ``generate`` calls that make an answer (models that are not batched)."""
         error: BaseException | None = None
         try:
             with cancellable(self.cancel):  # a long prompt's single pass stops at the next layer too
-                keep(generate(**kwargs))
+                answer()
         except PassAbandoned:  # cancelled while the model read the prompt: an answer that ends here
             pass
         except BaseException as exc:  # handed to the consumer, never lost in this thread
@@ -263,6 +323,10 @@ class Streamer:
         finally:
             self.ended_at = time.perf_counter_ns()
             self.sink(END)
+
+    def expect_prompt(self) -> None:
+        """A ``generate`` call is about to start: the first thing it hands over is its input, not a token."""
+        self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         """The streamer interface ``generate`` calls, once with the prompt, then once per token."""

@@ -55,12 +55,8 @@ class RowSampler:
         self.steps = 0  # tokens chosen so far: each step's noise is its own
         # the repetition penalty's tokens: how often each is in its window (the latest repeat_last_n of prompt
         # and answer, or all of them), and those tokens as a tensor once asked for
-        self._recent: deque[int] | None = deque(maxlen=window) if window not in (None, ALL_TOKENS) else None
-        self._seen: Counter[int] = Counter()
-        self._seen_ids: torch.Tensor | None = None
-        if self.repetition is not None:
-            for token in prompt_ids[-window:] if self._recent is not None else prompt_ids:
-                self._remember(token)
+        self._window = window
+        self.reread(prompt_ids)
         self.counts: dict[int, int] = {}  # the answer's tokens: presence and frequency penalties'
         self.constraint = constraint  # the grammar a structured answer follows
 
@@ -81,6 +77,17 @@ class RowSampler:
             self._remember(token)
         if (self.presence or self.frequency) and 0 <= token < self.vocab_size:
             self.counts[token] = self.counts.get(token, 0) + 1
+
+    def reread(self, ids: Sequence[int]) -> None:
+        """The repetition penalty's history is ``ids``: the prompt, or after a shift the shorter prompt and the
+        answer so far."""
+        window = self._window
+        self._recent: deque[int] | None = deque(maxlen=window) if window not in (None, ALL_TOKENS) else None
+        self._seen: Counter[int] = Counter()
+        self._seen_ids: torch.Tensor | None = None
+        if self.repetition is not None:
+            for token in ids[-window:] if self._recent is not None else ids:
+                self._remember(token)
 
     def _remember(self, token: int) -> None:
         """The repetition penalty's window takes ``token``, and lets go of its oldest when full."""

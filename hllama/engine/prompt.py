@@ -3,14 +3,15 @@
 The conversation is: the system prompt (with the JSON-mode instruction when asked), the alias's
 seed messages, then the history. It is rendered with the modelfile's template, else the
 tokenizer's chat template, else a plain ``User:``/``Assistant:`` format. When ``ctx`` is set,
-whole turns are dropped from the oldest until the prompt fits; the system prompt and the newest
-user message always stay.
+whole turns are dropped from the oldest until the prompt leaves the answer room (:func:`answer_room`);
+the system prompt and the newest user message always stay. An answer that fills the window anyway goes
+on after a prompt with more turns dropped (:attr:`Prompt.refit`), as Ollama shifts its window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from hllama.engine.thinking import supports_thinking
@@ -65,6 +66,24 @@ class Prompt:
     thinking: bool | None = None  # None: the model does not think; else whether its thinking is wanted
     tool_style: ToolStyle | None = None  # how the model writes tool calls, when it was offered tools
     vision: dict[str, Any] | None = None  # a vision model's image inputs (pixel_values, ...), when images came
+    # the same conversation with more of its oldest turns dropped, leaving at least this many tokens of the
+    # window free; None when no turn is left to drop (or the window is not bounded)
+    refit: Callable[[int], Prompt | None] | None = field(default=None, compare=False, repr=False)
+
+
+#: The most of the window an answer of unlimited length is kept room for when older turns are dropped.
+UNLIMITED_ANSWER_ROOM = 1024
+
+
+def answer_room(max_new_tokens: int | None, context: int | None) -> int:
+    """The tokens of the window a prompt leaves free for the answer: all of ``num_predict`` up to half the
+    window; an unlimited answer, a quarter of it up to :data:`UNLIMITED_ANSWER_ROOM` (an answer that needs
+    more goes on after a shift)."""
+    if not context:
+        return 0
+    if max_new_tokens is not None and max_new_tokens >= 0:
+        return min(max_new_tokens, context // 2)
+    return min(context // 4, UNLIMITED_ANSWER_ROOM)
 
 
 def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema: Any = None
@@ -88,9 +107,12 @@ def conversation(resolved: Resolved, history: Sequence[Message], *, json_schema:
 
 
 def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None = None,
-                 ctx: int | None = None, tools: list[dict[str, Any]] | None = None,
-                 think: bool | str | None = None, model: str = "the model", processor: Any = None) -> Prompt:
-    """Render and tokenize, dropping the oldest whole turns while the prompt does not fit ``ctx``.
+                 ctx: int | None = None, reserve: int = 0, truncate: bool = True,
+                 tools: list[dict[str, Any]] | None = None, think: bool | str | None = None, model: str = "the model",
+                 processor: Any = None) -> Prompt:
+    """Render and tokenize, dropping the oldest whole turns until the prompt leaves ``reserve`` tokens of
+    ``ctx`` for the answer (where even the newest turn alone does not, it gets what is left); with ``truncate``
+    false nothing is dropped, and a prompt that does not fit is refused.
 
     ``tools`` (OpenAI's function definitions, as Ollama takes them too) go to the chat template;
     ``think`` (a bool or a level) becomes its ``enable_thinking`` (and ``reasoning_effort``). Asking
@@ -115,8 +137,11 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     # a vision model is prompted through its processor's chat template, where it has one
     renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
     pictures = _pictures(messages)  # decoded once, however many times the turns are fitted to ctx
+    rendered: dict[int, Prompt] = {}  # by turns dropped: a shift later renders none of them again
 
     def attempt(dropped: int) -> Prompt:
+        if dropped in rendered:
+            return rendered[dropped]
         kept = system + [message for turn in turns[dropped:] for message in turn]
         images = [image for message in kept for image in message.get("images") or []]
         shown = [{key: value for key, value in message.items() if key != "images"} for message in kept]
@@ -128,29 +153,50 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
             vision = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return Prompt(ids=ids, text=text, messages=shown, dropped_turns=dropped, extra_stops=extra_stops,
-                      thinking=(think is not False) if thinks else None,
-                      tool_style=tool_style(chat_template) if tools else None, vision=vision)
+        rendered[dropped] = Prompt(ids=ids, text=text, messages=shown, dropped_turns=dropped,
+                                   extra_stops=extra_stops, thinking=(think is not False) if thinks else None,
+                                   tool_style=tool_style(chat_template) if tools else None, vision=vision)
+        return rendered[dropped]
 
-    def fits(prompt: Prompt) -> bool:
-        return ctx is None or len(prompt.ids) < ctx  # room for at least one new token
+    def fits(prompt: Prompt, room: int) -> bool:
+        return ctx is None or len(prompt.ids) + room <= ctx
 
-    whole = attempt(0)
-    if fits(whole):
+    last = max(len(turns) - 1, 0)
+
+    def fewest_dropped(room: int, least: int) -> Prompt | None:
+        """The prompt with the fewest turns dropped (``least`` at least) that leaves ``room`` tokens free; found
+        by bisection, so a long history costs a few renders, not one per turn."""
+        if least > last or not fits(newest := attempt(last), room):
+            return None
+        if fits(first := attempt(least), room):
+            return first
+        low, high, best = least + 1, last, newest  # ``best`` is always the attempt at ``high``
+        while low < high:
+            middle = (low + high) // 2
+            if fits(candidate := attempt(middle), room):
+                high, best = middle, candidate
+            else:
+                low = middle + 1
+        return best
+
+    def shiftable(prompt: Prompt) -> Prompt:
+        if ctx is None or prompt.dropped_turns >= last:
+            return prompt
+        return replace(prompt, refit=lambda room: _then(shiftable, fewest_dropped(room, prompt.dropped_turns + 1)))
+
+    if not truncate:
+        whole = attempt(0)
+        if not fits(whole, 1):
+            raise PromptTooLong(len(whole.ids) + 1, ctx or 0, truncating=False)
         return whole
-    newest = attempt(max(len(turns) - 1, 0))
-    if not fits(newest):
-        raise PromptTooLong(len(newest.ids) + 1, ctx or 0)
-    # The fewest turns to drop, by bisection: a long history costs a few renders, not one per turn.
-    # ``best`` is always the attempt at ``high``, the fewest drops known to fit.
-    low, high, best = 1, len(turns) - 1, newest
-    while low < high:
-        middle = (low + high) // 2
-        if fits(candidate := attempt(middle)):
-            high, best = middle, candidate
-        else:
-            low = middle + 1
-    return best
+    fitted = fewest_dropped(max(reserve, 1), 0) or fewest_dropped(1, last)
+    if fitted is None:
+        raise PromptTooLong(len(attempt(last).ids) + 1, ctx or 0)
+    return shiftable(fitted)
+
+
+def _then(function: Callable[[Prompt], Prompt], prompt: Prompt | None) -> Prompt | None:
+    return None if prompt is None else function(prompt)
 
 
 def _pictures(messages: list[dict[str, Any]]) -> dict[int, Any]:

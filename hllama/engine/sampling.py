@@ -50,9 +50,9 @@ class SeededSampler(LogitsProcessor):
     answer through ``generate`` as in a batch (:func:`~hllama.engine.noise.seed_of` says how a seed is read).
     """
 
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, seed: int | None, *, steps: int = 0) -> None:
         self.seed = seed_of(seed)
-        self.steps = 0
+        self.steps = steps  # tokens drawn before (an answer that goes on after a shift draws on)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         keys = torch.full((scores.shape[0], 1), step_key(self.seed, self.steps), dtype=torch.long,
@@ -124,8 +124,9 @@ class RecentRepetitionPenalty(RepetitionPenaltyLogitsProcessor):
         return super().__call__(recent, scores)
 
 
-def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProcessorList:
-    """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler."""
+def logits_processors(params: Parameters, *, prompt_length: int, answered: int = 0) -> LogitsProcessorList:
+    """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler. ``prompt_length``:
+    the tokens before the answer; ``answered``: answer tokens already drawn, after them (a shifted window)."""
     processors: list[LogitsProcessor] = []
     if (window := repetition_window(params)) is not None:
         processors.append(RecentRepetitionPenalty(params.repetition_penalty, window))
@@ -143,5 +144,5 @@ def logits_processors(params: Parameters, *, prompt_length: int) -> LogitsProces
             processors.append(TopPLogitsWarper(params.top_p))
         if params.min_p:
             processors.append(MinPLogitsWarper(params.min_p))
-        processors.append(SeededSampler(params.seed))
+        processors.append(SeededSampler(params.seed, steps=answered))
     return LogitsProcessorList(processors)

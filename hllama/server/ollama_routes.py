@@ -49,7 +49,8 @@ async def chat(request: Request) -> Response:
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
     events = service.chat(resolved, messages_from(body.messages), structure=schema, tools=body.tools,
-                          think=body.think, logprobs=body.logprob_alternatives)
+                          think=body.think, logprobs=body.logprob_alternatives, truncate=body.truncate,
+                          shift=body.shift)
 
     def message(content: str, result: Result | None = None) -> dict[str, Any]:
         document: dict[str, Any] = {"role": "assistant", "content": content}
@@ -104,8 +105,8 @@ async def generate(request: Request) -> Response:
         events = _continue(service, resolved, body, schema)
     else:
         ask = ChatMessage(role="user", content=body.prompt, images=decoded_images(body.images, where="images"))
-        events = service.chat(resolved, [ask], structure=schema,
-                              think=body.think, logprobs=logprobs)
+        events = service.chat(resolved, [ask], structure=schema, think=body.think, logprobs=logprobs,
+                              truncate=body.truncate, shift=body.shift)
 
     def chunk(piece: str | Thought) -> dict[str, Any]:
         said = {"response": "", "thinking": piece.text} if isinstance(piece, Thought) else {"response": piece}

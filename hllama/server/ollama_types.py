@@ -52,6 +52,10 @@ class _Generation(Lenient):
     think: bool | ThinkLevel | None = Field(None, description="a thinking model's thinking: off, on, or a level")
     logprobs: bool = Field(False, description="each answer token's log-probability")
     top_logprobs: int = Field(0, ge=0, le=20, description="and this many likeliest alternatives")
+    truncate: bool = Field(True, description="drop the oldest turns (embed: cut a text) that do not fit the "
+                                             "context, else refuse the request")
+    shift: bool = Field(True, description="an answer that fills the window goes on after more of the oldest turns "
+                                          "are dropped, else it ends there (done_reason length)")
 
     @property
     def logprob_alternatives(self) -> int | None:
@@ -79,7 +83,6 @@ class EmbedRequest(_Generation):
 
     input: str | list[str] = Field("", description="a text or a list of texts to embed")
     prompt: str = Field("", description="the older route's one text")
-    truncate: bool = Field(True, description="cut a text longer than the context, else refuse it")
     dimensions: int | None = Field(None, ge=1, description="keep only this many leading dimensions")
 
     @property
