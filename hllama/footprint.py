@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hllama.errors import ModelTooLarge
+from hllama.ggufheader import NotGguf, read_header
 from hllama.hardware import Budget, Device
 from hllama.options import LoadOptions
 
@@ -44,6 +45,7 @@ class Footprint:
     config: Mapping[str, Any] = field(default_factory=dict)
     format: str = "safetensors"  # of the weight files: safetensors, pytorch (.bin) or gguf
     dtype: str | None = None  # what the checkpoint stores its weights in (float32, bfloat16, float16), if known
+    quantization: str | None = None  # a GGUF file's own level (Q4_K_M), whatever it is dequantized to on load
 
 
 @dataclass(frozen=True)
@@ -229,16 +231,16 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _gguf_footprint(path: Path, config: Mapping[str, Any]) -> Footprint:
-    """GGUF weights are dequantized on load, so count their parameters (needs the ``gguf`` package)."""
+    """GGUF weights are dequantized on load, so count their parameters; the file's own quantization level is
+    kept to be reported as Ollama does. A header that cannot be read leaves only the file's size."""
     size = path.stat().st_size
     try:
-        from gguf import GGUFReader
-    except ImportError:
+        header = read_header(path)
+    except (OSError, NotGguf):
         return Footprint(files_bytes=size, config=config, format="gguf")
-    reader = GGUFReader(str(path))
-    tensors = [(tensor.name, "F32", [int(dim) for dim in tensor.shape]) for tensor in reader.tensors]
-    footprint = footprint_from_tensors(tensors, files_bytes=size, config={**gguf_config(reader.fields), **config})
-    return replace(footprint, format="gguf")
+    tensors = [(name, "F32", shape) for name, _, shape in header.tensors]
+    footprint = footprint_from_tensors(tensors, files_bytes=size, config={**gguf_config(header.metadata), **config})
+    return replace(footprint, format="gguf", quantization=header.file_type)
 
 
 #: GGUF metadata keys (after ``<architecture>.``) and the config.json names they stand for.
@@ -248,21 +250,16 @@ _GGUF_CONFIG = {"block_count": "num_hidden_layers", "context_length": "max_posit
                 "attention.key_length": "head_dim", "rope.freq_base": "rope_theta", "vocab_size": "vocab_size"}
 
 
-def gguf_config(fields: Mapping[str, Any]) -> dict[str, Any]:
+def gguf_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """What config.json would say, from a GGUF file's metadata (a .gguf has no config.json beside it),
     plus its ``chat_template``, so sizes, ``model_info`` and capabilities work without loading it."""
-    def value(key: str) -> Any:
-        field = fields.get(key)
-        contents = getattr(field, "contents", None)  # gguf >= 0.10
-        return contents() if contents else None
-
-    architecture = value("general.architecture")
-    if not architecture:
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str) or not architecture:
         return {}
     config: dict[str, Any] = {"model_type": architecture}
     for key, name in _GGUF_CONFIG.items():
-        if (found := value(f"{architecture}.{key}")) is not None:
+        if (found := metadata.get(f"{architecture}.{key}")) is not None:
             config[name] = found
-    if template := value("tokenizer.chat_template"):
+    if isinstance(template := metadata.get("tokenizer.chat_template"), str) and template:
         config["chat_template"] = template
     return config

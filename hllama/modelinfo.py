@@ -59,8 +59,16 @@ def details(plan: Plan | None) -> dict[str, Any]:
         "family": family,
         "families": [family] if family else None,
         "parameter_size": parameter_size(plan.footprint.parameters) if plan else "",
-        "quantization_level": QUANTIZATION_LEVEL.get(plan.chosen.precision, "") if plan else "",
+        "quantization_level": quantization_level(plan),
     }
+
+
+def quantization_level(plan: Plan | None) -> str:
+    """A GGUF file's own level (``Q4_1``), as Ollama reports it, though it runs dequantized; else the
+    precision it loads at."""
+    if plan is None:
+        return ""
+    return plan.footprint.quantization or QUANTIZATION_LEVEL.get(plan.chosen.precision, "")
 
 
 def parameter_size(count: int) -> str:
@@ -72,12 +80,14 @@ def parameter_size(count: int) -> str:
 
 
 def model_info(plan: Plan | None) -> dict[str, Any]:
-    """GGUF-style keys from config.json (``general.architecture``, ``<arch>.context_length``, ...)."""
+    """GGUF-style keys from config.json (``general.architecture``, ``<arch>.context_length``, ...), and the
+    precision the model runs at (``hllama.precision``)."""
     if plan is None:
         return {}
     config: Mapping[str, Any] = text_config(plan.footprint.config)
     arch = str(config.get("model_type") or "unknown")
-    info: dict[str, Any] = {"general.architecture": arch, "general.parameter_count": plan.footprint.parameters}
+    info: dict[str, Any] = {"general.architecture": arch, "general.parameter_count": plan.footprint.parameters,
+                            "hllama.precision": plan.chosen.precision}  # what it runs at (a GGUF file, dequantized)
     for key, source in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
                         ("block_count", "num_hidden_layers"), ("feed_forward_length", "intermediate_size"),
                         ("attention.head_count", "num_attention_heads"),

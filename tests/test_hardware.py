@@ -109,22 +109,11 @@ def test_estimate_against_measured_memory(tiny_model_dir: Path):
     del model
 
 
-class _Field:
-    """A GGUF metadata field, as the gguf package's reader gives it."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def contents(self) -> object:
-        return self.value
-
-
 def test_gguf_metadata_stands_in_for_config_json():
-    fields = {"general.architecture": _Field("qwen2"), "qwen2.block_count": _Field(24),
-              "qwen2.attention.head_count": _Field(14), "qwen2.attention.head_count_kv": _Field(2),
-              "qwen2.embedding_length": _Field(896), "qwen2.context_length": _Field(32768),
-              "tokenizer.chat_template": _Field("{{ tools }}"), "tokenizer.ggml.tokens": _Field(["a"])}
-    config = gguf_config(fields)
+    metadata = {"general.architecture": "qwen2", "qwen2.block_count": 24, "qwen2.attention.head_count": 14,
+                "qwen2.attention.head_count_kv": 2, "qwen2.embedding_length": 896, "qwen2.context_length": 32768,
+                "tokenizer.chat_template": "{{ tools }}", "general.file_type": 15}
+    config = gguf_config(metadata)
     assert config == {"model_type": "qwen2", "num_hidden_layers": 24, "num_attention_heads": 14,
                       "num_key_value_heads": 2, "hidden_size": 896, "max_position_embeddings": 32768,
                       "chat_template": "{{ tools }}"}

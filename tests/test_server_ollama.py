@@ -131,12 +131,18 @@ def test_logprobs(url: str):
                                         timeout=60).json()
 
 
-def test_load_unload_and_ps(client: ollama.Client):
+def test_load_unload_and_ps(client: ollama.Client, url: str):
     loaded = client.generate("tiny", "")
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
     [running] = client.ps().models
     assert running.model == "tiny:latest" and running.size > 0 and running.size_vram == 0
     assert running.details.quantization_level == "F32" and running.expires_at is not None
+    [raw] = httpx.get(f"{url}/api/ps").json()["models"]
+    weights = running.size  # measured: no KV cache is held yet
+    assert raw["size"] == weights < raw["size_reserved"]  # the estimate reserves KV caches and an overhead too
+    client.chat("tiny", messages=[{"role": "user", "content": CHATS[0][0]}])
+    [answered] = client.ps().models
+    assert answered.size > weights  # now with the conversation's KV cache, kept for its next turn
     unloaded = client.chat("tiny", messages=[], keep_alive=0)
     assert unloaded.done_reason == "unload" and unloaded.message.role == "assistant"
     assert client.ps().models == []

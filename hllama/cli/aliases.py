@@ -118,7 +118,8 @@ def _show_model(name: str, settings: Settings, registry: Registry) -> int:
     rows = [("architecture", arch), ("parameters", details["parameter_size"]),
             ("context length", info.get(f"{arch}.context_length")),
             ("embedding length", info.get(f"{arch}.embedding_length")),
-            ("quantization", details["quantization_level"]), ("format", details["format"])]
+            ("quantization", details["quantization_level"]), ("runs at", info.get("hllama.precision")),
+            ("format", details["format"])]
     sections = [("Model", [(key, value) for key, value in rows if value not in (None, "")]),
                 ("Capabilities", [(capability, "") for capability in described.capabilities]),
                 ("Parameters", [(key, json.dumps(item, ensure_ascii=False))

@@ -68,7 +68,10 @@ def run_ps(args: argparse.Namespace) -> int:
         until_text = "Forever" if seconds > 3 * 365 * 86400 else f"{max(0, int(seconds))} seconds from now"
         if "loading" in model:
             until_text = f"loading ({model['loading']['seconds']:.0f} s)"
-        rows.append((model["name"], model["digest"][:12], format_bytes(model["size"]),
+        size = format_bytes(model["size"])
+        if model.get("size_reserved"):
+            size += f" of {format_bytes(model['size_reserved'])}"
+        rows.append((model["name"], model["digest"][:12], size,
                      "100% GPU" if model["size_vram"] else "100% CPU", str(model.get("context_length") or "-"),
                      str(model.get("requests_running", "-")), str(model.get("requests_waiting", "-")), until_text))
     print(format_table(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "RUNNING", "QUEUED", "UNTIL"), rows))

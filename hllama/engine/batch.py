@@ -127,6 +127,13 @@ class BatchEngine:
         self._lengths: torch.Tensor | None = None  # [rows]: real tokens in the cache (the next position)
         self._pending: torch.Tensor | None = None  # [rows]: each row's last token, not yet in the cache
 
+    def cache_bytes(self) -> int:
+        """The bytes of the batch's KV cache now (the rows decoding, and a prompt being read)."""
+        from hllama.engine.prefix import cache_bytes
+
+        filling = self._filling
+        return cache_bytes(self._cache) + (cache_bytes(filling.cache) if filling is not None else 0)
+
     def submit(self, row: Row) -> None:
         with self._lock:
             self._incoming.append(row)

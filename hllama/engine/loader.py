@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import logging
+import os
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +75,15 @@ class LoadedModel:
 
     @property
     def reserved_bytes(self) -> int:
-        """What the scheduler counts against the budget: the planned total, KV cache and overhead included."""
-        return self.plan.chosen.total
+        """What the scheduler counts against the budget: the planned total, KV cache and overhead included, with
+        the weights as measured once loaded where they took more than planned (an estimate from file sizes)."""
+        chosen = self.plan.chosen
+        return chosen.total + max(0, self.memory_bytes - chosen.weights)
+
+    @property
+    def resident_bytes(self) -> int:
+        """What the model holds now, measured: its weights and buffers, and the KV caches kept or in use."""
+        return self.memory_bytes + self.prefixes.bytes + (self.batcher.cache_bytes() if self.batcher else 0)
 
     def close(self) -> None:
         """Drop the weights now rather than at the next garbage collection."""
@@ -115,25 +128,15 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     precision = load_plan.chosen.precision
     kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
 
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
     generates = is_generative(load_plan.footprint.config)
     sees = is_vision(load_plan.footprint.config)
-    processor = None
     try:
-        if sees:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(source.folder,
-                                                      trust_remote_code=bool(resolved.load.trust_remote_code))
-            tokenizer = processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(source.folder, **kwargs)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file,
-                                                      trust_remote_code=bool(resolved.load.trust_remote_code))
-            model = (AutoModelForCausalLM if generates else AutoModel).from_pretrained(source.folder, **kwargs)
+        with gguf_read_once() if source.gguf_file else contextlib.nullcontext():
+            model, tokenizer, processor = _from_pretrained(source, kwargs, resolved.load, generates=generates,
+                                                           sees=sees)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"cannot load '{resolved.model}': {str(exc).strip().splitlines()[0]}") from exc
     model.eval()
@@ -154,6 +157,62 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         if batchable(model) and not sees:  # a vision model runs each request through its own generate
             loaded.batcher = BatchEngine(loaded)
     return loaded
+
+
+def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], load: LoadOptions, *, generates: bool,
+                     sees: bool) -> tuple[Any, Any, Any]:
+    """The model, its tokenizer, and a vision model's processor (else None), through transformers' Auto classes."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    trust = bool(load.trust_remote_code)
+    if sees:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(source.folder, trust_remote_code=trust)
+        return AutoModelForImageTextToText.from_pretrained(source.folder, **kwargs), processor.tokenizer, processor
+    tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file, trust_remote_code=trust)
+    return (AutoModelForCausalLM if generates else AutoModel).from_pretrained(source.folder, **kwargs), tokenizer, None
+
+
+#: One GGUF load at a time patches the gguf package (see :func:`gguf_read_once`).
+_GGUF_LOADING = threading.Lock()
+
+
+@contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """transformers reads a GGUF file's whole header (its vocabulary too) once for the config, again for the
+    tokenizer and again for the weights, and builds gguf's tensor-name map once per module of the model: 10 of
+    the 17 s a 135M model took. Within this block the file is read once and each map built once; the per-tensor
+    progress bar it writes to stderr becomes the load's progress in ``/api/ps`` instead."""
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("GGUF files load with the gguf package: pip install 'hllama[gguf]'") from None
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+
+    from hllama.scheduler import report_progress
+
+    readers: dict[tuple[str, str], Any] = {}
+    reader_class, name_map, progress_bar = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_loading.tqdm
+
+    def read(path: Any, mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    def progress(tensors: Any, **_: Any) -> Iterator[Any]:
+        for done, tensor in enumerate(tensors):
+            report_progress(f"dequantizing the GGUF file's tensors: {done}/{len(tensors)}")
+            yield tensor
+
+    with _GGUF_LOADING:
+        gguf.GGUFReader, gguf.get_tensor_name_map = read, functools.cache(name_map)
+        gguf_loading.tqdm = progress
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map, gguf_loading.tqdm = reader_class, name_map, progress_bar
 
 
 def is_generative(config: dict[str, Any]) -> bool:

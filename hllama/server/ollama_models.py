@@ -125,9 +125,11 @@ async def ps(request: Request) -> dict[str, Any]:
             remaining = runner.keep_alive if runner.keep_alive >= 0 and not runner.idle else FOREVER_SECONDS
         load_plan = runner.model.plan  # type: ignore[attr-defined]
         name = wire_name(runner.name)
-        models.append({"name": name, "model": name, "size": runner.size, "digest": digest(repr(runner.key)),
+        size = getattr(runner.model, "resident_bytes", runner.size)  # measured; an engine elsewhere: its reserve
+        models.append({"name": name, "model": name, "size": size, "digest": digest(repr(runner.key)),
                        "details": details(load_plan), "expires_at": local_rfc3339(time.time() + remaining),
-                       "size_vram": runner.size if service.budget.device == "cuda" else 0,
+                       "size_vram": size if service.budget.device == "cuda" else 0,
+                       "size_reserved": runner.size,  # an extra field: what it counts against the memory budget
                        "context_length": runner.model.context_length,  # type: ignore[attr-defined]
                        "requests_running": runner.active, "requests_waiting": runner.waiting})
     for loading in scheduler.loading:  # on its way in: an extra field says how far it got
