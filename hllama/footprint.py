@@ -2,8 +2,10 @@
 
 Two estimates, both reported: the rule of thumb (1.5 × the size of the weight files) and a better
 one from the safetensors headers: parameters × bytes per parameter at the chosen precision, plus
-the KV cache for the context length (from config.json) and a fixed overhead. Decisions use the
-better one whenever the headers are known.
+the KV cache for the context length (from config.json), or while loading the stored files being
+converted to another precision where that is more, and an overhead. Decisions use the better one
+whenever the headers are known. hllama's own process (Python, torch, transformers) is not counted:
+``bench/memory.py`` measures it, and measures the estimate against real peaks.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class Estimate:
     overhead: int
     rule_of_thumb: int
     conversations: int = 1
+    converting: int = 0  # held only while loading: the stored files read while another precision is made of them
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.overhead
+        """The most held at once: while loading the conversion's source, later the KV caches (never both)."""
+        return self.weights + max(self.kv_cache, self.converting) + self.overhead
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,25 @@ def estimate(footprint: Footprint, *, precision: str, context: int | None, devic
     return Estimate(precision=precision, context=context, weights=weights,
                     kv_cache=conversations * _kv_cache_bytes(footprint.config, context, compute_bytes),
                     overhead=_OVERHEAD[device] + weights // 20, rule_of_thumb=rule_of_thumb,
-                    conversations=conversations)
+                    conversations=conversations, converting=_converting(footprint, precision, device))
+
+
+#: What reading a GGUF file's vocabulary and building its tokenizer holds while it loads, beyond the file's own
+#: pages (measured with SmolLM2-135M's 49,152 tokens: ``bench/memory.py``).
+GGUF_TOKENIZER_BYTES = 192 * 2**20
+
+
+def _converting(footprint: Footprint, precision: str, device: Device) -> int:
+    """The process memory a load holds beside the weights it makes: the stored files' pages while they are
+    converted to another precision (a bfloat16 checkpoint made float32, a GGUF file dequantized). Loaded as
+    stored, the weights are those pages; on a GPU the source lies in host memory, outside the budget."""
+    if device != "cpu":
+        return 0
+    if footprint.format == "gguf":
+        return footprint.files_bytes + GGUF_TOKENIZER_BYTES
+    if footprint.dtype and precision in _FLOAT_DTYPES.values() and footprint.dtype != precision:
+        return footprint.files_bytes
+    return 0
 
 
 def plan(footprint: Footprint, *, load: LoadOptions, context: int | None, budget: Budget) -> Plan:

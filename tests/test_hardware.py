@@ -182,3 +182,20 @@ def test_the_checkpoints_dtype_is_read_from_its_headers_or_config():
     bf16 = estimate(BIG, precision="bfloat16", context=4096, device="cpu")
     f32 = estimate(BIG, precision="float32", context=4096, device="cpu")
     assert f32.kv_cache == 2 * bf16.kv_cache  # the KV cache is kept in the precision the model computes in
+
+
+def test_a_load_that_converts_holds_the_stored_files_until_its_kv_cache_would():
+    """bench/memory.py: a bfloat16 checkpoint made float32 peaks at the float32 weights plus the bfloat16 pages."""
+    from hllama.footprint import GGUF_TOKENIZER_BYTES
+
+    config = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
+    stored = Footprint(files_bytes=10**9, parameters=5 * 10**8, config=config, dtype="bfloat16")
+    upcast = estimate(stored, precision="float32", context=128, device="cpu")
+    assert upcast.converting == 10**9 > upcast.kv_cache
+    assert upcast.total == upcast.weights + 10**9 + upcast.overhead
+    assert estimate(stored, precision="bfloat16", context=128, device="cpu").converting == 0  # loaded as stored
+    assert estimate(stored, precision="float32", context=128, device="cuda").converting == 0  # host memory
+    gguf = Footprint(files_bytes=10**8, parameters=10**8, config=config, format="gguf", dtype="float32")
+    assert estimate(gguf, precision="float32", context=128, device="cpu").converting == 10**8 + GGUF_TOKENIZER_BYTES
+    long_context = estimate(stored, precision="float32", context=10**6, device="cpu")
+    assert long_context.total == long_context.weights + long_context.kv_cache + long_context.overhead

@@ -118,7 +118,8 @@ def _show_model(name: str, settings: Settings, registry: Registry) -> int:
     rows = [("architecture", arch), ("parameters", details["parameter_size"]),
             ("context length", info.get(f"{arch}.context_length")),
             ("embedding length", info.get(f"{arch}.embedding_length")),
-            ("quantization", details["quantization_level"]), ("runs at", info.get("hllama.precision")),
+            ("quantization", details["quantization_level"]),
+            ("runs at", info.get("hllama.precision") if details["format"] == "gguf" else None),  # dequantized
             ("format", details["format"])]
     sections = [("Model", [(key, value) for key, value in rows if value not in (None, "")]),
                 ("Capabilities", [(capability, "") for capability in described.capabilities]),

@@ -85,7 +85,8 @@ def plan_lines(load_plan: Plan) -> list[str]:
         f"needs about {format_bytes(chosen.total)} at {chosen.precision}: weights {format_bytes(chosen.weights)}, "
         f"KV cache {format_bytes(chosen.kv_cache)} for {chosen.context} tokens"
         f"{f' x {chosen.conversations} conversations' if chosen.conversations > 1 else ''}, "
-        f"overhead {format_bytes(chosen.overhead)}",
+        f"overhead {format_bytes(chosen.overhead)}"
+        f"{f' (while loading: {format_bytes(chosen.converting)} read to convert)' if chosen.converting else ''}",
         f"rule of thumb (1.5 x weight files): {format_bytes(chosen.rule_of_thumb)}",
         f"memory budget {format_bytes(budget.bytes)} ({budget.source}): {verdict}",
     ]
