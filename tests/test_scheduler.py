@@ -39,6 +39,14 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+async def _hold(scheduler: Scheduler, name: str, release: asyncio.Event, log: list[str] | None = None) -> None:
+    """Use model ``name`` until ``release`` is set (a request that keeps it busy)."""
+    async with scheduler.use(_resolved(name)):
+        await release.wait()
+        if log is not None:
+            log.append(f"{name} done")
+
+
 def test_loads_once_and_reuses():
     log: list[str] = []
 
@@ -117,13 +125,7 @@ def test_a_load_waits_for_busy_models_to_finish_rather_than_failing():
     async def scenario():
         scheduler = _scheduler(log, budget=50, sizes={"a": 40, "b": 40})
         release = asyncio.Event()
-
-        async def hold_a():
-            async with scheduler.use(_resolved("a")):
-                await release.wait()
-                log.append("a done")
-
-        holding = asyncio.create_task(hold_a())
+        holding = asyncio.create_task(_hold(scheduler, "a", release, log))
         await asyncio.sleep(0.02)
         loading = asyncio.create_task(scheduler.load(_resolved("b")))
         await asyncio.sleep(0.05)
@@ -139,12 +141,7 @@ def test_loads_waiting_for_room_are_bounded_by_the_queue():
     async def scenario():
         scheduler = _scheduler([], budget=50, sizes={"a": 40, "b": 40, "c": 40}, max_queue=1)
         release = asyncio.Event()
-
-        async def hold_a():
-            async with scheduler.use(_resolved("a")):
-                await release.wait()
-
-        holding = asyncio.create_task(hold_a())
+        holding = asyncio.create_task(_hold(scheduler, "a", release))
         await asyncio.sleep(0.02)
         waiting = asyncio.create_task(scheduler.load(_resolved("b")))
         await asyncio.sleep(0.02)
@@ -190,14 +187,9 @@ def test_the_queue_is_bounded():
     async def scenario():
         scheduler = _scheduler([], max_queue=1)
         release = asyncio.Event()
-
-        async def hold():
-            async with scheduler.use(_resolved("a")):
-                await release.wait()
-
-        first = asyncio.create_task(hold())
+        first = asyncio.create_task(_hold(scheduler, "a", release))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(hold())  # waits for the one slot
+        second = asyncio.create_task(_hold(scheduler, "a", release))  # waits for the one slot
         await asyncio.sleep(0.05)
         with pytest.raises(ServerBusy, match="server busy"):
             async with scheduler.use(_resolved("a")):
