@@ -162,3 +162,20 @@ def test_ollamas_truncate_and_shift_fields(url: str):
     assert held["done_reason"] == "length" and held["prompt_eval_count"] + held["eval_count"] == ctx
     assert shifted["eval_count"] > held["eval_count"] and shifted["done_reason"] == "stop"
     assert shifted["message"]["content"].startswith(held["message"]["content"])
+
+
+def test_a_refit_that_fails_ends_only_its_own_answer(tiny):
+    first = build_prompt(tiny.tokenizer, STORY[:1] + STORY[-3:]).ids
+    ctx = len(first) + 4
+
+    def broken(room: int) -> list[int] | None:
+        raise ValueError("the template cannot render this")
+
+    others = [Generation(tiny, build_prompt(tiny.tokenizer, [{"role": "user", "content": question}]).ids,
+                         GREEDY.model_copy(update={"max_new_tokens": 40}), sink=lambda item: None).start()
+              for question, _ in CHATS[:2]]
+    generation, answer = _answer(tiny, first, GREEDY.model_copy(update={"ctx": ctx}), broken)
+    assert len(answer) == 4 and generation.finished().stats.done_reason == "length"
+    for other in others:
+        other.join()
+        assert other.finished().text in (CHATS[0][1], CHATS[1][1])  # the batch went on

@@ -146,8 +146,11 @@ class Generation:
         from hllama.engine.prompt import answer_room
 
         wanted = None if self.wanted is None else self.wanted - answered
-        # room for the answer so far and as much again as a prompt leaves; else for one more token at least
-        prompt = self.refit(answered + max(answer_room(wanted, self.context), 1)) or self.refit(answered + 1)
+        try:  # room for the answer so far and as much again as a prompt leaves; else for one more token at least
+            prompt = self.refit(answered + max(answer_room(wanted, self.context), 1)) or self.refit(answered + 1)
+        except Exception:  # the shorter conversation does not render: this answer ends here, the others go on
+            log.exception("the answer cannot go on after a shorter prompt")
+            return None
         if prompt is None:
             return None
         self.prompt_ids = prompt
