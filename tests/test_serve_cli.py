@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from hllama.cli import main
+from hllama.hardware import format_bytes
 
 from .liveserver import free_port, serve_process
 from .tinymodel import REPO_ID
@@ -37,6 +38,8 @@ def test_ps_and_stop_talk_to_the_server(served, capsys):
     assert out[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "RUNNING", "QUEUED", "UNTIL"]
     assert out[1].startswith("tiny:latest") and "100% CPU" in out[1] and out[1].endswith("seconds from now")
     assert out[1].split()[-6:-4] == ["0", "0"]  # running, queued
+    [model] = httpx.get(f"{url}/api/ps").json()["models"]
+    assert f"{format_bytes(model['size'])} of {format_bytes(model['size_reserved'])}" in out[1]  # measured, reserved
     assert main(["stop", "tiny"]) == 0
     assert httpx.get(f"{url}/api/ps").json() == {"models": []}
 
