@@ -103,12 +103,9 @@ class _Reader:
         self.at += size
 
     def _number(self, form: str) -> Any:
-        size = struct.calcsize(form)
-        if self.at + size > len(self.data):
-            raise NotGguf("the file ends inside its header")
-        (value,) = struct.unpack_from(form, self.data, self.at)
-        self.at += size
-        return value
+        start = self.at
+        self._skip(struct.calcsize(form))
+        return struct.unpack_from(form, self.data, start)[0]
 
     def _string(self) -> str:
         return self._take(self._number("<Q")).decode("utf-8", errors="replace")

@@ -94,9 +94,9 @@ class Generation:
         self.cancel = cancel or threading.Event()
         self.prompt_length = len(prompt_ids)
         self.prompt_ids = list(prompt_ids)  # the prompt the answer follows now (a shift shortens it)
-        self.limit = _token_limit(loaded, len(prompt_ids), params)
-        self.context = loaded.context_for(params.ctx)
+        self.context = loaded.context_for(params.ctx)  # the window: ``ctx``, never past the model's own
         self.wanted = params.max_new_tokens if params.max_new_tokens not in (None, -1) else None
+        self.limit = _token_limit(self.context, self.wanted, len(prompt_ids))
         self.refit = refit if vision is None else None  # an image's tokens are read with its prompt alone
         self.shifts = 0
         self._params, self._loaded = params, loaded
@@ -154,8 +154,7 @@ class Generation:
         if prompt is None:
             return None
         self.prompt_ids = prompt
-        room = self.context - len(prompt) - answered
-        self.limit = answered + (room if wanted is None else min(room, wanted))
+        self.limit = answered + _token_limit(self.context, wanted, len(prompt) + answered)
         self.shifts += 1
         log.info("the answer filled the %d-token window after %d tokens: it goes on after a prompt of %d tokens "
                  "with older turns dropped", self.context, answered, len(prompt))
@@ -211,7 +210,8 @@ class Generation:
             kwargs |= {key: _on(model, value) for key, value in vision.items()}
         else:
             cache, reused = loaded.prefixes.take(input_ids)  # an earlier turn's KV cache, if one shares
-            worker.reused = worker.reused if answered else reused  # what the first prompt did not read
+            if not answered:  # counted for the first prompt only (Ollama's prompt_eval_count)
+                worker.reused = reused
             if cache is not None:
                 kwargs[cache_keyword(type(model))] = cache
 
@@ -404,13 +404,11 @@ def _on(model: Any, value: Any) -> Any:
     return value.to(model.device, dtype=model.dtype) if value.is_floating_point() else value.to(model.device)
 
 
-def _token_limit(loaded: LoadedModel, prompt_length: int, params: Parameters) -> int:
-    """``max_new_tokens`` (-1: unlimited), never past the context (``ctx``, else the model's own)."""
-    context = loaded.context_for(params.ctx)
-    room = context - prompt_length if context else None
+def _token_limit(context: int | None, wanted: int | None, used: int) -> int:
+    """New tokens ``wanted`` (None: unlimited), never past the ``context`` window that ``used`` tokens fill."""
+    room = context - used if context else None
     if room is not None and room <= 0:
-        raise PromptTooLong(prompt_length + 1, context)
-    wanted = params.max_new_tokens if params.max_new_tokens not in (None, -1) else None
+        raise PromptTooLong(used + 1, context)
     candidates = [value for value in (wanted, room) if value is not None]
     return min(candidates) if candidates else 2048
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import logging
@@ -11,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,7 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     generates = is_generative(load_plan.footprint.config)
     sees = is_vision(load_plan.footprint.config)
     try:
-        with gguf_read_once() if source.gguf_file else contextlib.nullcontext():
+        with gguf_read_once() if source.gguf_file else nullcontext():
             model, tokenizer, processor = _from_pretrained(source, kwargs, resolved.load, generates=generates,
                                                            sees=sees)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError, TypeError) as exc:
