@@ -64,11 +64,13 @@ def details(plan: Plan | None) -> dict[str, Any]:
 
 
 def quantization_level(plan: Plan | None) -> str:
-    """A GGUF file's own level (``Q4_1``), as Ollama reports it, though it runs dequantized; else the
-    precision it loads at."""
+    """A GGUF file's own level (``Q4_1``), as Ollama reports it, though it runs dequantized (empty where its
+    header does not say); else the precision it loads at."""
     if plan is None:
         return ""
-    return plan.footprint.quantization or QUANTIZATION_LEVEL.get(plan.chosen.precision, "")
+    if plan.footprint.format == "gguf":
+        return plan.footprint.quantization or ""
+    return QUANTIZATION_LEVEL.get(plan.chosen.precision, "")
 
 
 def parameter_size(count: int) -> str:

@@ -113,3 +113,24 @@ def test_hostile_headers_are_refused(tmp_path: Path, data: bytes):
         read_header(path)
     footprint = local_footprint(tmp_path, gguf_file="bad.gguf")  # a listing still works: only its size is known
     assert footprint.parameters == 0 and footprint.files_bytes == len(data) and footprint.quantization is None
+
+
+def test_a_broken_gguf_file_is_one_clear_line_not_a_traceback(tmp_path: Path, hllama_home: Path, capsys):
+    from hllama.cli import main
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(_write(tmp_path / "model.gguf").read_bytes()[:100])
+    assert main(["run", str(cut), "hi"]) == 1
+    assert capsys.readouterr().err == f"Error: cannot load '{cut}': the file ends inside its header\n"
+
+
+def test_a_gguf_file_that_does_not_say_its_level_reports_none(tmp_path: Path):
+    from hllama.footprint import plan
+    from hllama.hardware import Budget
+    from hllama.modelinfo import details
+    from hllama.options import LoadOptions
+
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + bytes(4))
+    load_plan = plan(local_footprint(tmp_path, gguf_file="bad.gguf"), load=LoadOptions(), context=None,
+                     budget=Budget(2**34, "cpu", "test"))
+    assert details(load_plan)["quantization_level"] == ""  # not the F32 it would be dequantized to

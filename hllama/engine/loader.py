@@ -22,6 +22,7 @@ from hllama.engine.embed import Pooling, pooling_of
 from hllama.engine.prefix import PrefixCache
 from hllama.errors import ModelLoadError, ModelNotDownloaded, NoModelAtPath, QuantizationUnavailable
 from hllama.footprint import Plan, local_footprint, plan, text_config
+from hllama.ggufheader import read_header
 from hllama.hardware import Budget
 from hllama.names import is_local_path, is_model_path
 from hllama.options import LoadOptions
@@ -133,6 +134,8 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     generates = is_generative(load_plan.footprint.config)
     sees = is_vision(load_plan.footprint.config)
     try:
+        if source.gguf_file:  # hostile until read: transformers' own reader fails on a broken one without saying why
+            read_header(source.folder / source.gguf_file)
         with gguf_read_once() if source.gguf_file else nullcontext():
             model, tokenizer, processor = _from_pretrained(source, kwargs, resolved.load, generates=generates,
                                                            sees=sees)
