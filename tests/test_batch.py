@@ -150,7 +150,8 @@ def test_a_follow_up_turn_in_a_batch_reuses_its_cache_and_answers_as_a_cold_run(
     assert stream_items[-1].text == answer
     follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": CHATS[1][0]}]
     ids = build_prompt(tiny.tokenizer, follow).ids
-    warm = _together(tiny, [(ids, GREEDY, {}), (_ids(tiny, "hi"), GREEDY, {})])[0].result()[1]
+    warm, _ = (running.result()[1] for running in _together(tiny, [(ids, GREEDY, {}),
+                                                                         (_ids(tiny, "hi"), GREEDY, {})]))
     assert warm.stats.cached_tokens > len(build_prompt(tiny.tokenizer, first).ids) - 2
     tiny.prefixes.clear()
     cold = _alone(tiny, ids, GREEDY)

@@ -102,8 +102,10 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters"
 @pytest.mark.parametrize("choice", ["required", "get_weather"])
 def test_a_required_call_in_bare_json_follows_its_tool(tiny, choice):
     text, reason = _answer(tiny, CHATS[0][0], structure=ToolCalls.of(WEATHER, style="json", choice=choice))
-    content, [call] = parse_tool_calls(text)
-    assert content == "" and call.name == "get_weather" and call.arguments["city"] in ("Lyon", "Nice")
+    content, calls = parse_tool_calls(text)
+    assert content == "" and calls and all(call.name == "get_weather" and call.arguments["city"] in ("Lyon", "Nice")
+                                           for call in calls)
+    assert len(calls) == 1 or choice == "required"  # "required" is one call or more; a named tool, exactly one
 
 
 def test_a_lazy_bare_json_grammar_leaves_prose_alone(tiny):
@@ -141,6 +143,25 @@ def test_a_lazy_tagged_grammar_holds_each_call_and_nothing_else(tiny):
         constraint_for(ToolCalls.of(WEATHER, style="tagged", choice="required"), None)
 
 
+def test_a_lazy_tagged_grammar_takes_over_within_the_token_that_opens_the_call(tool_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    from hllama.engine.grammar import grammar_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tool_model_dir)
+    matcher_tokenizer = grammar_tokenizer(tokenizer, vocab_size=len(tokenizer), eos_ids=[tokenizer.eos_token_id])
+    opening = tokenizer('<tool_call>{"name": "get_weather", "arguments": {"city": "', add_special_tokens=False)
+    pieces = [tokenizer.decode([token]) for token in opening["input_ids"]]
+    assert '>{"' in pieces  # the fixture's own tokenizer ends the opener and begins the call in one token
+    constraint = constraint_for(ToolCalls.of(WEATHER, style="tagged"), matcher_tokenizer)
+    for token in opening["input_ids"]:
+        constraint.accept(token)
+    scores = torch.zeros(matcher_tokenizer.vocab_size)
+    constraint.mask(scores)
+    allowed = {tokenizer.decode([token]) for token in torch.isfinite(scores).nonzero().flatten().tolist()}
+    assert allowed and all("Lyon".startswith(text) or "Nice".startswith(text) for text in allowed), allowed
+
+
 def test_an_answer_cut_by_num_predict_says_length(tiny):
     text, reason = _answer(tiny, CHATS[4][0], GREEDY.model_copy(update={"max_new_tokens": 3}), structure=SCHEMA)
     assert reason == "length" and text.startswith("{")
@@ -161,6 +182,30 @@ def test_an_answer_near_its_limit_closes_what_it_opened(tiny, budget):
     assert len(tiny.tokenizer(text, add_special_tokens=False)["input_ids"]) < budget
     # the answer kept what it could: the babble ran until closing it and the rest took just what was left
     assert document["title"] or budget == 40
+
+
+@pytest.mark.parametrize("budget", range(30, 70, 3))
+def test_an_answer_that_keeps_opening_items_still_closes_within_its_budget(tiny, budget):
+    """Whatever the model prefers: here, at every step, another item if it may, else more of a string."""
+    matcher_tokenizer = tiny.grammar_tokenizer
+    constraint = constraint_for(SCHEMA, matcher_tokenizer, budget=budget)
+    texts = {token: tiny.tokenizer.decode([token]) for token in range(matcher_tokenizer.vocab_size)}
+    liking = [", ", ",", ' "', '"', "a", "4"]  # most liked first; anything else comes after, lowest id first
+    eos = matcher_tokenizer.eos_token
+    written: list[int] = []
+    for _ in range(budget):
+        scores = torch.zeros(matcher_tokenizer.vocab_size)
+        constraint.mask(scores)
+        allowed = torch.isfinite(scores).nonzero().flatten().tolist()
+        choice = min(allowed, key=lambda token: (token == eos, liking.index(texts[token]) if texts[token] in liking
+                                                 else len(liking), token))
+        if choice == eos:
+            break
+        constraint.accept(choice)
+        written.append(choice)
+    else:
+        pytest.fail(f"no end within {budget} tokens: {tiny.tokenizer.decode(written)!r}")
+    assert _valid(tiny.tokenizer.decode(written))
 
 
 def test_an_answer_that_cannot_close_in_time_is_left_alone_and_cut(tiny):

@@ -1,7 +1,10 @@
 """A tiny chat model built offline: a byte-level BPE tokenizer, a small Llama, a real chat template.
 
 A few seconds of training on ``CHATS`` makes greedy decoding answer each of them word for word and
-stop on ``<|im_end|>``, which gives tests meaningful, deterministic completions. The result can be
+stop on ``<|im_end|>``, which gives tests meaningful completions. What a model is trained to say holds on
+any machine: training goes on until every token of every lesson leads all others by ``MARGIN`` (in
+logits), far beyond what another CPU's rounding can change, and a model that does not get there fails
+to build, naming the lesson, the token and the margin. The result can be
 laid into a Hugging Face cache exactly as the Hub client lays it out (``blobs/``, ``snapshots/``
 symlinks, ``refs/main``), and served by ``tests/fakehub.py``.
 
@@ -11,9 +14,11 @@ Usable from benchmarks too: ``python -m tests.tinymodel OUT_DIR``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ID = "hllama-test/tiny-chat"
@@ -69,56 +74,137 @@ def build_tokenizer(examples: list[str] | None = None, template: str = CHAT_TEMP
         chat_template=template, model_max_length=256)
 
 
+@dataclass(frozen=True)
+class Lesson:
+    """What a tiny model learns: given ``prompt``, greedy decoding writes ``answer``, token for token."""
+
+    prompt: str
+    answer: str
+
+
+#: How far (in logits) each trained token must lead every other. Rounding on another CPU moves logits by
+#: about 1e-5; a tie broken one way here and the other way there is what this rules out.
+MARGIN = 2.0
+
+#: Training stops once every lesson holds with its margin, and gives up (failing the build) after this many steps.
+MAX_STEPS = 1000
+
+
+class FixtureError(AssertionError):
+    """A tiny model that did not learn its lessons with the margin tests rely on."""
+
+
+def chat_lessons() -> list[Lesson]:
+    return [Lesson(chat_text(user), f"{answer}<|im_end|>") for user, answer in CHATS]
+
+
 def _chat_examples() -> list[str]:
     return [chat_text(user, answer) for user, answer in CHATS]
 
 
-def build_model(out_dir: Path, *, steps: int = 150, seed: int = 0, examples: list[str] | None = None,
-                template: str = CHAT_TEMPLATE, special: tuple[str, ...] = ()) -> Path:
+def build_model(out_dir: Path, *, seed: int = 0, lessons: list[Lesson] | None = None,
+                template: str = CHAT_TEMPLATE, special: tuple[str, ...] = (), max_steps: int = MAX_STEPS) -> Path:
     """Build, train and save the tiny model into ``out_dir`` (a plain model folder).
 
-    ``examples`` are whole rendered conversations to learn (default: ``CHATS``), ``template`` its chat template.
+    ``lessons`` are what it learns (default: answering ``CHATS``), ``template`` its chat template. Raises
+    :class:`FixtureError` when training cannot give every lesson its :data:`MARGIN`.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    examples = examples or _chat_examples()
-    try:
-        tokenizer = build_tokenizer(examples, template, special)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-        model = LlamaForCausalLM(config)
-        _train(model, tokenizer, examples, steps=steps)
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-    finally:
-        torch.set_num_threads(threads)
+    lessons = lessons or chat_lessons()
+    tokenizer = build_tokenizer([lesson.prompt + lesson.answer for lesson in lessons], template, special)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    _train(model, tokenizer, lessons, max_steps=max_steps)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def _train(model, tokenizer, texts: list[str], *, steps: int) -> None:
+def _batch(tokenizer, lessons: list[Lesson]):
+    """Each lesson's prompt and answer tokenized apart, as the engine reads a prompt and then writes tokens;
+    the loss falls on the answer only, so lessons whose prompts differ where others' answers go (a thinking
+    model's closed ``<think></think>``) do not contradict each other."""
     import torch
 
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    rows = [(tokenizer(lesson.prompt, add_special_tokens=False)["input_ids"],
+             tokenizer(lesson.answer, add_special_tokens=False)["input_ids"]) for lesson in lessons]
+    width = max(len(prompt) + len(answer) for prompt, answer in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for row, (prompt, answer) in enumerate(rows):
+        tokens = prompt + answer
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        mask[row, :len(tokens)] = 1
+        labels[row, len(prompt):len(tokens)] = torch.tensor(answer)
+    return ids, mask, labels
+
+
+def _train(model, tokenizer, lessons: list[Lesson], *, max_steps: int, check_every: int = 50) -> None:
+    import torch
+
+    ids, mask, labels = _batch(tokenizer, lessons)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+    steps = 0
+    while True:
+        model.train()
+        for _ in range(check_every):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        steps += check_every
+        model.eval()
+        weakest = _weakest(model, tokenizer, lessons, ids, mask, labels)
+        if weakest is None:
+            return
+        if steps >= max_steps:
+            raise FixtureError(f"after {steps} training steps: {weakest}")
+
+
+def _weakest(model, tokenizer, lessons: list[Lesson], ids, mask, labels) -> str | None:
+    """The answer token that leads by the least, when that is under :data:`MARGIN`; None when all hold."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    worst: tuple[float, int, int] | None = None
+    for row, column in (targets != -100).nonzero().tolist():
+        scores = logits[row, column].clone()
+        expected = int(targets[row, column])
+        lead = float(scores[expected]) - float(scores.index_fill(0, torch.tensor([expected]), -math.inf).max())
+        if worst is None or lead < worst[0]:
+            worst = (lead, row, column)
+    if worst is None or worst[0] >= MARGIN:
+        return None
+    lead, row, column = worst
+    scores = logits[row, column]
+    rival = int(scores.index_fill(0, targets[row, column:column + 1], -math.inf).argmax())
+    said = tokenizer.decode(ids[row, :column + 1])
+    return (f"after {said[-40:]!r} the lesson wants {tokenizer.decode([int(targets[row, column])])!r}, which leads "
+            f"{tokenizer.decode([rival])!r} by {lead:.3f} logits, under the margin of {MARGIN}")
+
+
+def lesson_of(renderer, messages: list[dict], **template_options) -> Lesson:
+    """The lesson a conversation teaches: its last message, after the prompt that asks for it."""
+    prompt = renderer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True,
+                                          **template_options)
+    whole = renderer.apply_chat_template(messages, tokenize=False, **template_options)
+    if not whole.startswith(prompt):
+        raise FixtureError(f"the template does not render the answer after its own prompt: {whole!r}")
+    return Lesson(prompt, whole[len(prompt):].rstrip("\n"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +239,8 @@ WEATHER_QUESTION = "What is the weather in Paris?"
 WEATHER_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 WEATHER_RESULT = "sunny, 22 degrees"
 WEATHER_ANSWER = "It is sunny in Paris."
+#: Cities a client's tool schema may hold the call to instead (an enum without Paris).
+OTHER_CITIES = ("Lyon", "Nice")
 
 #: What the tool model learns, as (messages, tools): each conversation's last message is the answer.
 TOOL_CONVERSATIONS = [
@@ -169,9 +257,15 @@ TOOL_CONVERSATIONS = [
 def build_tool_model(out_dir: Path) -> Path:
     """A tiny model that answers ``WEATHER_QUESTION`` with a call to ``get_weather``, then uses its result."""
     renderer = build_tokenizer(template=TOOL_TEMPLATE)  # only renders the conversations to learn
-    examples = [renderer.apply_chat_template(messages, tools=tools, tokenize=False)
-                for messages, tools in TOOL_CONVERSATIONS]
-    return build_model(out_dir, examples=examples, template=TOOL_TEMPLATE)
+    lessons = [lesson_of(renderer, messages, tools=tools) for messages, tools in TOOL_CONVERSATIONS]
+    for city in OTHER_CITIES:  # a call a grammar held to another city's name ends the turn all the same
+        call = {"function": {"name": "get_weather", "arguments": {"city": city}}}
+        whole = renderer.apply_chat_template([{"role": "user", "content": WEATHER_QUESTION},
+                                              {"role": "assistant", "content": "", "tool_calls": [call]}],
+                                             tools=[WEATHER_TOOL], tokenize=False)
+        end = whole.rindex("</tool_call>") + len("</tool_call>")
+        lessons.append(Lesson(whole[:end], whole[end:].rstrip("\n")))
+    return build_model(out_dir, lessons=lessons, template=TOOL_TEMPLATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,13 +290,12 @@ def build_thinking_model(out_dir: Path) -> Path:
     renderer = build_tokenizer(template=THINKING_TEMPLATE)
     question, answer = CHATS[0]
     ask = [{"role": "user", "content": question}]
-    examples = [
-        renderer.apply_chat_template([*ask, {"role": "assistant", "content": answer, "reasoning_content": THOUGHT}],
-                                     tokenize=False),
-        renderer.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        + f"{answer}<|im_end|>\n",
+    lessons = [
+        lesson_of(renderer, [*ask, {"role": "assistant", "content": answer, "reasoning_content": THOUGHT}]),
+        Lesson(renderer.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, enable_thinking=False),
+               f"{answer}<|im_end|>"),
     ]
-    return build_model(out_dir, examples=examples, template=THINKING_TEMPLATE)
+    return build_model(out_dir, lessons=lessons, template=THINKING_TEMPLATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +309,8 @@ CODE_PREFIX, CODE_SUFFIX, CODE_MIDDLE = "def add(a, b):\n    return ", "\n\nprin
 def build_coder_model(out_dir: Path) -> Path:
     """A tiny model that fills ``CODE_MIDDLE`` between ``CODE_PREFIX`` and ``CODE_SUFFIX`` (Qwen's FIM tokens)."""
     prefix, suffix, middle = FIM_TOKENS
-    example = f"{prefix}{CODE_PREFIX}{suffix}{CODE_SUFFIX}{middle}{CODE_MIDDLE}<|im_end|>"
-    return build_model(out_dir, examples=[example, *_chat_examples()], special=FIM_TOKENS)
+    fill = Lesson(f"{prefix}{CODE_PREFIX}{suffix}{CODE_SUFFIX}{middle}", f"{CODE_MIDDLE}<|im_end|>")
+    return build_model(out_dir, lessons=[fill, *chat_lessons()], special=FIM_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------
