@@ -270,13 +270,14 @@ class Constraint:
         """Whether the answer must close now: the grammar's shortest way to an end (estimated by following
         :meth:`_Vocabulary.narrow` on a copy of the matcher) needs about the tokens left. Checked in the last
         :data:`CLOSING_WINDOW` tokens only; once closing, always closing, and an answer that cannot close in
-        time even so (a ``minLength`` far from met) is left as the model writes it, to end cut."""
+        time even so (a ``minLength`` far from met) is left as the model writes it, to end cut. Closing begins
+        :data:`CLOSING_SLACK` tokens before it must."""
         if self._close != "watching" or self._budget is None:
             return self._close == "closing"
         left = self._budget - self._taken - 1  # the end token takes one
         if left <= CLOSING_WINDOW:
             steps = self._steps_to_end(limit=left + 1)
-            self._close = "off" if steps > left else "closing" if steps >= left - 1 else "watching"
+            self._close = "off" if steps > left else "closing" if steps >= left - 1 - CLOSING_SLACK else "watching"
         return self._close == "closing"
 
     def _steps_to_end(self, *, limit: int) -> int:
@@ -316,9 +317,12 @@ class Constraint:
     def _await_call(self) -> None:
         """Arm the grammar where the answer (or, lazily, a call) begins, giving it the tokens that began it."""
         if self._trigger == "tagged":
-            if self.tokenizer.decode_str(self._free[-_WINDOW:]).rstrip().endswith(CALL_OPEN):
-                self._armed, self._free = True, []
-            return
+            text = self.tokenizer.decode_str(self._free[-_WINDOW:])
+            if (at := text.rfind(CALL_OPEN)) < 0:
+                return
+            # the token that finished the opener may carry the call's first characters too ('>{"'): the grammar
+            # is given those as they tokenize on their own (it follows bytes, however they are split)
+            self._free = self.tokenizer.tokenize_str(text[at + len(CALL_OPEN):].lstrip())
         if self._trigger == "json":
             begun = self.tokenizer.decode_str(self._free).lstrip()
             if not begun:
@@ -377,6 +381,11 @@ def _apply(scores: Any, bitmask: Any) -> None:
 
 #: How near its token limit an answer starts checking whether it must close.
 CLOSING_WINDOW = 64
+
+#: How many tokens early closing begins: one token may open more than it closes (', "' begins another item, which
+#: then needs its quotes and brackets too), so an answer that waited until the shortest way out took all the
+#: tokens left could be pushed past them by its next token.
+CLOSING_SLACK = 8
 
 _CLOSERS = frozenset('"]}')
 _PUNCTUATION = frozenset('"]}[{,: ')
