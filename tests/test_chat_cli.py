@@ -209,3 +209,40 @@ def test_run_and_the_server_give_the_same_greedy_answer(capsys, monkeypatch, tin
         reply = httpx.post(f"{url}/api/chat", timeout=60, json={
             "model": tiny_alias, "stream": False, "messages": [{"role": "user", "content": question}]}).json()
     assert code == 0 and out == reply["message"]["content"] + "\n" and len(out) > 10
+
+
+#: Text whose line breaks and indentation are its meaning.
+DIFF = ("diff --git a/add.py b/add.py\n--- a/add.py\n+++ b/add.py\n@@ -1,2 +1,2 @@\n def add(a, b):\n"
+        "-    return a - b\n+    return a + b\n\tindented  twice")
+
+
+def _asked(history: Path) -> list[str]:
+    return [message["content"] for message in json.loads(history.read_text()) if message["role"] == "user"]
+
+
+def test_text_reaches_the_model_as_given(capsys, monkeypatch, tiny_alias, tmp_path: Path):
+    """Piped, from a file, as arguments: line breaks and indentation kept, only blank lines around it dropped."""
+    history = tmp_path / "talk.json"
+    assert run(capsys, monkeypatch, "run", tiny_alias, "--history", str(history), stdin=f"\n\n{DIFF}\n\n")[0] == 0
+    notes = tmp_path / "diff.txt"
+    notes.write_text(f"{DIFF}\n")
+    assert run(capsys, monkeypatch, "run", tiny_alias, "Review this:", "--input-file", str(notes),
+               "--history", str(history))[0] == 0
+    assert run(capsys, monkeypatch, "run", tiny_alias, "Two lines:\n  the second indented", "--history",
+               str(history))[0] == 0
+    assert _asked(history) == [DIFF, f"Review this:\n\n{DIFF}", "Two lines:\n  the second indented"]
+
+
+def test_a_message_of_several_lines_in_the_terminal_keeps_them(tiny_alias, tmp_path: Path):
+    history = tmp_path / "talk.json"
+    with chat_in_terminal(tiny_alias, "--history", str(history)) as child:
+        child.expect_exact(">>> ")
+        child.sendline('"""def add(a, b):')
+        child.expect_exact("... ")
+        child.sendline("    return a + b")
+        child.expect_exact("... ")
+        child.sendline('"""')
+        child.expect_exact(">>> ")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    assert _asked(history) == ["def add(a, b):\n    return a + b"]

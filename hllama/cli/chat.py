@@ -102,7 +102,7 @@ def run_chat(args: argparse.Namespace) -> int:
     interactive = not args.prompt and sys.stdin.isatty()
     first = _first_message(args)
     if first is None and not interactive:
-        first = sys.stdin.read().strip()
+        first = _trimmed(sys.stdin.read())
         if not first:
             raise InvalidOption("nothing to ask: give a prompt, or pipe one on stdin")
     from hllama.chat import load_history
@@ -122,8 +122,17 @@ def run_chat(args: argparse.Namespace) -> int:
 MAX_INPUT_BYTES = 64 * 2**20
 
 
+def _trimmed(text: str) -> str:
+    """``text`` as given, without the blank lines (and spaces) before and after it: a diff's or a code block's
+    indentation and line breaks are part of what is asked."""
+    lines = text.rstrip().split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines)
+
+
 def _first_message(args: argparse.Namespace) -> str | None:
-    prompt = " ".join(args.prompt).strip() or None
+    prompt = _trimmed(" ".join(args.prompt)) or None
     if args.input_file is None:
         return prompt
     try:
@@ -134,7 +143,7 @@ def _first_message(args: argparse.Namespace) -> str | None:
     if len(data) > MAX_INPUT_BYTES:
         raise InvalidOption(f"{args.input_file} is larger than {MAX_INPUT_BYTES // 2**20} MiB")
     try:
-        text = data.decode("utf-8-sig").strip()  # as text piped on stdin is
+        text = _trimmed(data.decode("utf-8-sig"))  # as text piped on stdin is
     except UnicodeDecodeError:
         raise InvalidOption(f"{args.input_file} is not UTF-8 text") from None
     return f"{prompt}\n\n{text}" if prompt else text
@@ -189,14 +198,15 @@ def _read_image(path: Path) -> bytes:
 
 
 def _attached(text: str) -> tuple[str, list[bytes]]:
-    """The prompt without the image files it names, and those images (a path that is no file stays text)."""
+    """The prompt without the image files it names, and those images (a path that is no file stays text).
+    Nothing else of the text changes: its line breaks and indentation reach the model as typed."""
     images = []
     for match in _IMAGE_PATH.findall(text):
         path = Path(match).expanduser()
         if path.is_file():
             images.append(_read_image(path))
             text = text.replace(match, "", 1)
-    return " ".join(text.split()), images
+    return (text.strip() if images else text), images  # as `ollama run` trims around the paths it took out
 
 
 def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = None) -> None:
