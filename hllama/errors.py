@@ -55,9 +55,12 @@ class InvalidAliasName(HllamaError, ValueError):
 
 
 class AliasNotFound(HllamaError, LookupError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, known: list[str] | tuple[str, ...] = ()) -> None:
+        """``known``: the names there are, the closest of which a mistyped one is told of."""
+        from hllama.validation import did_you_mean
+
         self.name = name
-        super().__init__(f"model '{name}' not found")
+        super().__init__(f"model '{name[:500]}' not found{did_you_mean(name, known)}")
 
 
 class AliasExists(HllamaError, FileExistsError):
@@ -65,6 +68,14 @@ class AliasExists(HllamaError, FileExistsError):
         self.name = name
         self.path = path
         super().__init__(f"alias '{name}' already exists ({path})")
+
+
+class BuiltinAlias(HllamaError, PermissionError):
+    """An alias hllama ships (there is no modelfile to remove); a modelfile of the same name replaces it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"'{name}' is built in: it has no modelfile to remove")
 
 
 class ConfigError(HllamaError, ValueError):
@@ -179,6 +190,23 @@ class NotSupported(HllamaError, ValueError):
 class ServerBusy(HllamaError, RuntimeError):
     def __init__(self, reason: str = "maximum pending requests exceeded") -> None:
         super().__init__(f"server busy, please try again. {reason}")
+
+
+class CannotListen(HllamaError, OSError):
+    """``serve`` cannot bind its address (not this machine's, a privileged port, ...)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port = host, port
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {reason}")
+
+
+class AddressInUse(CannotListen):
+    """Another server (an hllama, Ollama, anything) listens where ``serve`` would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port, "the address is already in use, by another server (an hllama or Ollama "
+                                     "already running?)")
 
 
 class ServerUnreachable(HllamaError, ConnectionError):

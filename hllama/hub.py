@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -194,6 +195,55 @@ def local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     except (OSError, ValueError):  # a name no file can have (too long, a NUL): nothing cached under it
         return None
     return snapshot if complete else None
+
+
+def store_snapshot(repo_id: str, revision: str, build: Callable[[Path], None]) -> Path:
+    """A snapshot made on this machine (a converted model) rather than downloaded, laid into the Hub cache as a
+    download is: ``snapshots/<revision>`` and ``refs/main``. ``build`` fills a scratch folder beside it, which is
+    renamed into place whole, so a build that fails or is killed leaves no snapshot (and the next build sweeps a
+    killed one's scratch away). Processes making the same one wait for each other, and the later finds it made."""
+    from filelock import FileLock
+
+    from hllama.fsutil import atomic_write_text
+
+    repo = cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    locks = cache_dir() / ".locks" / repo.name
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{revision}.build.lock")):
+        for left in repo.glob(f".building-{revision}-*"):  # a builder that was killed (Ctrl+C) left it
+            shutil.rmtree(left, ignore_errors=True)
+        if local_snapshot(repo_id, revision) is None:
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".building-{revision}-", dir=repo))
+            try:
+                build(scratch)
+                _shared(scratch)
+                if snapshot.exists():  # what an older, interrupted way of building left
+                    shutil.rmtree(snapshot)
+                os.replace(scratch, snapshot)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        atomic_write_text(repo / "refs" / "main", revision)
+        _shared(repo / "refs" / "main")
+    return snapshot
+
+
+def _shared(path: Path) -> None:
+    """Readable as what huggingface_hub downloads is (its permissions by the umask), not private to this user as
+    a temporary folder or file is made."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read rather than set (setting it to read it would race with other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _all_shards(snapshot: Path) -> bool:

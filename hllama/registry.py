@@ -11,13 +11,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
 from pydantic import ValidationError
 
+from hllama import embedded
 from hllama.errors import DuplicateAlias, InvalidAliasName, ModelfileError
 from hllama.fsutil import atomic_write_text
 from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, parse_modelfile, read_modelfile_text
@@ -37,7 +38,7 @@ class RegistryEntry:
 
     ``modified`` is the file's mtime when it was read, so readers of a snapshot never touch a file
     that may be gone by now. ``error`` is set when the file no longer validates and this is its last
-    good version.
+    good version. A built-in alias is one a modelfile of the same name replaces.
     """
 
     name: str
@@ -46,6 +47,7 @@ class RegistryEntry:
     digest: str
     modified: float = 0.0
     error: ModelfileError | None = None
+    builtin: bool = False  # shipped with hllama: no modelfile of its own (``path`` is what its model is made from)
 
 
 #: What reading one file gave: its alias, or why it has none.
@@ -102,8 +104,10 @@ def alias_name(modelfile: Modelfile, path: Path) -> str:
                              "rename the file or set 'name'", path=path) from None
 
 
-def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registry:
-    """Every valid modelfile in ``folder``; broken files keep their last good version from ``previous``.
+def compile_folder(folder: Path, *, previous: Registry | None = None,
+                   builtins: Iterable[RegistryEntry] = ()) -> Registry:
+    """Every valid modelfile in ``folder``, and the ``builtins`` no file's alias replaces; broken files keep their
+    last good version from ``previous``.
 
     Problems are returned in ``Registry.problems``, not logged: each front end reports them its way.
     A file whose text is unchanged since ``previous`` is not parsed again.
@@ -130,7 +134,23 @@ def compile_folder(folder: Path, *, previous: Registry | None = None) -> Registr
             if other is not keep:
                 problems.append(DuplicateAlias(
                     f"alias '{keep.name}' is already declared in {keep.path}; rename one of them", path=other.path))
+    for builtin in builtins:
+        if builtin.name.casefold() not in candidates:
+            entries[builtin.name] = builtin
     return Registry(folder, entries, tuple(problems), parsed)
+
+
+def builtin_entries() -> list[RegistryEntry]:
+    """The aliases hllama ships: the embedded default, where the package that carries its model is installed."""
+    if (gguf := embedded.gguf_file()) is None:
+        return []
+    try:
+        modelfile = Modelfile.model_validate(embedded.modelfile_data(gguf))
+        modified = gguf.stat().st_mtime
+    except (OSError, ValidationError):  # pragma: no cover - the file went away while it was looked at
+        return []
+    text = json.dumps(modelfile.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+    return [RegistryEntry(embedded.NAME, modelfile, gguf, _digest(text), modified, builtin=True)]
 
 
 def read_outcome(path: Path, *, folder: Path, known: Mapping[Path, tuple[str, Outcome]] = MappingProxyType({})
@@ -191,6 +211,7 @@ def to_json(registry: Registry) -> str:
                 "modified": entry.modified,
                 "modelfile": entry.modelfile.model_dump(mode="json", by_alias=True, exclude_none=True),
                 "error": str(entry.error) if entry.error else None,
+                **({"builtin": True} if entry.builtin else {}),
             }
             for entry in registry
         },
@@ -239,6 +260,8 @@ def read_mirror(path: Path) -> Registry | None:
     parsed: dict[Path, tuple[str, Outcome]] = {}
     aliases = document.get("aliases")
     for name, item in (aliases.items() if isinstance(aliases, dict) else ()):
+        if isinstance(item, dict) and item.get("builtin"):  # not a file's: nothing to remember of it
+            continue
         try:
             entry = RegistryEntry(normalize_alias(name), Modelfile.model_validate(item["modelfile"]),
                                   Path(item["source"]), str(item["digest"]), float(item.get("modified", 0.0)))

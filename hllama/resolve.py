@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hllama import hub
 from hllama.config import Settings
-from hllama.errors import AliasNotFound
+from hllama.errors import AliasNotFound, ModelfileError
 from hllama.modelfile import Message
-from hllama.names import LEGACY_REPO_ID, is_model_path, looks_like_repo_id
+from hllama.names import LEGACY_REPO_ID, is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS, LoadOptions, Parameters
-from hllama.registry import Registry
+from hllama.registry import Registry, RegistryEntry
 
 
 class Layer(str, Enum):
@@ -73,14 +73,15 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
     ]
     entry = registry.get(name)
     if entry is not None:
-        modelfile = entry.modelfile
-        layers.append((Layer.MODELFILE, _values(modelfile.model_dump(
-            include={"revision", "system", "template", "messages", "parameters", "load"}))
-            | {"model": modelfile.from_}))
+        chain = _built_on(entry, registry)
+        for link in reversed(chain):  # the alias it builds on first: the alias asked for has the last word
+            layers.append((Layer.MODELFILE, _values(link.modelfile.model_dump(
+                include={"revision", "system", "template", "messages", "parameters", "load"}))))
+        layers[-1][1]["model"] = chain[-1].modelfile.from_
     elif _names_a_model(bare := name.removesuffix(":latest")):  # Ollama clients add the tag to every name
         layers.append((Layer.NAME, {"model": bare}))
     else:
-        raise AliasNotFound(name)
+        raise AliasNotFound(name, known=list(registry.entries))
     layers += [(layer, _values(overrides.model_dump())) for layer, overrides in
                ((Layer.CLI, cli), (Layer.API, api)) if overrides is not None]
 
@@ -90,6 +91,23 @@ def resolve(name: str, *, settings: Settings, registry: Registry, cli: Overrides
         merged.update(values)
         sources.update(dict.fromkeys(values, layer))
     return Resolved(name=name, alias=entry.name if entry else None, sources=sources, **_nest(merged))
+
+
+#: How many aliases one may build on, each on the next (Ollama's ``FROM another-model``).
+MAX_BASES = 8
+
+
+def _built_on(entry: RegistryEntry, registry: Registry) -> list[RegistryEntry]:
+    """``entry``, then each alias its ``from`` names in turn, down to the one whose ``from`` is a model."""
+    chain = [entry]
+    while not (is_local_path(base := chain[-1].modelfile.from_) or looks_like_repo_id(base)) and \
+            (found := registry.get(base)) is not None:
+        if found in chain or len(chain) > MAX_BASES:
+            names = " -> ".join(link.name for link in [*chain, found])
+            raise ModelfileError(f"its 'from' goes round in a circle or too deep ({names}); name a model",
+                                 path=entry.path)
+        chain.append(found)
+    return chain
 
 
 def _names_a_model(name: str) -> bool:

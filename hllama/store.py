@@ -12,11 +12,19 @@ from pathlib import Path
 from filelock import FileLock
 
 from hllama.config import Settings
-from hllama.errors import AliasExists, AliasNotFound, ModelfileError
+from hllama.errors import AliasExists, AliasNotFound, BuiltinAlias, ModelfileError
 from hllama.fsutil import TEMPORARY, atomic_write_text
 from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, parse_modelfile, read_modelfile_text
 from hllama.names import normalize_alias
-from hllama.registry import Registry, RegistryEntry, alias_name, compile_folder, read_mirror, write_mirror
+from hllama.registry import (
+    Registry,
+    RegistryEntry,
+    alias_name,
+    builtin_entries,
+    compile_folder,
+    read_mirror,
+    write_mirror,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,7 @@ class AliasStore:
     def __init__(self, settings: Settings) -> None:
         self.folder = settings.modelfiles_dir
         self.mirror = settings.registry_file
+        self.builtins = settings.builtin_aliases
         settings.home.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(settings.home / "registry.lock"))
 
@@ -72,9 +81,11 @@ class AliasStore:
             found: list[tuple[str, Path]] = []
             for name in names:
                 entry = registry.get(normalize_alias(name))
+                if entry is not None and entry.builtin:
+                    raise BuiltinAlias(entry.name)
                 path = entry.path if entry else _broken_file(registry, normalize_alias(name))
                 if path is None:
-                    raise AliasNotFound(name)
+                    raise AliasNotFound(name, known=list(registry.entries))
                 found.append((entry.name if entry else path.stem, path))
             for _, path in found:
                 path.unlink(missing_ok=True)
@@ -92,7 +103,7 @@ class AliasStore:
             if (existing is not None or target.exists()) and not force:
                 raise AliasExists(existing.name if existing else name, existing.path if existing else target)
             atomic_write_text(target, text)
-            if existing is not None and existing.path != target:
+            if existing is not None and existing.path != target and not existing.builtin:
                 existing.path.unlink(missing_ok=True)
             entry = self._compile().get(name)
         if entry is None or entry.path != target:  # pragma: no cover - the file was validated above
@@ -102,7 +113,8 @@ class AliasStore:
     def _compile(self) -> Registry:
         """Under the lock: no writer of ours is mid-write, so any temporary file left is a killed writer's."""
         _sweep_temporaries(self.folder, self.mirror)
-        registry = compile_folder(self.folder, previous=read_mirror(self.mirror))
+        registry = compile_folder(self.folder, previous=read_mirror(self.mirror),
+                                  builtins=builtin_entries() if self.builtins else ())
         write_mirror(registry, self.mirror)
         return registry
 

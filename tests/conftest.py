@@ -13,7 +13,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "modelfiles"
 
 @pytest.fixture(autouse=True)
 def hllama_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty home and Hub cache, and no HLLAMA_*/OLLAMA_* settings from outside."""
+    """Every test gets its own empty home and Hub cache, and no HLLAMA_*/OLLAMA_* settings from outside; the
+    built-in alias is off, so that what a test lists is what it made."""
     for name in list(os.environ):
         if name.startswith(("HLLAMA_", "OLLAMA_")):
             monkeypatch.delenv(name)
@@ -21,6 +22,7 @@ def hllama_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("HLLAMA_HOME", str(home))
+    monkeypatch.setenv("HLLAMA_BUILTIN_ALIASES", "false")  # on in tests/test_embedded.py, which are about it
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     return home

@@ -31,7 +31,7 @@ def test_toml_example():
 
 def test_ollama_example():
     modelfile = load_modelfile(EXAMPLES / "mario.modelfile")
-    assert modelfile.from_ == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert modelfile.from_ == "smollm2"  # the built-in alias
     assert modelfile.system == "You are Mario from Super Mario Bros.\nAnswer as Mario, the assistant, only."
     assert modelfile.parameters.temperature == 1.0
     assert modelfile.parameters.max_new_tokens == 128

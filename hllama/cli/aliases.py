@@ -95,8 +95,8 @@ def run_show(args: argparse.Namespace) -> int:
     entry = registry.get(args.name)
     if entry is None:
         return _show_model(args.name, settings, registry)
-    if args.modelfile:
-        print(entry.path.read_text(encoding="utf-8-sig"), end="")
+    if args.modelfile:  # a built-in alias has no file: what it holds, as one
+        print(dump_yaml(entry.modelfile) if entry.builtin else entry.path.read_text(encoding="utf-8-sig"), end="")
         return 0
     if entry.error is not None:
         print(f"# {entry.error}\n# showing the last good version")

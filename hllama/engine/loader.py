@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hllama import hub
+from hllama import embedded, hub
 from hllama.engine.batch import BatchEngine, batchable
 from hllama.engine.cancel import make_cancellable
 from hllama.engine.embed import Pooling, pooling_of
@@ -128,8 +128,26 @@ def locate(model_id: str, revision: str | None = None) -> ModelSource:
         return ModelSource(path, sorted(path.glob("*.gguf"))[0].name)
     snapshot = hub.local_snapshot(model_id, revision)
     if snapshot is None:
+        if (shipped := embedded.unconverted(model_id, revision)) is not None:  # converted when it is loaded
+            return ModelSource(shipped.parent, shipped.name)
         raise ModelNotDownloaded(model_id)
     return ModelSource(snapshot)
+
+
+def converted_embedded(source: ModelSource) -> ModelSource:
+    """The embedded model's own snapshot, made from its GGUF file the first time (about 10 s, once)."""
+    from hllama.engine.convert import gguf_to_safetensors
+    from hllama.scheduler import report_progress
+
+    gguf = source.folder / str(source.gguf_file)
+    report_progress(f"converting {gguf.name} once, for loads of a second from now on")
+    try:
+        return ModelSource(hub.store_snapshot(embedded.REPO_ID, embedded.revision(gguf),
+                                              lambda out: gguf_to_safetensors(gguf, out)))
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        raise ModelLoadError(f"cannot convert the embedded model {embedded.NAME}: "
+                             f"{str(getattr(exc, 'strerror', None) or exc).strip().splitlines()[0]}{where}") from exc
 
 
 def plan_load(resolved: Resolved, source: ModelSource, budget: Budget) -> Plan:
@@ -139,17 +157,18 @@ def plan_load(resolved: Resolved, source: ModelSource, budget: Budget) -> Plan:
 
 def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> LoadedModel:
     """Load ``resolved.model`` at the planned precision; too big for the budget is refused unless ``force``."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
     started = time.perf_counter_ns()
     source = locate(resolved.model, resolved.revision)
+    if embedded.is_embedded(resolved.model) and source.gguf_file:
+        source = converted_embedded(source)
     load_plan = plan_load(resolved, source, budget)
     if not load_plan.fits and not force:
         raise load_plan.refusal(resolved.model)
     precision = load_plan.chosen.precision
     kwargs = _from_pretrained_kwargs(resolved.load, precision, budget.device, source)
-
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # a per-tensor bar; front ends say "loading" their own way
     generates = is_generative(load_plan.footprint.config)
     sees = is_vision(load_plan.footprint.config)
     try:

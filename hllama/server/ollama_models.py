@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from hllama import __version__, hub
+from hllama import __version__, embedded, hub
 from hllama.catalog import Row, catalog
 from hllama.errors import AliasNotFound, HllamaError, HubUnreachable, InvalidOption
 from hllama.modelfile import Modelfile, dump_ollama
@@ -241,8 +241,8 @@ async def pull(request: Request) -> Response:
     repo_id = _bare(body.target)
     if not repo_id:
         raise InvalidOption("model is required")
-    if (entry := service.registry.get(body.target)) is not None:
-        repo_id = entry.modelfile.from_
+    if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
+        repo_id = service.resolve(body.target).model
     progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))
     first = await anext(progress)  # the Hub's answer about the repo: errors here get a status
 
@@ -269,7 +269,11 @@ def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[dict[str, 
     """Ollama's pull statuses, one file at a time, with its bytes as they arrive.
 
     A model complete in the cache is a success when the Hub cannot be reached, as huggingface_hub's offline
-    mode has it."""
+    mode has it; so is the embedded model, which ships with the install."""
+    if embedded.is_embedded(repo_id) and (embedded.gguf_file() or hub.local_snapshot(repo_id)):
+        yield {"status": "pulling manifest"}
+        yield {"status": "success"}
+        return
     try:
         remote = hub.inspect_remote(repo_id)
     except HubUnreachable:
