@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hllama.errors import ModelTooLarge, ServerBusy
+from hllama.hardware import format_bytes
 from hllama.resolve import Resolved
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ class Loaded(Protocol):
 
     @property
     def reserved_bytes(self) -> int: ...
+
+    @property
+    def precision(self) -> str: ...
 
     def close(self) -> None: ...
 
@@ -148,10 +152,12 @@ class Scheduler:
         if runner in self.runners:
             self.runners.remove(runner)
             self._cancel_timer(runner)
-            log.info("unloading %s", runner.name)
             if self.observer is not None:
                 self.observer.unloaded(runner.name)
+            started = self.clock()
             await asyncio.to_thread(runner.model.close)
+            log.info("unloaded %s (%s, %s) in %.1f s", runner.name, runner.model.precision, format_bytes(runner.size),
+                     self.clock() - started)
 
     async def retire(self, key: tuple) -> None:
         """Unload the model loaded under ``key`` now if idle, else when its running requests finish."""
@@ -201,7 +207,8 @@ class Scheduler:
                             size=model.reserved_bytes, parallel=getattr(model, "parallel", self.parallel),
                             keep_alive=resolved.parameters.keep_alive, last_used=started)
             self.runners.append(runner)
-            log.info("loaded %s (%d bytes) in %.2fs", runner.name, runner.size, self.clock() - started)
+            log.info("loaded %s (%s, %s) in %.1f s", runner.name, model.precision, format_bytes(runner.size),
+                     self.clock() - started)
             if self.observer is not None:
                 self.observer.loaded(runner.name, self.clock() - started)
             return runner

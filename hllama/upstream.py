@@ -53,6 +53,7 @@ class Upstream:
 
     reserved_bytes = 0  # nothing of it lives in this process
     plan = None  # no load plan: the weights are elsewhere
+    precision = "served elsewhere"  # whatever the engines serving it chose
     context_length = 0
     generates = True  # a chat model (embedding models are not relayed)
     parallel = 256  # requests in flight to the engines at once (they batch their own); more wait here

@@ -72,6 +72,7 @@ class ManagedVllm(Upstream):
         port = _free_port()
         super().__init__(resolved.name, [f"http://127.0.0.1:{port}/v1"])
         self.context_length = resolved.parameters.ctx or 0  # its --max-model-len, when the alias sets one
+        self.precision = f"vLLM, {resolved.load.dtype or 'auto'}"
         command = vllm_command(resolved, port=port, python=python)
         self.log_path = (log_dir or Path.cwd()) / f"vllm-{_file_name(resolved.name)}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -45,12 +46,14 @@ def live_server(settings: Settings, *, watch: bool = True, **service_options) ->
 
 
 @contextmanager
-def serve_process(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``hllama serve`` as its own process on a free port; yields it and its URL once it answers."""
+def serve_process(env: dict[str, str], *args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``hllama serve`` as its own process on a free port; yields it and its URL once it answers. ``log``: the file
+    its output goes to (else nowhere)."""
     port = free_port()
     env = {**env, "HLLAMA_HOST": f"127.0.0.1:{port}"}
+    output = log.open("wb") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "hllama", "serve", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=output, stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -66,3 +69,5 @@ def serve_process(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.
     finally:
         process.terminate()
         process.wait(30)
+        if log is not None:
+            output.close()

@@ -12,6 +12,8 @@ from hllama.scheduler import Scheduler
 
 
 class FakeModel:
+    precision = "float32"
+
     def __init__(self, name: str, size: int, log: list[str]) -> None:
         self.name, self.reserved_bytes, self.log = name, size, log
 

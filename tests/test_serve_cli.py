@@ -1,6 +1,7 @@
 """``hllama serve``, ``ps`` and ``stop`` as separate processes, the way a user runs them."""
 
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -117,3 +118,32 @@ def test_a_second_signal_exits_at_once(endless_served):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 128 + signal.SIGTERM
         assert time.monotonic() - started < 2
+
+
+def test_serve_where_a_server_listens_already_is_one_line(tmp_path: Path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "hllama", "serve", "--port", str(port)], capture_output=True,
+                                text=True, timeout=60, env=dict(os.environ))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use")
+    assert "--port" in result.stderr and "hllama ps" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_the_server_logs_each_load_and_unload(tiny_cache: Path, tmp_path: Path):
+    assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
+    log = tmp_path / "serve.log"
+    with serve_process(dict(os.environ), log=log) as (_, url):
+        httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": ""}, timeout=120)
+        httpx.post(f"{url}/api/generate", json={"model": "tiny", "keep_alive": 0}, timeout=120)
+    lines = log.read_text().splitlines()
+    [loaded] = [line for line in lines if "loaded tiny" in line and "unloaded" not in line]
+    [unloaded] = [line for line in lines if "unloaded tiny" in line]
+    assert re.fullmatch(r"INFO: loaded tiny \(float32, [\d.]+ [kM]B\) in \d+\.\d s", loaded), loaded
+    assert re.fullmatch(r"INFO: unloaded tiny \(float32, [\d.]+ [kM]B\) in \d+\.\d s", unloaded), unloaded

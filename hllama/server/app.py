@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,8 +21,11 @@ from starlette.exceptions import HTTPException
 from hllama import __version__
 from hllama.config import Settings
 from hllama.errors import (
+    AddressInUse,
     AliasExists,
     AliasNotFound,
+    BuiltinAlias,
+    CannotListen,
     ChatTemplateError,
     ConfigError,
     GatedModel,
@@ -54,7 +59,7 @@ log = logging.getLogger("hllama.server")
 #: Error class -> HTTP status, applied by a single handler (the first class in the MRO that is listed wins).
 HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
-    NotSupported: 400, ChatTemplateError: 400,
+    NotSupported: 400, ChatTemplateError: 400, BuiltinAlias: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
     UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, UpstreamUnavailable: 502,
     ServerBusy: 503,
@@ -163,15 +168,34 @@ def error_response(path: str, status: int, message: str, *, code: str | None = N
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
+    from hllama.hardware import format_bytes
     from hllama.server.security import exposure_warning
 
+    listening = listen(host, port)  # before anything else: an address in use is one line, not a startup and a crash
+    logging.getLogger("hllama").setLevel(logging.INFO)  # a line per model loaded and unloaded, among uvicorn's
     service = build_service(settings)
-    log.info("memory budget %d bytes (%s)", service.budget.bytes, service.budget.source)
+    log.info("memory budget %s (%s)", format_bytes(service.budget.bytes), service.budget.source)
     if warning := exposure_warning(host, has_key=settings.api_key is not None):
         log.warning("%s", warning)
     config = uvicorn.Config(create_app(service, bind_host=host), host=host, port=port, log_level="info",
                             timeout_graceful_shutdown=SHUTDOWN_SECONDS)
-    StoppingServer(config, service).run()
+    StoppingServer(config, service).run(sockets=[listening])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it), or :class:`AddressInUse` / :class:`CannotListen`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart need not wait
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(host, port) from None
+        raise CannotListen(host, port, exc.strerror or str(exc)) from None
+    listening.set_inheritable(True)
+    return listening
 
 
 #: After a stop signal, how long requests still under way may take to finish before they are cut.
