@@ -1,3 +1,3 @@
-from hllama.cli import main
+from hllama.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,10 +62,17 @@ class ChatSession:
         self.log = list(history or [])  # every turn, kept in history_file
         self.messages = list(self.log)  # what the model sees; /clear empties it
         self._loop = asyncio.new_event_loop()  # the session's own: each call below runs it until done
+        self._load_ns = 0  # what loading took before the first answer, which that answer reports
 
     def load(self) -> None:
         """Load the model now (a chat shows its prompt once the model is ready, and fails before it if not)."""
+        started = time.perf_counter_ns()
         self._run(self.service.scheduler.load(self._held(self.resolved)))
+        self._load_ns += time.perf_counter_ns() - started
+
+    def loading_status(self) -> str:
+        """What the loader last said of the model it is loading (converting, dequantizing), if anything."""
+        return next((loading.status for loading in self.service.scheduler.loading), "")
 
     def switch(self, resolved: Resolved) -> None:
         """Use ``resolved`` from the next turn; a model it no longer uses is unloaded."""
@@ -88,6 +97,8 @@ class ChatSession:
                     return
                 if isinstance(item, str):
                     pieces.append(item)
+                elif isinstance(item, Result) and self._load_ns:  # the load this session did before it asked
+                    item, self._load_ns = replace(item, load_ns=item.load_ns + self._load_ns), 0
                 yield item
         finally:
             self._run(events.aclose())  # the generation stops and the model is free again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ValidationError
@@ -59,8 +60,7 @@ def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None
         synonym = (synonyms or {}).get(key)
         if synonym and synonym in _keys_at(data, loc[:-1]):
             return f"'{key}' and '{synonym}' are the same setting; give only one"
-        close = difflib.get_close_matches(key, known_keys(schema, loc[:-1]), n=1)
-        return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        return "unknown key" + did_you_mean(key, known_keys(schema, loc[:-1]))
     if kind == "missing":
         return "required but missing"
     message = error["msg"].removeprefix("Value error, ")
@@ -70,6 +70,13 @@ def describe(error: dict[str, Any], *, schema: type[BaseModel], data: Any = None
         got = repr(error["input"])
         message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
     return message
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)``, naming the one of ``choices`` closest to a mistyped ``word``, or ``""`` when none
+    is close: the one suggester of keys, parameters, flags, commands and model names."""
+    close = difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def known_keys(schema: type[BaseModel], section: KeyPath) -> list[str]:

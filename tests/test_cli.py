@@ -137,7 +137,14 @@ BAD_INPUT = [
      "Error: -f takes its settings from the file"),
     (["create", "--load-in-8bit", "--load-in-4bit"], 2, "Error: argument --load-in-4bit: not allowed"),
     (["create", "--alias", "x", "--model", "a/b", "--dtype", "int3"], 2, "Error: argument --dtype: invalid choice"),
-    (["frobnicate"], 2, "Error: argument COMMAND: invalid choice: 'frobnicate'"),
+    (["frobnicate"], 2, "Error: unknown command 'frobnicate' (see 'hllama --help')"),
+    (["lsit"], 2, "Error: unknown command 'lsit' (did you mean 'list'?) (see 'hllama --help')"),
+    (["run", "x", "hi", "--temprature", "0.5"], 2,
+     "Error: unrecognized argument --temprature (did you mean '--temperature'?) (see 'hllama run --help')"),
+    (["create", "--alias", "x", "--model=a/b", "--sytem=hi"], 2,
+     "Error: unrecognized argument --sytem (did you mean '--system'?) (see 'hllama create --help')"),
+    (["ps", "extra"], 2, "Error: unexpected argument 'extra' (see 'hllama ps --help')"),
+    (["rm", "nothing-like-it"], 1, "Error: model 'nothing-like-it' not found; run 'hllama list'"),
     (["show"], 2, "Error: the following arguments are required: name"),
 ]
 
@@ -225,3 +232,11 @@ def test_model_reference_is_checked(capsys):
     code, _, err = run(capsys, "create", "--alias", "x", "--model", "not a model!")
     assert code == 1 and err.startswith("Error: --model: expected a Hub repo id")
     assert run(capsys, "create", "--alias", "gpt", "--model", "gpt2")[0] == 0
+
+
+def test_a_mistyped_name_is_told_the_closest_alias(capsys, modelfiles: Path):
+    run(capsys, "create", "--alias", "helper", "--model", "a/b")
+    for argv in (["run", "helpr", "hi"], ["show", "helpr"], ["rm", "helpr"]):
+        code, _, err = run(capsys, *argv)
+        assert (code, err) == (1, "Error: model 'helpr' not found (did you mean 'helper'?); run 'hllama list' to "
+                                  "see the aliases\n"), argv

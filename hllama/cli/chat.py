@@ -10,13 +10,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
+from hllama.cli import INTERRUPTED
+from hllama.cli.args import add_generation_options, add_load_options, overrides_from_args
+from hllama.cli.spinner import spinner
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
 from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded, NotSupported
+from hllama.names import is_local_path
 from hllama.options import SYNONYMS, Parameters
-from hllama.resolve import Overrides, Resolved, resolve
+from hllama.resolve import Resolved, resolve
 from hllama.store import AliasStore
+from hllama.validation import describe, did_you_mean
 
 HELP = """Commands:
   /set parameter NAME VALUE   set a generation parameter (stop takes several values)
@@ -112,7 +116,9 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         show = _Shown(verbose=args.verbose, thinking=not args.hidethinking)
         if first is not None:
-            _answer(session, first, show, images=[_read_image(path) for path in args.image])
+            finished = _answer(session, first, show, images=[_read_image(path) for path in args.image])
+            if not finished and not interactive:
+                return INTERRUPTED  # stopped by Ctrl+C, as a shell expects of an interrupted command
         return _repl(session, talk, show) if interactive else 0
     finally:
         session.close()
@@ -165,7 +171,9 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
     service = build_service(settings.model_copy(update={"num_parallel": 1}), force=args.force)
     session = ChatSession(service, resolved, history=history, history_file=args.history, think=args.think)
     try:
-        session.load()
+        with spinner(f"loading {Path(resolved.name).name if is_local_path(resolved.name) else resolved.name}",
+                     session.loading_status):
+            session.load()
         if not service.scheduler.runners[0].model.generates:  # type: ignore[attr-defined]
             raise NotSupported(resolved.name, "chat", "it is an embedding model; serve it and use /api/embed")
     except BaseException:
@@ -209,8 +217,9 @@ def _attached(text: str) -> tuple[str, list[bytes]]:
     return (text.strip() if images else text), images  # as `ollama run` trims around the paths it took out
 
 
-def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = None) -> None:
-    """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it."""
+def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = None) -> bool:
+    """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it. Whether it ended
+    by itself (False: Ctrl+C stopped it)."""
     from hllama.engine.thinking import Thought
     from hllama.service import Result
 
@@ -238,20 +247,31 @@ def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = No
             sys.stdout.flush()
     except KeyboardInterrupt:
         answer.close()  # the generation stops; what was said so far stays in the conversation
+        print()
+        return False
     print()
     if show.verbose and result is not None:
         _print_stats(result)
+    return True
 
 
 def _print_stats(result) -> None:
-    stats, load_ns = result.finished.stats, result.load_ns
-    rate = stats.generated_tokens / (stats.eval_ns / 1e9) if stats.eval_ns else 0.0
-    print(f"load duration:        {load_ns / 1e9:.3f}s\n"
-          f"prompt eval count:    {stats.evaluated_tokens} token(s)\n"
+    """``ollama run --verbose``'s lines: the prompt's count is all of it, the part read from the cache apart, and
+    the prompt's rate is of the tokens actually read."""
+    stats = result.finished.stats
+
+    def rate(tokens: int, nanoseconds: int) -> str:
+        return f"{tokens / (nanoseconds / 1e9):.2f} tokens/s" if nanoseconds else "-"
+
+    cached = f"prompt eval cached:   {stats.cached_tokens} token(s)\n" if stats.cached_tokens else ""
+    print(f"total duration:       {result.total_ns / 1e9:.3f}s\n"
+          f"load duration:        {result.load_ns / 1e9:.3f}s\n"
+          f"prompt eval count:    {stats.prompt_tokens} token(s)\n{cached}"
           f"prompt eval duration: {stats.prompt_eval_ns / 1e9:.3f}s\n"
+          f"prompt eval rate:     {rate(stats.evaluated_tokens, stats.prompt_eval_ns)}\n"
           f"eval count:           {stats.generated_tokens} token(s)\n"
           f"eval duration:        {stats.eval_ns / 1e9:.3f}s\n"
-          f"eval rate:            {rate:.2f} tokens/s\n"
+          f"eval rate:            {rate(stats.generated_tokens, stats.eval_ns)}\n"
           f"done reason:          {stats.done_reason}", file=sys.stderr)
 
 
@@ -341,8 +361,12 @@ def _command(text: str, session, talk: _Conversation) -> str | None:
     elif command == "/show" and len(words) == 2 and words[1] == "system":
         print(session.resolved.system or "(no system prompt)")
     else:
-        print(f"Unknown command '{text.strip()}'. Type /? for help")
+        print(f"Unknown command '{text.strip()}'{did_you_mean(command, COMMANDS)}. Type /? for help")
     return None
+
+
+#: The REPL's commands, as typed.
+COMMANDS = ("/set", "/show", "/clear", "/save", "/bye", "/exit", "/help", "/?")
 
 
 def _set_parameter(talk: _Conversation, name: str, values: list[str]) -> None:
@@ -351,5 +375,6 @@ def _set_parameter(talk: _Conversation, name: str, values: list[str]) -> None:
     try:
         updated = Parameters.model_validate({**current, name: values if name == "stop" else " ".join(values)})
     except ValidationError as exc:
-        raise invalid_option(exc, schema=Overrides) from None
+        error = exc.errors()[0]
+        raise InvalidOption(f"parameter '{name}': {describe(error, schema=Parameters)}") from None
     talk.overrides = talk.overrides.model_copy(update={"parameters": updated})
