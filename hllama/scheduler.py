@@ -77,6 +77,7 @@ class Runner:
     size: int
     parallel: int
     keep_alive: float = 300.0
+    context: int | None = None  # the context window (``ctx``) the latest request asked for; None: the model's own
     active: int = 0
     waiting: int = 0
     last_used: float = 0.0
@@ -131,6 +132,7 @@ class Scheduler:
         finally:
             runner.waiting -= 1
         runner.active += 1
+        runner.context = resolved.parameters.ctx
         self._cancel_timer(runner)
         try:
             yield runner
@@ -205,7 +207,8 @@ class Scheduler:
                 self.loading.remove(loading)
             runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
                             size=model.reserved_bytes, parallel=getattr(model, "parallel", self.parallel),
-                            keep_alive=resolved.parameters.keep_alive, last_used=started)
+                            keep_alive=resolved.parameters.keep_alive, context=resolved.parameters.ctx,
+                            last_used=started)
             self.runners.append(runner)
             log.info("loaded %s (%s, %s) in %.1f s", runner.name, model.precision, format_bytes(runner.size),
                      self.clock() - started)

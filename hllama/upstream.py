@@ -74,6 +74,10 @@ class Upstream:
             log.warning("'%s': the API key variable %s is not set", resolved.name, variable)
         return cls(resolved.name, resolved.load.upstream or [], api_key=key)
 
+    def context_for(self, requested: int | None) -> int | None:
+        """The context a request runs in: what the engine says it holds, else what the request asks for."""
+        return self.context_length or requested
+
     def close(self) -> None:
         """Called from a worker thread when the scheduler lets it go: close the connections on their own loop."""
         client, loop = self._client, self._loop

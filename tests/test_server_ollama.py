@@ -297,18 +297,40 @@ def test_the_seed_workflow(url: str, hllama_home: Path):
     assert running["name"] == "assistant:latest" and running["details"]["quantization_level"] == "INT8"
 
 
-def test_a_follow_up_turn_reuses_the_conversations_cache(client: ollama.Client, url: str):
-    """prompt_eval_count counts what the model read, as Ollama's does: the second turn reads only its new part."""
+def test_a_follow_up_turn_reuses_the_conversations_cache(url: str):
+    """prompt_eval_count is the whole prompt, as Ollama's is; the part taken from an earlier turn's cache is
+    prompt_eval_cached_count (the second turn reads only the answer's end and the new question)."""
     (q1, a1), (q2, a2) = CHATS[0], CHATS[3]
-    first = client.chat("tiny", messages=[{"role": "user", "content": q1}])
-    assert first.message.content == a1
+
+    def chat(messages: list[dict]) -> dict:
+        return httpx.post(f"{url}/api/chat", timeout=60, json={"model": "tiny", "messages": messages,
+                                                               "stream": False}).json()
+
+    first = chat([{"role": "user", "content": q1}])
+    assert first["message"]["content"] == a1 and first["prompt_eval_cached_count"] == 0
+    again = chat([{"role": "user", "content": q1}])
+    assert again["prompt_eval_count"] == first["prompt_eval_count"]
+    assert again["prompt_eval_cached_count"] == first["prompt_eval_count"] - 1  # all but the token read anew
     turns = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
-    second = client.chat("tiny", messages=turns)  # (the tiny model was trained on single turns: any answer)
-    assert second.done
-    assert second.prompt_eval_count < first.prompt_eval_count  # only the answer's end and the new question
+    second = chat(turns)  # (the tiny model was trained on single turns: any answer)
+    assert second["prompt_eval_count"] > first["prompt_eval_count"]
+    assert 0 < second["prompt_eval_cached_count"] < second["prompt_eval_count"]
+    httpx.post(f"{url}/api/chat", json={"model": "tiny", "messages": [], "keep_alive": 0})  # unloaded: no cache
+    cold = chat(turns)
+    assert (cold["prompt_eval_count"], cold["prompt_eval_cached_count"]) == (second["prompt_eval_count"], 0)
     import openai
 
     third = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(
         model="tiny", messages=[*turns, {"role": "assistant", "content": a2}, {"role": "user", "content": q1}])
-    assert third.usage.prompt_tokens_details.cached_tokens > second.prompt_eval_count
+    assert third.usage.prompt_tokens_details.cached_tokens > second["prompt_eval_count"] - \
+        second["prompt_eval_cached_count"]
     assert third.usage.prompt_tokens > third.usage.prompt_tokens_details.cached_tokens
+
+
+def test_ps_gives_the_context_a_model_runs_with_and_the_digest_tags_gives(url: str):
+    assert main(["create", "--alias", "short", "--model", REPO_ID, "--num-ctx", "128"]) == 0
+    assert httpx.post(f"{url}/api/generate", json={"model": "short", "prompt": ""}, timeout=60).status_code == 200
+    [running] = httpx.get(f"{url}/api/ps").json()["models"]
+    assert running["name"] == "short:latest" and running["context_length"] == 128  # not the model's own 256
+    tagged = {model["name"]: model["digest"] for model in httpx.get(f"{url}/api/tags").json()["models"]}
+    assert running["digest"] == tagged["short:latest"] and len(set(tagged.values())) == len(tagged)

@@ -43,7 +43,8 @@ class Stats:
 
     @property
     def evaluated_tokens(self) -> int:
-        """The prompt tokens the model read (Ollama's ``prompt_eval_count``)."""
+        """The prompt tokens the model read, not taken from a cache (Anthropic's ``input_tokens``; Ollama's
+        ``prompt_eval_count`` is all of them, with the cached part as ``prompt_eval_cached_count``)."""
         return self.prompt_tokens - self.cached_tokens
 
 

@@ -32,7 +32,7 @@ from hllama.server.ollama_types import (
     messages_from,
     parameters_from_options,
 )
-from hllama.server.views import digest, tag_entry, wire_name
+from hllama.server.views import digest, model_digest, tag_entry, wire_name
 from hllama.service import Service, iterate_in_thread
 from hllama.upstream import Upstream
 from hllama.validation import describe, field_name
@@ -64,10 +64,10 @@ async def tags(request: Request) -> dict[str, Any]:
 def _tag(registry: Registry, row: Row) -> dict[str, Any]:
     entry = registry.get(row.name)
     if entry is not None:
-        return tag_entry(row, modified_at=local_rfc3339(entry.modified), digest_text=entry.digest)
+        return tag_entry(row, modified_at=local_rfc3339(entry.modified), registry=registry)
     snapshot = hub.local_snapshot(row.model)
     modified = _mtime(snapshot) if snapshot else time.time()
-    return tag_entry(row, modified_at=local_rfc3339(modified), digest_text=f"{row.model}@{snapshot}")
+    return tag_entry(row, modified_at=local_rfc3339(modified), registry=registry)
 
 
 def _mtime(path: Path) -> float:
@@ -117,7 +117,7 @@ async def show(request: Request) -> dict[str, Any]:
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
-    scheduler = service.scheduler
+    scheduler, registry = service.scheduler, service.registry
     models = []
     for runner in sorted(scheduler.runners, key=scheduler.expires_in, reverse=True):
         remaining = scheduler.expires_in(runner)
@@ -126,15 +126,16 @@ async def ps(request: Request) -> dict[str, Any]:
         load_plan = runner.model.plan  # type: ignore[attr-defined]
         name = wire_name(runner.name)
         size = getattr(runner.model, "resident_bytes", runner.size)  # measured; an engine elsewhere: its reserve
-        models.append({"name": name, "model": name, "size": size, "digest": digest(repr(runner.key)),
+        models.append({"name": name, "model": name, "size": size, "digest": model_digest(registry, runner.name),
                        "details": details(load_plan), "expires_at": local_rfc3339(time.time() + remaining),
                        "size_vram": size if service.budget.device == "cuda" else 0,
                        "size_reserved": runner.size,  # an extra field: what it counts against the memory budget
-                       "context_length": runner.model.context_length,  # type: ignore[attr-defined]
+                       # the context it runs with: the latest request's num_ctx, within the model's own
+                       "context_length": runner.model.context_for(runner.context) or 0,  # type: ignore[attr-defined]
                        "requests_running": runner.active, "requests_waiting": runner.waiting})
     for loading in scheduler.loading:  # on its way in: an extra field says how far it got
         name = wire_name(loading.name)
-        models.append({"name": name, "model": name, "size": 0, "digest": digest(repr(loading.key)),
+        models.append({"name": name, "model": name, "size": 0, "digest": model_digest(registry, loading.name),
                        "details": details(None), "expires_at": local_rfc3339(time.time()), "size_vram": 0,
                        "context_length": 0, "loading": {"seconds": round(scheduler.clock() - loading.started, 1),
                                                         "status": loading.status}})

@@ -191,7 +191,8 @@ def _stats(result: Result) -> dict[str, Any]:
     stats = result.finished.stats
     return {"done_reason": stats.done_reason if stats.done_reason != "cancel" else "stop",
             "total_duration": result.total_ns, "load_duration": result.load_ns,
-            "prompt_eval_count": stats.evaluated_tokens, "prompt_eval_duration": stats.prompt_eval_ns,
+            "prompt_eval_count": stats.prompt_tokens, "prompt_eval_cached_count": stats.cached_tokens,
+            "prompt_eval_duration": stats.prompt_eval_ns,
             "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns}
 
 

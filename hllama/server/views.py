@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from hllama import hub
 from hllama.catalog import Row
 from hllama.modelinfo import details
+from hllama.registry import Registry
 
 
 def wire_name(name: str) -> str:
@@ -19,10 +21,19 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def tag_entry(row: Row, *, modified_at: str, digest_text: str) -> dict[str, Any]:
+def model_digest(registry: Registry, name: str) -> str:
+    """The ``digest`` of a model as ``/api/tags`` and ``/api/ps`` both give it: an alias's is its modelfile's, a
+    cached model's its snapshot's."""
+    entry = registry.get(name)
+    if entry is not None:
+        return digest(entry.digest)
+    return digest(f"{name}@{hub.local_snapshot(name)}")
+
+
+def tag_entry(row: Row, *, modified_at: str, registry: Registry) -> dict[str, Any]:
     name = wire_name(row.name)
     return {"name": name, "model": name, "modified_at": modified_at, "size": row.size or 0,
-            "digest": digest(digest_text), "details": details(row.plan)}
+            "digest": model_digest(registry, row.name), "details": details(row.plan)}
 
 
 def logprob_entries(logprobs: Any) -> list[dict[str, Any]]:
