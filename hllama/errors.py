@@ -14,6 +14,12 @@ class HllamaError(Exception):
     """Base of every error hllama raises on purpose."""
 
 
+def shown(text: str, limit: int = 200) -> str:
+    """A name as an error message quotes it: whole, or its start where it is long (a message never echoes a
+    request's kilobytes back)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ModelfileError(HllamaError, ValueError):
     """A modelfile that cannot be read or does not validate.
 
@@ -51,7 +57,7 @@ class InvalidAliasName(HllamaError, ValueError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         self.reason = reason
-        super().__init__(f"invalid alias name {name!r}: {reason}")
+        super().__init__(f"invalid alias name {shown(name)!r}: {reason}")
 
 
 class AliasNotFound(HllamaError, LookupError):
@@ -60,7 +66,7 @@ class AliasNotFound(HllamaError, LookupError):
         from hllama.validation import did_you_mean
 
         self.name = name
-        super().__init__(f"model '{name[:500]}' not found{did_you_mean(name, known)}")
+        super().__init__(f"model '{shown(name)}' not found{did_you_mean(name, known)}")
 
 
 class AliasExists(HllamaError, FileExistsError):
@@ -136,7 +142,7 @@ class NoModelAtPath(HllamaError, LookupError):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"no model at '{path[:500]}': expected a folder with config.json or a .gguf file")
+        super().__init__(f"no model at '{shown(path)}': expected a folder with config.json or a .gguf file")
 
 
 class ModelTooLarge(HllamaError, MemoryError):
@@ -163,11 +169,21 @@ class ModelLoadError(HllamaError, RuntimeError):
     """transformers could not load the model (unsupported architecture, broken files, ...)."""
 
 
+class IncompleteModel(ModelLoadError, FileNotFoundError):
+    """A model whose files lack what loading it needs (a tokenizer, weights): the model's fault, not the server's."""
+
+    def __init__(self, model: str, missing: str) -> None:
+        self.model, self.missing = model, missing
+        super().__init__(f"cannot load '{shown(model)}': it has no {missing}")
+
+
 class PromptTooLong(HllamaError, ValueError):
-    def __init__(self, needed: int, context: int, *, truncating: bool = True) -> None:
+    """``at_least``: ``needed`` is a bound, found without tokenizing a text too long to be worth it."""
+
+    def __init__(self, needed: int, context: int, *, truncating: bool = True, at_least: bool = False) -> None:
         self.needed, self.context = needed, context
         how = "even with older turns dropped" if truncating else "with no turn dropped (truncate is false)"
-        super().__init__(f"the prompt needs {needed} tokens {how}, "
+        super().__init__(f"the prompt needs {'at least ' if at_least else ''}{needed} tokens {how}, "
                          f"but the context is {context} tokens; raise ctx (num_ctx) or shorten the message")
 
 
@@ -184,7 +200,11 @@ class NotSupported(HllamaError, ValueError):
 
     def __init__(self, model: str, capability: str, reason: str = "its chat template has no place for it") -> None:
         self.model, self.capability = model, capability
-        super().__init__(f"{model} does not support {capability} ({reason})")
+        super().__init__(f"{shown(model)} does not support {capability} ({reason})")
+
+
+class RequestCancelled(HllamaError, RuntimeError):
+    """Work stopped because the client that asked for it is gone (nobody reads the answer)."""
 
 
 class ServerBusy(HllamaError, RuntimeError):

@@ -34,7 +34,7 @@ def normalize_alias(name: str) -> str:
     if ".." in name:
         raise InvalidAliasName(name, "'..' is not allowed")
     if len(name) > MAX_ALIAS_LENGTH:
-        raise InvalidAliasName(name[:40] + "...", f"longer than {MAX_ALIAS_LENGTH} characters")
+        raise InvalidAliasName(name, f"longer than {MAX_ALIAS_LENGTH} characters")
     if not _ALIAS.fullmatch(name):
         raise InvalidAliasName(
             name, "use letters, digits, '.', '_' and '-', optionally ':tag', starting with a letter or digit")
@@ -61,8 +61,11 @@ def is_model_path(text: str) -> bool:
     path = _path(text)
     if path is None:
         return False
-    if path.is_dir():
-        return (path / "config.json").is_file() or any(path.glob("*.gguf"))
+    try:
+        if path.is_dir():
+            return (path / "config.json").is_file() or any(path.glob("*.gguf"))
+    except OSError:  # unreadable, or a name the file system refuses to look up
+        return False
     return path.suffix.lower() == ".gguf" and _is_gguf(path)
 
 
@@ -77,11 +80,21 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
+#: Linux's limits (PATH_MAX, NAME_MAX), in bytes: a longer name is no file's, and asking the system about it fails.
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
+
+
 def _path(text: str) -> Path | None:
-    """``text`` as a local path, or None when no file could have that name (NUL, control characters)."""
-    if not text or len(text) > 4096 or any(ord(char) < 32 for char in text):
+    """``text`` as a local path, or None when no file could have that name (NUL, control characters, a name or a
+    part of one longer than the file system allows): such a name is never handed to the file system."""
+    if not text or any(ord(char) < 32 for char in text):
         return None
     try:
-        return Path(text).expanduser()
-    except RuntimeError:  # ~user that does not exist
+        encoded = text.encode("utf-8")
+        path = Path(text).expanduser()
+    except (UnicodeEncodeError, RuntimeError):  # a lone surrogate; ~user that does not exist
         return None
+    if len(encoded) > MAX_PATH_BYTES or len(bytes(path)) > MAX_PATH_BYTES or \
+            any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
+        return None
+    return path

@@ -265,8 +265,10 @@ class Service:
                                              processor=loaded.processor)
         return len(prompt.ids)
 
-    async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True) -> EmbedResult:
-        """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool."""
+    async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True,
+                    cancel: threading.Event | None = None) -> EmbedResult:
+        """Raw vectors for ``texts`` (none: just load the model), computed on the model's own thread pool; ``cancel``
+        (set when the client is gone) stops it between texts."""
         started = time.perf_counter_ns()
         if is_upstream(resolved) and texts:
             await self.retire_replaced()
@@ -281,7 +283,8 @@ class Service:
             loaded: LoadedModel = runner.model  # type: ignore[assignment]
             work = functools.partial(embed, loaded.model, loaded.tokenizer, texts,
                                      pooling=loaded.pooling,
-                                     context=loaded.context_for(resolved.parameters.ctx), truncate=truncate)
+                                     context=loaded.context_for(resolved.parameters.ctx), truncate=truncate,
+                                     cancel=cancel)
             embeddings = await asyncio.get_running_loop().run_in_executor(loaded.executor, work)
         return EmbedResult(embeddings, load_ns=acquired - started, total_ns=time.perf_counter_ns() - started)
 

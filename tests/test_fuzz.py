@@ -127,21 +127,36 @@ def _check(response: httpx.Response, path: str, sent: Any) -> None:
         assert "Error" not in response.text[-300:] or "error" in response.text[-300:], where
 
 
+#: The server's body limit in these tests: names are tried at every length up to it.
+BODY_LIMIT = 256 * 1024
+
+
 @pytest.fixture
 def url(tiny_model_dir: Path, tiny_cache: Path, hllama_home: Path, monkeypatch: pytest.MonkeyPatch):
     assert main(["create", "--alias", "tiny", "--model", REPO_ID, "--temperature", "0"]) == 0
+    monkeypatch.setenv("HLLAMA_MAX_REQUEST_SIZE", str(BODY_LIMIT))
     with FakeHub({REPO_ID: FakeRepo(tiny_model_dir, REVISION)}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         with live_server(load_settings()) as base:
+            monkeypatch.setenv("HLLAMA_HOST", base.removeprefix("http://"))  # where `hllama ps` looks
             yield base
 
 
-def test_no_input_breaks_any_route(url: str, caplog: pytest.LogCaptureFixture):
+def _ps_renders(capsys: pytest.CaptureFixture, after: str) -> None:
+    """``hllama ps`` shows whatever state the server is left in."""
+    capsys.readouterr()
+    code = main(["ps"])
+    shown = capsys.readouterr()
+    assert code == 0 and shown.out.startswith("NAME"), f"after {after[:300]}: {shown.err[-500:]}"
+
+
+def test_no_input_breaks_any_route(url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture):
     caplog.set_level(logging.WARNING)
     rng = random.Random(8)
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=120) as client:  # one pooled connection: a reset would show
         for method, path, body in _cases(rng, per_route=150):
             _check(client.request(method, path, content=json.dumps(body)), path, body)
+            _ps_renders(capsys, f"{path} {body}")
         for (method, path) in ROUTES:
             for raw, content_type in RAW_BODIES:
                 headers = {"Content-Type": content_type} if content_type else {}
@@ -160,3 +175,43 @@ def test_no_input_breaks_any_route(url: str, caplog: pytest.LogCaptureFixture):
         answer = client.post("/api/chat", json={"model": REPO_ID, "messages": [{"role": "user", "content": QUESTION}],
                                                 "options": {"temperature": 0}, "stream": False}).json()
         assert answer["message"]["content"] == ANSWER
+
+
+#: Name lengths tried: around every limit a file system or a field has (255 bytes a part, 4096 a path).
+LENGTHS = [0, 1, 2, 96, 97, 199, 200, 201, 254, 255, 256, 257, 300, 1000, 4095, 4096, 4097, 10_000, 100_000,
+           BODY_LIMIT - 200]
+
+#: What a name may look like: plain, a path, a path of a folder, accented (two bytes a character), an owner/name.
+SHAPES = [lambda n: "x" * n, lambda n: "/" + "x" * n, lambda n: "./" + "y" * n, lambda n: "é" * (n // 2),
+          lambda n: "o" * n + "/model", lambda n: "a/" + "b" * n, lambda n: "~/" + "z" * n, lambda n: "q" * n + ".gguf",
+          lambda n: "../" * (n // 3)]
+
+#: Where each route takes a model's name.
+NAMED = {("POST", "/api/chat"): "model", ("POST", "/api/generate"): "model", ("POST", "/api/embed"): "model",
+         ("POST", "/api/embeddings"): "model", ("POST", "/api/show"): "model", ("POST", "/api/pull"): "model",
+         ("POST", "/api/copy"): "source", ("POST", "/api/create"): "from", ("DELETE", "/api/delete"): "model",
+         ("POST", "/v1/chat/completions"): "model", ("POST", "/v1/completions"): "model",
+         ("POST", "/v1/embeddings"): "model"}
+
+
+def test_names_of_every_length_and_shape_on_every_route(url: str, caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture):
+    caplog.set_level(logging.WARNING)
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for length in LENGTHS:
+            for shape in SHAPES:
+                name = shape(length)
+                for (method, path), field in NAMED.items():
+                    body = {**ROUTES[(method, path)], field: name}
+                    if path == "/api/create":
+                        body["model"] = "named"
+                    answer = client.request(method, path, content=json.dumps(body))
+                    _check(answer, path, f"{field} of {len(name)} characters: {name[:40]}")
+                    assert len(answer.content) < 2000 or answer.status_code == 200, (path, len(answer.content))
+                if len(name.encode()) < 8000:  # a URL longer than that is refused by the HTTP layer itself
+                    _check(client.get(f"/v1/models/{name}"), "/v1/models/", name[:40])
+            _ps_renders(capsys, f"names of {length} characters")
+        tracebacks = [record.getMessage() for record in caplog.records if record.exc_info or
+                      record.levelno >= logging.ERROR]
+        assert tracebacks == []
+        assert client.get("/api/version").status_code == 200

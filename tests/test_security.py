@@ -131,12 +131,20 @@ def test_a_foreign_web_page_cannot_write_or_run_anything(served_alias: str, hlla
 
 
 def test_non_json_bodies_are_415_and_curl_style_json_still_works(served_alias: str):
-    for content_type in ("text/plain", "multipart/form-data; boundary=x", "text/plain;charset=UTF-8"):
+    page = {"Origin": "http://localhost:3000"}  # even an allowed page: it can say application/json
+    for content_type, origin in (("text/plain", page), ("multipart/form-data; boundary=x", {}),
+                                 ("text/plain;charset=UTF-8", page)):
         refused = httpx.post(f"{served_alias}/api/show", content='{"model": "tiny"}',
-                             headers={"Content-Type": content_type})
+                             headers={"Content-Type": content_type, **origin})
         assert refused.status_code == 415 and "must be JSON" in refused.json()["error"]
-    refused = httpx.post(f"{served_alias}/v1/chat/completions", content="{}", headers={"Content-Type": "text/plain"})
+    refused = httpx.post(f"{served_alias}/v1/chat/completions", content="{}",
+                         headers={"Content-Type": "text/plain", **page})
     assert refused.status_code == 415 and refused.json()["error"]["type"] == "invalid_request_error"
+    # a tool that labels its JSON as text (Node's fetch without a type, aiohttp's data=) names no Origin
+    for content_type in ("text/plain", "text/plain;charset=UTF-8"):
+        shown = httpx.post(f"{served_alias}/api/show", content='{"model": "tiny"}',
+                           headers={"Content-Type": content_type})
+        assert shown.status_code == 200 and shown.json()["system"] == "Be kind."
     # curl -d labels JSON as a form; local tools without an Origin keep working
     shown = httpx.post(f"{served_alias}/api/show", content='{"model": "tiny"}',
                        headers={"Content-Type": "application/x-www-form-urlencoded"})

@@ -90,3 +90,64 @@ def test_embedding_errors(url: str, path: str, body: dict, status: int, message:
 
 def test_a_long_text_is_cut_to_the_context_by_default(url: str):
     assert len(ollama.Client(host=url).embed(ENCODER_REPO_ID, "word " * 100).embeddings[0]) == 32
+
+
+def test_embedding_stops_between_inputs_once_its_client_is_gone(url: str, encoder_model_dir: Path):
+    """The request as a client that leaves at once sends it, straight to the app: the body, then the disconnect."""
+    import asyncio
+    import json
+
+    from hllama.config import load_settings
+    from hllama.server import build_service, create_app
+
+    service = build_service(load_settings())
+    app = create_app(service, watch=False)
+    body = json.dumps({"model": ENCODER_REPO_ID, "input": TEXTS * 1000}).encode()
+    sent: list[dict] = []
+
+    async def leaving_client() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/api/embed", "raw_path": b"/api/embed",
+                 "query_string": b"", "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1"),
+                                                   (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http", "http_version": "1.1",
+                 "root_path": "", "app": app, "state": {}}
+        await app(scope, receive, send)
+        await service.scheduler.close()
+
+    asyncio.run(leaving_client())
+    [start] = [message for message in sent if message["type"] == "http.response.start"]
+    answer = json.loads(b"".join(message.get("body", b"") for message in sent if message["type"] ==
+                                 "http.response.body"))
+    assert start["status"] == 499 and answer["error"].startswith("embedding stopped after ")
+    done = int(answer["error"].split()[3])
+    assert done < 2000 and answer["error"].endswith(" of 2000 inputs: the client is gone")
+
+
+def test_embedding_stops_at_its_cancel(encoder_model_dir: Path):
+    import threading
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from hllama.engine.embed import embed
+    from hllama.errors import RequestCancelled
+
+    model, tokenizer = AutoModel.from_pretrained(encoder_model_dir), AutoTokenizer.from_pretrained(encoder_model_dir)
+    cancel = threading.Event()
+    seen = []
+
+    def tokenizing(text, **kwargs):
+        seen.append(text)
+        if len(seen) == 3:
+            cancel.set()  # the client leaves while the third input is embedded
+        return tokenizer(text, **kwargs)
+
+    with pytest.raises(RequestCancelled, match="after 3 of 10 inputs"):
+        embed(model, tokenizing, TEXTS * 5, pooling="cls", context=64, cancel=cancel)

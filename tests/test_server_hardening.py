@@ -214,3 +214,106 @@ def test_openapi_documents_every_request_body(url: str):
         for field in schema.get("properties", {}).values():
             assert "description" in field or "$ref" in field or schema.get("title") in (
                 "HTTPValidationError", "ValidationError"), (schema.get("title"), field)
+
+
+def _validator(document: dict, schema: dict):
+    """A validator of ``schema``, its references looked up in ``document``'s components."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    registry = Registry().with_resource("urn:hllama", Resource.from_contents(document,
+                                                                             default_specification=DRAFT202012))
+    rooted = json.loads(json.dumps(schema).replace('"#/components/', '"urn:hllama#/components/'))
+    return jsonschema.Draft202012Validator(rooted, registry=registry)
+
+
+def test_openapi_marks_what_is_required_and_every_error_answer(url: str):
+    document = httpx.get(f"{url}/openapi.json").json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert {"400", "404", "415", "500"} <= set(responses) and "422" not in responses, (path, method)
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body is None:
+                continue
+            assert not _validator(document, body).is_valid({}), path  # {} is refused, as the route refuses it
+            refused = httpx.request(method.upper(), f"{url}{path}", json={})
+            assert refused.status_code == 400, (path, refused.text)
+            error_schema = responses["400"]["content"]["application/json"]["schema"]
+            _validator(document, error_schema).validate(refused.json())  # the answer has the shape documented
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "/" + "x" * 300, "é" * 200, "o" * 300 + "/model", "a/" + "b" * 4000])
+def test_names_too_long_for_a_file_are_no_model_and_the_connection_stays(url: str, name: str):
+    with httpx.Client(base_url=url, timeout=60) as client:  # pooled: a connection closed on error would show
+        for _ in range(3):
+            for method, path, body in (("POST", "/api/chat", {"model": name, "messages": [{"role": "user",
+                                                                                            "content": "hi"}]}),
+                                       ("POST", "/api/show", {"model": name}),
+                                       ("POST", "/v1/chat/completions", {"model": name, "messages": [
+                                           {"role": "user", "content": "hi"}]}),
+                                       ("POST", "/api/create", {"model": "x", "from": name}),
+                                       ("GET", f"/v1/models/{name}", None)):
+                answer = client.request(method, path, json=body)
+                assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text[:300])
+                assert len(answer.text) < 1500  # not the whole name echoed back
+        assert client.get("/api/version").status_code == 200
+
+
+def test_an_unexpected_error_is_a_500_in_its_apis_shape_on_a_connection_that_stays(url: str, caplog):
+    from hllama import service
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(service.Service, "resolve", broken)  # a stand-in for any bug below the routes
+            ollama_answer = client.post("/api/chat", json=_chat())
+            openai_answer = client.post("/v1/chat/completions", json=_chat())
+        assert ollama_answer.status_code == openai_answer.status_code == 500
+        assert ollama_answer.json() == {"error": "internal error (ZeroDivisionError); the server log has the details"}
+        assert openai_answer.json()["error"]["type"] == "api_error"
+        assert client.post("/api/chat", json=_chat()).json()["message"]["content"] == ANSWER
+        connections = {id(response.extensions["network_stream"]) for response in (ollama_answer, openai_answer)}
+    assert len(connections) == 1  # both answered on one connection: the error did not close it
+    assert [record.exc_info[0] for record in caplog.records if record.exc_info] == [ZeroDivisionError] * 2
+
+
+def test_a_model_folder_without_a_tokenizer_is_a_400_naming_it(url: str, tiny_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink(missing_ok=True)
+    answer = httpx.post(f"{url}/api/chat", json={**_chat(), "model": str(bare)}, timeout=60)
+    assert answer.status_code == 400 and "has no tokenizer" in answer.json()["error"], answer.text
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url: str, monkeypatch):
+    from hllama.engine import tokens
+
+    big = "tell me more " * 400_000  # 5 MB against the tiny model's 256 tokens
+    tokenized: list[int] = []
+    real = tokens.token_ids
+
+    def counting(tokenizer, text, **kwargs):
+        tokenized.append(len(text))
+        return real(tokenizer, text, **kwargs)
+
+    monkeypatch.setattr("hllama.server.ollama_routes.token_ids", counting)
+    for body in (_chat(messages=[{"role": "user", "content": big}]),
+                 {"model": "tiny", "prompt": big, "raw": True, "stream": False}):
+        route = "/api/chat" if "messages" in body else "/api/generate"
+        answer = httpx.post(f"{url}{route}", json=body, timeout=60)
+        assert answer.status_code == 400 and "needs at least" in answer.json()["error"], answer.text
+    assert tokenized == [len(big)]  # the raw one reached token_ids, which refused it by its length alone
+
+
+def test_embed_takes_at_most_2048_inputs(url: str):
+    for route, field in (("/api/embed", "input"), ("/v1/embeddings", "input")):
+        answer = httpx.post(f"{url}{route}", json={"model": "tiny", field: ["hi"] * 2049}, timeout=60)
+        assert answer.status_code == 400 and "at most 2048" in answer.text, answer.text

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hllama.errors import InvalidOption
+from hllama.engine.tokens import fewest_tokens, within
+from hllama.errors import InvalidOption, RequestCancelled
 
 Pooling = Literal["mean", "cls", "lasttoken"]
 
@@ -37,16 +39,26 @@ def pooling_of(folder: Path) -> Pooling:
     return "mean"
 
 
+#: The most texts one request embeds (OpenAI's and Ollama's limit): each is a forward pass of its own.
+MAX_INPUTS = 2048
+
+
 def embed(model: Any, tokenizer: Any, texts: list[str], *, pooling: Pooling, context: int | None,
-          truncate: bool = True) -> Embeddings:
-    """Raw (not normalized) vectors, one text at a time: no padding, so no pad token is needed."""
+          truncate: bool = True, cancel: threading.Event | None = None) -> Embeddings:
+    """Raw (not normalized) vectors, one text at a time: no padding, so no pad token is needed. ``cancel`` set
+    (its client is gone) stops it before the next text, with :class:`RequestCancelled`."""
     import torch
 
     vectors, tokens = [], 0
     body = getattr(model, "base_model", model)  # the transformer without its language-model head
     device = next(model.parameters()).device
-    for text in texts:
-        ids = tokenizer(text)["input_ids"]
+    for done, text in enumerate(texts):
+        if cancel is not None and cancel.is_set():
+            raise RequestCancelled(f"embedding stopped after {done} of {len(texts)} inputs: the client is gone")
+        if context and not truncate and (least := fewest_tokens(tokenizer, text)) > context:
+            raise InvalidOption(f"the input has at least {least} tokens, more than the context of {context}; "
+                                "allow truncate to cut it")
+        ids = tokenizer(within(tokenizer, text, context) if context else text)["input_ids"]
         if not ids:
             raise InvalidOption("an input has no tokens to embed (an empty string?)")
         if context and len(ids) > context:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hllama.engine.tokens import token_ids
 from hllama.errors import NotSupported
 
 
@@ -43,12 +44,13 @@ def infill_format(tokenizer: Any) -> InfillFormat | None:
     return None
 
 
-def infill_ids(tokenizer: Any, prefix: str, suffix: str, *, model: str) -> list[int]:
-    """The prompt of a fill-in-the-middle request, in the model's own format."""
+def infill_ids(tokenizer: Any, prefix: str, suffix: str, *, model: str, context: int | None = None) -> list[int]:
+    """The prompt of a fill-in-the-middle request, in the model's own format (refused, untokenized, where it
+    surely does not fit ``context``)."""
     fmt = infill_format(tokenizer)
     if fmt is None:
         raise NotSupported(model, "insert", "its tokenizer has no fill-in-the-middle tokens")
-    return tokenizer(fmt.prompt(prefix, suffix))["input_ids"]
+    return token_ids(tokenizer, fmt.prompt(prefix, suffix), context=context, add_special_tokens=True)
 
 
 def folder_can_infill(folder: Path) -> bool:

@@ -20,7 +20,13 @@ from hllama.engine.batch import BatchEngine, batchable
 from hllama.engine.cancel import make_cancellable
 from hllama.engine.embed import Pooling, pooling_of
 from hllama.engine.prefix import PrefixCache
-from hllama.errors import ModelLoadError, ModelNotDownloaded, NoModelAtPath, QuantizationUnavailable
+from hllama.errors import (
+    IncompleteModel,
+    ModelLoadError,
+    ModelNotDownloaded,
+    NoModelAtPath,
+    QuantizationUnavailable,
+)
 from hllama.footprint import Plan, local_footprint, plan, text_config
 from hllama.ggufheader import read_header
 from hllama.hardware import Budget
@@ -164,6 +170,8 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
     source = locate(resolved.model, resolved.revision)
     if embedded.is_embedded(resolved.model) and source.gguf_file:
         source = converted_embedded(source)
+    if (missing := missing_part(source)) is not None:
+        raise IncompleteModel(resolved.model, missing)
     load_plan = plan_load(resolved, source, budget)
     if not load_plan.fits and not force:
         raise load_plan.refusal(resolved.model)
@@ -197,6 +205,24 @@ def load_model(resolved: Resolved, *, budget: Budget, force: bool = False) -> Lo
         if batchable(model) and not sees:  # a vision model runs each request through its own generate
             loaded.batcher = BatchEngine(loaded)
     return loaded
+
+
+#: The files a tokenizer may be made from (besides ``*.tiktoken``); a model folder with none of them has none.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def missing_part(source: ModelSource) -> str | None:
+    """What a model's folder lacks that loading it needs, said so a person can act on it; None when nothing is
+    missing (a GGUF file carries its own tokenizer)."""
+    if source.gguf_file:
+        return None
+    folder = source.folder
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        return f"tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES[:3])} or the like)"
+    if not any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth")):
+        return f"weights in {folder} (no *.safetensors or *.bin file)"
+    return None
 
 
 def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], load: LoadOptions, *, generates: bool,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from hllama.engine.thinking import supports_thinking
+from hllama.engine.tokens import fewest_tokens
 from hllama.engine.tools import ToolCall, ToolStyle, supports_tools, tool_style
 from hllama.errors import ChatTemplateError, NotSupported, PromptTooLong
 from hllama.modelfile import Message
@@ -137,15 +138,20 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     # a vision model is prompted through its processor's chat template, where it has one
     renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
     pictures = _pictures(messages)  # decoded once, however many times the turns are fitted to ctx
-    rendered: dict[int, Prompt] = {}  # by turns dropped: a shift later renders none of them again
+    rendered: dict[int, Prompt | None] = {}  # by turns dropped: a shift later renders none of them again
+    unfit: dict[int, int] = {}  # by turns dropped: the fewest tokens a prompt far too long to tokenize takes
 
-    def attempt(dropped: int) -> Prompt:
+    def attempt(dropped: int) -> Prompt | None:
+        """The prompt with the oldest ``dropped`` turns left out; None where it surely does not fit ``ctx``."""
         if dropped in rendered:
             return rendered[dropped]
         kept = system + [message for turn in turns[dropped:] for message in turn]
         images = [image for message in kept for image in message.get("images") or []]
         shown = [{key: value for key, value in message.items() if key != "images"} for message in kept]
         text, extra_stops = render(renderer, shown, template=template, tools=tools, **options)
+        if ctx is not None and (least := fewest_tokens(tokenizer, text)) > ctx:
+            unfit[dropped], rendered[dropped] = least, None
+            return None
         vision = None
         if images:  # the processor puts each image's tokens where its template left a place for it
             inputs = processor(text=[text], images=[pictures[id(image)] for image in images], return_tensors="pt")
@@ -158,8 +164,13 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
                                    tool_style=tool_style(chat_template) if tools else None, vision=vision)
         return rendered[dropped]
 
-    def fits(prompt: Prompt, room: int) -> bool:
-        return ctx is None or len(prompt.ids) + room <= ctx
+    def fits(prompt: Prompt | None, room: int) -> bool:
+        return prompt is not None and (ctx is None or len(prompt.ids) + room <= ctx)
+
+    def too_long(dropped: int, *, truncating: bool = True) -> PromptTooLong:
+        if (prompt := attempt(dropped)) is None:
+            return PromptTooLong(unfit[dropped], ctx or 0, truncating=truncating, at_least=True)
+        return PromptTooLong(len(prompt.ids) + 1, ctx or 0, truncating=truncating)
 
     last = max(len(turns) - 1, 0)
 
@@ -187,11 +198,11 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     if not truncate:
         whole = attempt(0)
         if not fits(whole, 1):
-            raise PromptTooLong(len(whole.ids) + 1, ctx or 0, truncating=False)
+            raise too_long(0, truncating=False)
         return whole
     fitted = fewest_dropped(max(reserve, 1), 0) or fewest_dropped(1, last)
     if fitted is None:
-        raise PromptTooLong(len(attempt(last).ids) + 1, ctx or 0)
+        raise too_long(last)
     return shiftable(fitted)
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from hllama.server.body import Lenient
+from hllama.server.body import Lenient, required
 
 
 class ImageSource(Lenient):
@@ -81,6 +81,8 @@ class OutputConfig(Lenient):
 
 
 class MessagesRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     max_tokens: int = Field(description="most tokens to generate", ge=1)
     messages: list[InputMessage] = Field(description="the conversation")
@@ -116,6 +118,8 @@ class MessagesRequest(Lenient):
 
 
 class CountTokensRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     messages: list[InputMessage] = Field(description="the conversation")
     system: str | list[ContentBlock] | None = Field(None, description="the system prompt")
@@ -225,7 +229,9 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    type: Literal["error"] = "error"
+    """Every error of Anthropic's API."""
+
+    type: Literal["error"] = Field("error", description="always error")
     error: ErrorBody = Field(description="the error")
 
 

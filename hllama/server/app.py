@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hllama import __version__
 from hllama.config import Settings
@@ -31,6 +32,7 @@ from hllama.errors import (
     GatedModel,
     HllamaError,
     HubUnreachable,
+    IncompleteModel,
     InvalidAliasName,
     InvalidOption,
     ModelfileError,
@@ -42,6 +44,7 @@ from hllama.errors import (
     PromptTooLong,
     QuantizationUnavailable,
     RemoteModelNotFound,
+    RequestCancelled,
     RequestTooLarge,
     ServerBusy,
     UnsupportedMediaType,
@@ -49,7 +52,10 @@ from hllama.errors import (
 )
 from hllama.metrics import RequestMetrics
 from hllama.server.anthropic_types import ErrorBody, ErrorResponse
-from hllama.server.body import hoist_schemas
+from hllama.server.body import document_errors, hoist_schemas
+from hllama.server.ollama_types import ErrorResponse as OllamaError
+from hllama.server.openai_types import ErrorDetail
+from hllama.server.openai_types import ErrorResponse as OpenAIError
 from hllama.server.security import add_access_control
 from hllama.service import Service, build_service
 from hllama.watch import ModelfileWatcher
@@ -59,10 +65,10 @@ log = logging.getLogger("hllama.server")
 #: Error class -> HTTP status, applied by a single handler (the first class in the MRO that is listed wins).
 HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
-    NotSupported: 400, ChatTemplateError: 400, BuiltinAlias: 400,
+    NotSupported: 400, ChatTemplateError: 400, BuiltinAlias: 400, IncompleteModel: 400,
     AliasNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
     UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, UpstreamUnavailable: 502,
-    ServerBusy: 503,
+    ServerBusy: 503, RequestCancelled: 499,  # nginx's "client closed request": nobody is there to read it
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,
 }
 
@@ -102,6 +108,7 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
 
     app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    app.add_middleware(AnswerUnexpectedErrors)  # innermost: what it answers passes the others as any answer does
     key = service.settings.api_key
     add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
                        api_key=key.get_secret_value() if key else None, refuse=error_response,
@@ -130,11 +137,6 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     async def bad_path(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(request.url.path, 500, f"{type(exc).__name__}: {exc}")
-
     from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes, responses_routes
 
     app.include_router(ollama_models.router)
@@ -146,11 +148,42 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = hoist_schemas(describe_api())
+            shapes = [(prefix, name, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+                      for prefix, name, model in ERROR_SHAPES]
+            app.openapi_schema = document_errors(hoist_schemas(describe_api()), shapes)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+class AnswerUnexpectedErrors:
+    """A 500 in the route's API's shape for an exception no handler knows (its traceback logged once), on a
+    connection that stays open: FastAPI's own handler for ``Exception`` answers, then raises it again, and uvicorn
+    closes the connection, which a pooled client's next requests then fail on. An error once the answer has
+    begun cannot become a status; the answer just ends there."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:  # noqa: BLE001 - every exception: this is where unexpected ones end
+            log.exception("unexpected error on %s", scope["path"])
+            if not started:
+                message = f"internal error ({type(exc).__name__}); the server log has the details"
+                await error_response(scope["path"], 500, message)(scope, receive, send)
 
 
 def error_response(path: str, status: int, message: str, *, code: str | None = None,
@@ -161,10 +194,14 @@ def error_response(path: str, status: int, message: str, *, code: str | None = N
         return JSONResponse(ErrorResponse(error=ErrorBody(type=kind, message=message)).model_dump(),
                             status_code=status, headers=headers)
     if path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": _OPENAI_TYPE.get(status, "api_error"), "param": None,
-                          "code": code}}
-        return JSONResponse(body, status_code=status, headers=headers)
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+        body = OpenAIError(error=ErrorDetail(message=message, type=_OPENAI_TYPE.get(status, "api_error"), code=code))
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(OllamaError(error=message).model_dump(), status_code=status, headers=headers)
+
+
+#: Each API's error shape, by the paths it answers (the first prefix that matches wins), for the OpenAPI document.
+ERROR_SHAPES = [("/v1/messages", "AnthropicError", ErrorResponse), ("/v1/", "OpenAIError", OpenAIError),
+                ("/", "OllamaError", OllamaError)]
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -23,15 +24,18 @@ M = TypeVar("M", bound=BaseModel)
 #: Deeper than any real request (a JSON schema in ``format`` or ``tools`` included).
 MAX_DEPTH = 64
 
-#: Types a browser may send cross-origin without asking first: never JSON here. (A form-urlencoded body is
-#: still read, when it is JSON, because ``curl -d`` labels JSON that way.)
-_NOT_JSON = ("text/plain", "multipart/form-data")
+#: Types a browser may send cross-origin without asking first. From a web page (its request names its
+#: ``Origin``) they are never taken for JSON. Without one, plain text is read as JSON, as tools send it (Node's
+#: ``fetch`` without a content type, aiohttp's ``data=``); so is a form-urlencoded body, as ``curl -d`` labels JSON.
+_FROM_PAGES_ONLY = ("text/plain",)
+_NEVER_JSON = ("multipart/form-data",)
 
 
 async def read_body(request: Request, model: type[M]) -> M:
     """The request's body as ``model``, or the reason it is refused."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type.startswith(_NOT_JSON):
+    if content_type.startswith(_NEVER_JSON) or (content_type.startswith(_FROM_PAGES_ONLY) and
+                                               "origin" in request.headers):
         raise UnsupportedMediaType(f"the request body must be JSON (Content-Type: application/json), "
                                    f"not {content_type}")
     body = parse_body(model, await request.body())
@@ -39,6 +43,18 @@ async def read_body(request: Request, model: type[M]) -> M:
         request.state.model = named[:200]  # for the metrics of a request that succeeds (hllama.metrics)
     current_client.set(request.client.host if request.client else "")  # for the request log
     return body
+
+
+def required(*names: str, either: tuple[str, str] | None = None) -> Callable[[dict[str, Any]], None]:
+    """A request model's ``json_schema_extra``: the fields its route refuses a request without, marked required
+    in the OpenAPI document (they have defaults, so that the route says what is missing in its own words);
+    ``either``: two spellings of one field, one of which must be there (``model``, or Ollama's older ``name``)."""
+    def mark(schema: dict[str, Any]) -> None:
+        schema["required"] = sorted({*schema.get("required", []), *names})
+        if either:
+            schema["anyOf"] = [{"required": [either[0]]}, {"required": [either[1]]}]
+
+    return mark
 
 
 class Lenient(BaseModel):
@@ -88,6 +104,40 @@ def hoist_schemas(document: dict[str, Any]) -> dict[str, Any]:
             schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if isinstance(schema, dict):
                 components.update(schema.pop("$defs", {}))
+    return document
+
+
+#: What each error status means, for the OpenAPI document.
+ERROR_STATUSES = {
+    "400": "the request is invalid: the message says which field and why",
+    "401": "the server has an API key, and the request does not carry it",
+    "403": "a web page of another origin, or a Host that is not this machine",
+    "404": "no such model or alias (or route)",
+    "413": "the body is larger than max_request_size",
+    "415": "the body is not JSON",
+    "500": "the model cannot be loaded here (too large for memory, say), or an unexpected error",
+    "503": "the server is busy: too many requests wait for this model",
+}
+
+
+def document_errors(document: dict[str, Any], shapes: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    """Every operation of ``document`` with the error answers it may give, each in its API's shape: ``shapes``
+    holds (path prefix, schema name, schema), the first prefix a path starts with winning. FastAPI's 422 goes:
+    hllama answers an invalid request with 400."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for _, name, schema in shapes:
+        components.update(schema.pop("$defs", {}))
+        components[name] = schema
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path, operations in document.get("paths", {}).items():
+        name = next(name for prefix, name, _ in shapes if path.startswith(prefix))
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, meaning in ERROR_STATUSES.items():
+                responses.setdefault(status, {"description": meaning, "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}})
     return document
 
 

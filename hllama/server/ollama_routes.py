@@ -15,10 +15,12 @@ from hllama.engine.embed import normalized
 from hllama.engine.infill import infill_ids
 from hllama.engine.prompt import ChatMessage
 from hllama.engine.thinking import Thought
+from hllama.engine.tokens import token_ids
 from hllama.errors import HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Resolved
 from hllama.server.body import json_body, read_body
+from hllama.server.disconnect import watched
 from hllama.server.ollama_types import (
     ChatRequest,
     EmbedRequest,
@@ -95,12 +97,14 @@ async def generate(request: Request) -> Response:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=False)
     logprobs = body.logprob_alternatives
     if body.raw:
-        events = service.complete(resolved, lambda loaded: loaded.tokenizer(body.prompt, add_special_tokens=False)
-                                  ["input_ids"], logprobs=logprobs, text=body.prompt)
+        events = service.complete(resolved, lambda loaded: token_ids(
+            loaded.tokenizer, body.prompt, context=loaded.context_for(resolved.parameters.ctx)),
+            logprobs=logprobs, text=body.prompt)
     elif body.suffix:
-        events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, body.prompt, body.suffix,
-                                                                      model=resolved.name), logprobs=logprobs,
-                                  text=body.prompt, suffix=body.suffix)
+        events = service.complete(resolved, lambda loaded: infill_ids(
+            loaded.tokenizer, body.prompt, body.suffix, model=resolved.name,
+            context=loaded.context_for(resolved.parameters.ctx)), logprobs=logprobs, text=body.prompt,
+            suffix=body.suffix)
     elif body.context:
         events = _continue(service, resolved, body, schema)
     else:
@@ -129,7 +133,9 @@ async def embed(request: Request) -> dict[str, Any]:
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
-    result = await service.embed(_resolve(service, body.model, api), body.texts, truncate=body.truncate)
+    resolved = _resolve(service, body.model, api)
+    async with watched(request) as gone:
+        result = await service.embed(resolved, body.texts, truncate=body.truncate, cancel=gone)
     return {"model": wire_name(body.model),
             "embeddings": [normalized(vector, body.dimensions) for vector in result.embeddings.vectors],
             "total_duration": result.total_ns, "load_duration": result.load_ns,
@@ -153,7 +159,8 @@ def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schem
         if not all(0 <= token < vocabulary for token in body.context):
             raise InvalidOption(f"context holds token ids outside the model's vocabulary (0 to {vocabulary - 1})")
         turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
-        return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template).ids]
+        return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template,
+                                             ctx=loaded.context_for(resolved.parameters.ctx)).ids]
 
     return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives, structure=schema)
 

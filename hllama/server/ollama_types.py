@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hllama.engine.embed import MAX_INPUTS
 from hllama.engine.prompt import ChatMessage
 from hllama.engine.thinking import ThinkLevel
 from hllama.engine.tools import ToolCall
@@ -19,7 +20,7 @@ from hllama.errors import InvalidOption
 from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.resolve import Overrides
-from hllama.server.body import Lenient
+from hllama.server.body import Lenient, required
 from hllama.validation import first_problem
 
 log = logging.getLogger("hllama.server")
@@ -64,11 +65,15 @@ class _Generation(Lenient):
 
 
 class ChatRequest(_Generation):
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
     messages: list[OllamaMessage] = Field(default_factory=list, description="the conversation; none: load the model")
     tools: list[dict[str, Any]] | None = Field(None, description="function definitions the model may call")
 
 
 class GenerateRequest(_Generation):
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
     prompt: str = Field("", description="the prompt; empty: load the model")
     system: str | None = Field(None, description="a system prompt instead of the alias's")
     template: str | None = Field(None, description="a Jinja chat template instead of the model's")
@@ -81,7 +86,10 @@ class GenerateRequest(_Generation):
 class EmbedRequest(_Generation):
     """``/api/embed``; ``/api/embeddings`` (the older route) sends ``prompt`` instead of ``input``."""
 
-    input: str | list[str] = Field("", description="a text or a list of texts to embed")
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
+    input: str | Annotated[list[str], Field(max_length=MAX_INPUTS)] = Field(
+        "", description=f"a text or a list of texts to embed (at most {MAX_INPUTS})")
     prompt: str = Field("", description="the older route's one text")
     dimensions: int | None = Field(None, ge=1, description="keep only this many leading dimensions")
 
@@ -96,6 +104,8 @@ class EmbedRequest(_Generation):
 class NameRequest(Lenient):
     """``/api/show``, ``/api/delete``, ``/api/pull``: ``model``, or the deprecated ``name``."""
 
+    model_config = ConfigDict(json_schema_extra=required(either=("model", "name")))
+
     model: str = Field("", description="the model or alias")
     name: str = Field("", description="the same, under its deprecated name")
     stream: bool = Field(True, description="progress as NDJSON (pull)")
@@ -107,11 +117,15 @@ class NameRequest(Lenient):
 
 
 class CopyRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("source", "destination"))
+
     source: str = Field("", description="an alias or a downloaded model")
     destination: str = Field("", description="the new alias's name")
 
 
 class CreateRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("from", either=("model", "name")))
+
     model: str = Field("", description="the new alias's name")
     name: str = Field("", description="the same, under its deprecated name")
     from_: str | None = Field(None, alias="from", description="an alias, a Hub repo id or an absolute model path")
@@ -191,6 +205,12 @@ def wire_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
     """Ollama's ``message.tool_calls``: arguments as a JSON object, an index per call."""
     return [{"function": {"index": index, "name": call.name, "arguments": call.arguments}}
             for index, call in enumerate(calls)]
+
+
+class ErrorResponse(BaseModel):
+    """Every error of Ollama's API."""
+
+    error: str = Field(description="what went wrong, and where it says so, what to do")
 
 
 def now_rfc3339() -> str:

@@ -26,6 +26,7 @@ from hllama.errors import AliasNotFound, HllamaError, InvalidOption
 from hllama.modelfile import Message
 from hllama.resolve import Overrides, Resolved
 from hllama.server.body import json_body, read_body
+from hllama.server.disconnect import watched
 from hllama.server.views import logprob_entries, wire_name
 from hllama.service import Result, Service, collect, effective_settings
 from hllama.validation import first_problem
@@ -95,9 +96,9 @@ async def completions(request: Request) -> Response:
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, body.parameters())
     if body.suffix:  # an editor's completion between two pieces of code
-        events = service.complete(resolved, lambda loaded: infill_ids(loaded.tokenizer, prompt, body.suffix or "",
-                                                                      model=resolved.name),
-                                  text=prompt, suffix=body.suffix)
+        events = service.complete(resolved, lambda loaded: infill_ids(
+            loaded.tokenizer, prompt, body.suffix or "", model=resolved.name,
+            context=loaded.context_for(resolved.parameters.ctx)), text=prompt, suffix=body.suffix)
     else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
         events = service.chat(resolved, [Message(role="user", content=prompt)])
     return await _respond(events, body, resolved, kind="text")
@@ -113,7 +114,9 @@ async def embeddings(request: Request) -> dict[str, Any]:
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
     service: Service = request.app.state.service
-    result = await service.embed(_resolve(service, body.model, {}), texts)
+    resolved = _resolve(service, body.model, {})
+    async with watched(request) as gone:
+        result = await service.embed(resolved, texts, cancel=gone)
     data = []
     for index, vector in enumerate(result.embeddings.vectors):
         unit = normalized(vector, body.dimensions)

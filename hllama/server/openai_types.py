@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from hllama.engine.embed import MAX_INPUTS
 from hllama.engine.grammar import Pattern, Structure
 from hllama.errors import InvalidOption
-from hllama.server.body import Lenient
+from hllama.server.body import Lenient, required
 
 
 class ImageURL(Lenient):
@@ -123,6 +124,8 @@ EFFORT_TO_THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low"
 
 
 class ChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra=required("model", "messages"))
+
     messages: list[ChatMessage] = Field(default_factory=list, description="the conversation")
     tools: list[dict[str, Any]] | None = Field(None, description="function tools the model may call")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = Field(
@@ -162,13 +165,18 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra=required("model", "prompt"))
+
     prompt: str | list[str] = Field("", description="the prompt (a list is joined)")
     suffix: str | None = Field(None, description="text after the insertion point (fill in the middle)")
 
 
 class EmbeddingRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("model", "input"))
+
     model: str = Field("", description="an alias, a Hub repo id or a local model")
-    input: str | list[Any] = Field("", description="a text or a list of texts")
+    input: str | Annotated[list[Any], Field(max_length=MAX_INPUTS)] = Field(
+        "", description=f"a text or a list of texts (at most {MAX_INPUTS})")
     encoding_format: str = Field("float", description="float or base64")
     dimensions: int | None = Field(None, ge=1, description="keep only this many leading dimensions")
 
@@ -178,3 +186,16 @@ class EmbeddingRequest(Lenient):
         if not texts or not all(isinstance(text, str) and text for text in texts):
             raise ValueError("input must be a non-empty string or a list of them (token arrays are not supported)")
         return texts
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong")
+    type: str = Field(description="invalid_request_error, not_found_error or api_error")
+    param: str | None = Field(None, description="the parameter at fault, when one is")
+    code: str | None = Field(None, description="a machine-readable code (invalid_api_key), when there is one")
+
+
+class ErrorResponse(BaseModel):
+    """Every error of OpenAI's API."""
+
+    error: ErrorDetail = Field(description="the error")

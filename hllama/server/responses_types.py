@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hllama.server.body import Lenient
+from hllama.server.body import Lenient, required
 
 
 class ContentPart(Lenient):
@@ -70,6 +70,8 @@ class ReasoningConfig(Lenient):
 
 
 class ResponsesRequest(Lenient):
+    model_config = ConfigDict(json_schema_extra=required("model"))
+
     model: str = Field("", description="an alias, a Hub repo id or a local model")
     input: str | list[InputItem] = Field(description="the user's text, or the conversation's items")
     instructions: str | None = Field(None, description="the system prompt")
