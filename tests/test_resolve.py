@@ -85,3 +85,22 @@ def test_tag_latest_is_the_alias(registry):
 def test_unknown_names(registry, name):
     with pytest.raises(AliasNotFound):
         resolve(name, settings=load_settings(), registry=registry)
+
+
+def test_an_alias_builds_on_the_alias_its_from_names(registry, modelfiles: Path):
+    (modelfiles / "terse.yaml").write_text("from: helper\nsystem: Be terse.\nparameters:\n  top_k: 3\n")
+    (modelfiles / "terser.modelfile").write_text("FROM terse\nPARAMETER temperature 0.1\n")
+    resolved = resolve("terser", settings=load_settings(), registry=compile_folder(modelfiles))
+    assert (resolved.model, resolved.system, resolved.load.quantize) == ("org/model", "Be terse.", "8bit")
+    params = resolved.parameters
+    assert (params.temperature, params.top_k, params.stop) == (0.1, 3, ["END"])  # each over the one below it
+    assert resolved.sources["model"] == resolved.sources["parameters.temperature"] == Layer.MODELFILE
+
+
+def test_aliases_that_build_on_each_other_in_a_circle_are_an_error(modelfiles: Path, hllama_home: Path):
+    from hllama.errors import ModelfileError
+
+    (modelfiles / "ping.yaml").write_text("from: pong\n")
+    (modelfiles / "pong.yaml").write_text("from: ping\n")
+    with pytest.raises(ModelfileError, match=r"goes round in a circle or too deep \(ping -> pong -> ping\)"):
+        resolve("ping", settings=load_settings(), registry=compile_folder(modelfiles))

@@ -25,6 +25,9 @@ from hllama.errors import (
 )
 from hllama.validation import did_you_mean
 
+#: The exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report one.
+INTERRUPTED = 130
+
 #: What to do next, by error class (the first match in the class's MRO wins).
 NEXT_STEPS: dict[type[HllamaError], str] = {
     AliasNotFound: "run 'hllama list' to see the aliases",
@@ -115,9 +118,6 @@ def entry() -> None:
         os._exit(code)
     sys.exit(code)
 
-
-#: The exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report one.
-INTERRUPTED = 130
 
 
 def _next_step(exc: HllamaError) -> str | None:
