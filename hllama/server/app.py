@@ -216,6 +216,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         log.warning("%s", warning)
     config = uvicorn.Config(create_app(service, bind_host=host), host=host, port=port, log_level="info",
                             timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving on http://%s:%d (Ctrl+C to stop)", shown, port)  # uvicorn says nothing of a socket it is given
     StoppingServer(config, service).run(sockets=[listening])
 
 
