@@ -51,6 +51,11 @@ def home_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("HLLAMA_HOME") or DEFAULT_HOME).expanduser()
 
 
+def address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:11434``), as URLs and ``OLLAMA_HOST`` write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_host(value: str) -> tuple[str, int]:
     """Ollama's ``OLLAMA_HOST`` forms: ``host``, ``host:port``, ``:port``, ``http://host:port``."""
     text = value.strip().strip("\"'")
@@ -135,8 +140,7 @@ class Settings(BaseSettings):
     @field_validator("host")
     @classmethod
     def _normal_host(cls, value: str) -> str:
-        host, port = parse_host(value)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return address(*parse_host(value))
 
     @property
     def modelfiles_dir(self) -> Path:

@@ -65,6 +65,14 @@ def is_embedded(model: str) -> bool:
     return model == REPO_ID
 
 
+def ships(model: str, revision_wanted: str | None = None) -> bool:
+    """Whether ``model`` is the embedded model and this install has it (its GGUF file, or the snapshot converted
+    from one): there is nothing to download."""
+    from hllama import hub
+
+    return is_embedded(model) and (gguf_file() is not None or hub.local_snapshot(model, revision_wanted) is not None)
+
+
 def unconverted(model: str, revision_wanted: str | None) -> Path | None:
     """The shipped GGUF file, where ``model`` is the embedded model and its snapshot is not made yet."""
     if not is_embedded(model) or (gguf := gguf_file()) is None:

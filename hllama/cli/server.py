@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hllama.config import OLLAMA_ENV, Settings, load_settings, parse_host
+from hllama.config import OLLAMA_ENV, Settings, address, load_settings, parse_host
 from hllama.errors import InvalidOption, ServerUnreachable
 
 _ENVIRONMENT = "\n".join(
@@ -92,7 +92,7 @@ def _call(method: str, path: str, body: dict | None = None) -> dict:
     settings = load_settings()
     host, port = settings.bind
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    url = f"http://{address(host, port)}{path}"
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if settings.api_key is not None:

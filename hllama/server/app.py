@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hllama import __version__
-from hllama.config import Settings
+from hllama.config import Settings, address
 from hllama.errors import (
     AddressInUse,
     AliasExists,
@@ -216,8 +216,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         log.warning("%s", warning)
     config = uvicorn.Config(create_app(service, bind_host=host), host=host, port=port, log_level="info",
                             timeout_graceful_shutdown=SHUTDOWN_SECONDS)
-    shown = f"[{host}]" if ":" in host else host
-    log.info("serving on http://%s:%d (Ctrl+C to stop)", shown, port)  # uvicorn says nothing of a socket it is given
+    log.info("serving on http://%s (Ctrl+C to stop)", address(host, port))  # uvicorn names no socket it is given
     StoppingServer(config, service).run(sockets=[listening])
 
 
@@ -231,9 +230,8 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listening.close()
         if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(host, port) from None
-        raise CannotListen(host, port, exc.strerror or str(exc)) from None
-    listening.set_inheritable(True)
+            raise AddressInUse(address(host, port)) from None
+        raise CannotListen(address(host, port), exc.strerror or str(exc)) from None
     return listening
 
 

@@ -62,11 +62,11 @@ async def tags(request: Request) -> dict[str, Any]:
 
 
 def _tag(registry: Registry, row: Row) -> dict[str, Any]:
-    entry = registry.get(row.name)
-    if entry is not None:
-        return tag_entry(row, modified_at=local_rfc3339(entry.modified), registry=registry)
-    snapshot = hub.local_snapshot(row.model)
-    modified = _mtime(snapshot) if snapshot else time.time()
+    if (entry := registry.get(row.name)) is not None:
+        modified = entry.modified
+    else:
+        snapshot = hub.local_snapshot(row.model)
+        modified = _mtime(snapshot) if snapshot else time.time()
     return tag_entry(row, modified_at=local_rfc3339(modified), registry=registry)
 
 
@@ -271,7 +271,7 @@ def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[dict[str, 
 
     A model complete in the cache is a success when the Hub cannot be reached, as huggingface_hub's offline
     mode has it; so is the embedded model, which ships with the install."""
-    if embedded.is_embedded(repo_id) and (embedded.gguf_file() or hub.local_snapshot(repo_id)):
+    if embedded.ships(repo_id):
         yield {"status": "pulling manifest"}
         yield {"status": "success"}
         return
