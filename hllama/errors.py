@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hllama.units import format_bytes
+
 
 class HllamaError(Exception):
     """Base of every error hllama raises on purpose."""
@@ -152,8 +154,6 @@ class ModelTooLarge(HllamaError, MemoryError):
 
     def __init__(self, model: str, needed: int, budget: int, source: str, hint: str | None = None, *,
                  detail: str = "", device: str = "cpu") -> None:
-        from hllama.hardware import format_bytes
-
         self.model, self.needed, self.budget, self.hint = model, needed, budget, hint
         memory = "GPU memory" if device == "cuda" else "system memory"
         message = (f"model requires more {memory} ({format_bytes(needed, binary=True)}) than is available "

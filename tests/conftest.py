@@ -96,11 +96,11 @@ def tiny_cache(tiny_model_dir: Path, hllama_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny model loaded once through the same code a user's model goes through, greedy by default."""
+    from hllama.aliases.registry import Registry
+    from hllama.aliases.resolve import Overrides, resolve
     from hllama.config import Settings
     from hllama.engine import load_model
-    from hllama.hardware import memory_budget
-    from hllama.registry import Registry
-    from hllama.resolve import Overrides, resolve
+    from hllama.models.hardware import memory_budget
 
     settings = Settings(home=tmp_path_factory.mktemp("tiny-home"))
     resolved = resolve(str(tiny_model_dir), settings=settings, registry=Registry(settings.modelfiles_dir),

@@ -8,7 +8,8 @@ import pytest
 
 from hllama.engine import Finished, build_prompt, stream
 from hllama.engine.batch import batchable
-from hllama.engine.generate import END, Generation
+from hllama.engine.events import END
+from hllama.engine.generate import Generation
 from hllama.options import Parameters
 
 from .tinymodel import CHATS

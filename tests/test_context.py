@@ -8,7 +8,8 @@ import pytest
 from hllama.cli import main
 from hllama.config import load_settings
 from hllama.engine import build_prompt
-from hllama.engine.generate import END, Generation
+from hllama.engine.events import END
+from hllama.engine.generate import Generation
 from hllama.engine.prompt import UNLIMITED_ANSWER_ROOM, answer_room
 from hllama.errors import PromptTooLong
 from hllama.options import Parameters

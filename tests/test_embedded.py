@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hllama import embedded
+from hllama.models import embedded
 
 from .conftest import EXAMPLES
 from .liveserver import serve_process
@@ -85,13 +85,14 @@ def test_later_runs_read_the_converted_snapshot(first_run, converted):
 
 
 def test_the_converted_model_answers_as_the_gguf_file_does(first_run, tmp_path: Path):
+    from hllama.aliases.registry import Registry
+    from hllama.aliases.resolve import resolve
     from hllama.config import Settings
     from hllama.engine import build_prompt, load_model
-    from hllama.engine.generate import END, Generation
-    from hllama.hardware import memory_budget
+    from hllama.engine.events import END
+    from hllama.engine.generate import Generation
+    from hllama.models.hardware import memory_budget
     from hllama.options import Parameters
-    from hllama.registry import Registry
-    from hllama.resolve import resolve
 
     settings = Settings(home=tmp_path)
     snapshot = next((first_run[2] / ("models--" + embedded.REPO_ID.replace("/", "--")) / "snapshots").iterdir())

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hllama.footprint import local_footprint
-from hllama.ggufheader import FILE_TYPES, NotGguf, read_header
+from hllama.models.footprint import local_footprint
+from hllama.models.ggufheader import FILE_TYPES, NotGguf, read_header
 
 gguf = pytest.importorskip("gguf", reason="the gguf package writes the test files (pip install 'hllama[gguf]')")
 
@@ -61,10 +61,10 @@ def test_a_gguf_footprint_keeps_the_files_own_level(tmp_path: Path):
 
 
 def test_ollama_sees_the_files_level_and_the_precision_it_runs_at_separately(tmp_path: Path):
-    from hllama.footprint import plan
-    from hllama.hardware import Budget
-    from hllama.modelinfo import details, model_info
+    from hllama.models.footprint import plan
+    from hllama.models.hardware import Budget
     from hllama.options import LoadOptions
+    from hllama.runtime.modelinfo import details, model_info
 
     _write(tmp_path / "model.gguf", file_type=3)
     load_plan = plan(local_footprint(tmp_path, gguf_file="model.gguf"), load=LoadOptions(), context=None,
@@ -125,10 +125,10 @@ def test_a_broken_gguf_file_is_one_clear_line_not_a_traceback(tmp_path: Path, hl
 
 
 def test_a_gguf_file_that_does_not_say_its_level_reports_none(tmp_path: Path):
-    from hllama.footprint import plan
-    from hllama.hardware import Budget
-    from hllama.modelinfo import details
+    from hllama.models.footprint import plan
+    from hllama.models.hardware import Budget
     from hllama.options import LoadOptions
+    from hllama.runtime.modelinfo import details
 
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + bytes(4))
     load_plan = plan(local_footprint(tmp_path, gguf_file="bad.gguf"), load=LoadOptions(), context=None,

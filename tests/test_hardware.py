@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from hllama.config import load_settings
-from hllama.footprint import (
+from hllama.models.footprint import (
     Footprint,
     estimate,
     footprint_from_tensors,
@@ -15,8 +15,9 @@ from hllama.footprint import (
     plan,
     read_safetensors_header,
 )
-from hllama.hardware import Budget, Gpu, Hardware, detect_hardware, format_bytes, memory_budget
+from hllama.models.hardware import Budget, Gpu, Hardware, detect_hardware, memory_budget
 from hllama.options import LoadOptions
+from hllama.units import format_bytes
 
 CONFIG = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
           "max_position_embeddings": 32768}
@@ -139,7 +140,7 @@ def _count(shape: list[int]) -> int:
     ("fpu sse2 avx2 avx512f", set()),
 ])
 def test_cpu_half_precisions_come_from_its_flags(flags: str, expected: set[str]):
-    from hllama.hardware import cpu_half_precisions
+    from hllama.models.hardware import cpu_half_precisions
 
     assert cpu_half_precisions(f"processor\t: 0\nflags\t\t: {flags}\nbugs\t\t: spectre\n") == expected
 
@@ -186,7 +187,7 @@ def test_the_checkpoints_dtype_is_read_from_its_headers_or_config():
 
 def test_a_load_that_converts_holds_the_stored_files_until_its_kv_cache_would():
     """bench/memory.py: a bfloat16 checkpoint made float32 peaks at the float32 weights plus the bfloat16 pages."""
-    from hllama.footprint import GGUF_TOKENIZER_BYTES
+    from hllama.models.footprint import GGUF_TOKENIZER_BYTES
 
     config = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
     stored = Footprint(files_bytes=10**9, parameters=5 * 10**8, config=config, dtype="bfloat16")

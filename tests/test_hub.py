@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hllama.hub import select_files
+from hllama.models.hub import select_files
 
 from .fakehub import FakeHub, FakeRepo
 from .tinymodel import REPO_ID, REVISION

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from hllama.aliases.registry import Registry
+from hllama.aliases.resolve import Overrides, resolve
 from hllama.config import load_settings
-from hllama.engine import build_prompt, load_model, locate, stream
+from hllama.engine import build_prompt, load_model, stream
 from hllama.errors import ModelNotDownloaded, ModelTooLarge, NoModelAtPath
-from hllama.hardware import Budget, memory_budget
-from hllama.registry import Registry
-from hllama.resolve import Overrides, resolve
+from hllama.models.hardware import Budget, memory_budget
+from hllama.models.source import locate
 
 from .tinymodel import REPO_ID, REVISION
 
@@ -62,14 +63,15 @@ def test_refuses_a_model_that_does_not_fit_unless_forced(tiny_model_dir: Path):
 
 
 def test_quantize_auto_takes_the_best_precision_that_fits(tiny_model_dir: Path):
-    from hllama.engine import plan_load
+    from hllama.models.source import plan_load
 
     resolved = _resolve(str(tiny_model_dir), quantize="auto")
     source = locate(str(tiny_model_dir))
-    estimates = {e.precision: e.total for e in plan_load(resolved, source, Budget(2**40, "cpu", "t")).alternatives}
+    settings = {"load": resolved.load, "context": resolved.parameters.ctx}
+    estimates = {e.precision: e.total for e in plan_load(source, Budget(2**40, "cpu", "t"), **settings).alternatives}
     just_under_full = Budget(estimates["float32"] - 1, "cpu", "test")
-    assert plan_load(resolved, source, just_under_full).chosen.precision == "8bit"
-    assert plan_load(resolved, source, Budget(2**40, "cpu", "t")).chosen.precision == "float32"
+    assert plan_load(source, just_under_full, **settings).chosen.precision == "8bit"
+    assert plan_load(source, Budget(2**40, "cpu", "t"), **settings).chosen.precision == "float32"
 
 
 @pytest.mark.parametrize("precision, layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from hllama.aliases.modelfile import detect_format, dump_yaml, load_modelfile, parse_modelfile
 from hllama.errors import ModelfileError, UnsupportedInstruction
-from hllama.modelfile import detect_format, dump_yaml, load_modelfile, parse_modelfile
 
 from .conftest import EXAMPLES
 

@@ -1,10 +1,10 @@
 import pytest
 
+from hllama.aliases.resolve import Resolved
+from hllama.conversation import Message
 from hllama.engine.prompt import JSON_INSTRUCTION, build_prompt, conversation, plain_format
 from hllama.errors import PromptTooLong
-from hllama.modelfile import Message
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
-from hllama.resolve import Resolved
 
 TURNS = [Message(role="user", content=f"question number {n}") if n % 2 == 0 else
          Message(role="assistant", content=f"answer number {n}") for n in range(5)]

@@ -2,10 +2,10 @@ import json
 import shutil
 from pathlib import Path
 
+from hllama.aliases.registry import SCHEMA_VERSION, compile_folder, read_mirror, to_json, write_mirror
+from hllama.aliases.store import AliasStore
 from hllama.config import load_settings
 from hllama.errors import DuplicateAlias
-from hllama.registry import SCHEMA_VERSION, compile_folder, read_mirror, to_json, write_mirror
-from hllama.store import AliasStore
 
 from .conftest import EXAMPLES
 

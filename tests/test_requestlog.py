@@ -12,7 +12,7 @@ import pytest
 
 from hllama.cli import main
 from hllama.config import load_settings
-from hllama.requestlog import MIGRATIONS, Entry, RequestLog, connect, read
+from hllama.runtime.requestlog import MIGRATIONS, Entry, RequestLog, connect, read
 
 from .liveserver import live_server
 from .tinymodel import CHATS, REPO_ID

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from hllama.aliases.registry import compile_folder
+from hllama.aliases.resolve import Layer, Overrides, resolve
 from hllama.config import load_settings
 from hllama.errors import AliasNotFound
-from hllama.registry import compile_folder
-from hllama.resolve import Layer, Overrides, resolve
 
 
 @pytest.fixture

@@ -5,10 +5,33 @@ from pathlib import Path
 
 import pytest
 
+from hllama.aliases.resolve import Resolved
 from hllama.errors import ModelTooLarge, ServerBusy
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
-from hllama.resolve import Resolved
-from hllama.scheduler import Scheduler
+from hllama.runtime.scheduler import Clock, Scheduler
+
+
+class HandClock(Clock):
+    """Time that moves only when a test says so."""
+
+    def __init__(self, ticks=None) -> None:
+        self.time = 0.0
+        self._ticks = ticks  # an iterator: each reading of the clock takes its next value
+        self._moved = asyncio.Event()
+
+    def now(self) -> float:
+        return float(next(self._ticks)) if self._ticks is not None else self.time
+
+    async def wait_until(self, deadline: float) -> None:
+        while self.time < deadline:
+            await self._moved.wait()
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on, and let what was waiting for it run (an expiry unloads before this returns)."""
+        self.time += seconds
+        self._moved.set()
+        self._moved = asyncio.Event()
+        await _settled()
 
 
 class FakeModel:
@@ -39,6 +62,21 @@ def _scheduler(log: list[str], *, budget: int = 100, sizes: dict[str, int] | Non
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+async def _until(condition, what: str = "the scheduler to get there") -> None:
+    """Let the loop (and the worker threads loads run in) work until ``condition`` holds."""
+    for _ in range(1_000_000):
+        if condition():
+            return
+        await asyncio.sleep(0)  # a turn of the loop, not a wait for time to pass
+    raise AssertionError(f"waited in vain for {what}")
+
+
+async def _settled() -> None:
+    """Let every task that can run now run, up to where it waits."""
+    for _ in range(50):
+        await asyncio.sleep(0)
 
 
 async def _hold(scheduler: Scheduler, name: str, release: asyncio.Event, log: list[str] | None = None) -> None:
@@ -80,10 +118,10 @@ def test_other_load_settings_replace_the_loaded_model():
 
 def test_least_recently_used_idle_model_is_evicted_to_fit():
     log: list[str] = []
-    clock = iter(range(100))
+    clock = HandClock(iter(range(100)))
 
     async def scenario():
-        scheduler = _scheduler(log, budget=100, sizes={"a": 40, "b": 40, "c": 40}, clock=lambda: next(clock))
+        scheduler = _scheduler(log, budget=100, sizes={"a": 40, "b": 40, "c": 40}, clock=clock)
         await scheduler.load(_resolved("a"))
         await scheduler.load(_resolved("b"))
         await scheduler.load(_resolved("a"))  # a is now the more recently used
@@ -128,9 +166,9 @@ def test_a_load_waits_for_busy_models_to_finish_rather_than_failing():
         scheduler = _scheduler(log, budget=50, sizes={"a": 40, "b": 40})
         release = asyncio.Event()
         holding = asyncio.create_task(_hold(scheduler, "a", release, log))
-        await asyncio.sleep(0.02)
+        await _until(lambda: scheduler.runners and scheduler.runners[0].active == 1)
         loading = asyncio.create_task(scheduler.load(_resolved("b")))
-        await asyncio.sleep(0.05)
+        await _until(lambda: scheduler.waiting_for_room == 1)
         assert not loading.done() and log == ["load a"]  # a is busy: b waits for it, nothing fails
         release.set()
         await asyncio.gather(holding, loading)
@@ -144,9 +182,9 @@ def test_loads_waiting_for_room_are_bounded_by_the_queue():
         scheduler = _scheduler([], budget=50, sizes={"a": 40, "b": 40, "c": 40}, max_queue=1)
         release = asyncio.Event()
         holding = asyncio.create_task(_hold(scheduler, "a", release))
-        await asyncio.sleep(0.02)
+        await _until(lambda: scheduler.runners and scheduler.runners[0].active == 1)
         waiting = asyncio.create_task(scheduler.load(_resolved("b")))
-        await asyncio.sleep(0.02)
+        await _until(lambda: scheduler.waiting_for_room == 1)
         with pytest.raises(ServerBusy, match="server busy"):
             await scheduler.load(_resolved("c"))
         release.set()
@@ -159,15 +197,17 @@ def test_keep_alive_zero_unloads_after_the_request_and_expiry_unloads_later():
     log: list[str] = []
 
     async def scenario():
-        scheduler = _scheduler(log)
+        clock = HandClock()
+        scheduler = _scheduler(log, clock=clock)
         await scheduler.load(_resolved("now", keep_alive=0))
         assert log == ["load now", "unload now"]
         await scheduler.load(_resolved("soon", keep_alive=0.05))
+        await clock.advance(0.04)
         assert [runner.name for runner in scheduler.runners] == ["soon"]
-        await asyncio.sleep(0.2)
+        await clock.advance(0.16)
         assert scheduler.runners == []
         await scheduler.load(_resolved("never", keep_alive=-1))
-        await asyncio.sleep(0.1)
+        await clock.advance(3600)
         assert [runner.name for runner in scheduler.runners] == ["never"]
 
     run(scenario())
@@ -175,12 +215,15 @@ def test_keep_alive_zero_unloads_after_the_request_and_expiry_unloads_later():
 
 def test_a_new_request_cancels_the_expiry():
     async def scenario():
-        scheduler = _scheduler([])
+        clock = HandClock()
+        scheduler = _scheduler([], clock=clock)
         await scheduler.load(_resolved("a", keep_alive=0.1))
         async with scheduler.use(_resolved("a", keep_alive=0.1)):
-            await asyncio.sleep(0.2)  # in use past the first expiry
+            await clock.advance(0.2)  # in use past the first expiry
             assert len(scheduler.runners) == 1
         assert len(scheduler.runners) == 1
+        await clock.advance(0.2)  # its own keep_alive, counted from the end of the request
+        assert scheduler.runners == []
 
     run(scenario())
 
@@ -190,9 +233,9 @@ def test_the_queue_is_bounded():
         scheduler = _scheduler([], max_queue=1)
         release = asyncio.Event()
         first = asyncio.create_task(_hold(scheduler, "a", release))
-        await asyncio.sleep(0.05)
+        await _until(lambda: scheduler.runners and scheduler.runners[0].active == 1)
         second = asyncio.create_task(_hold(scheduler, "a", release))  # waits for the one slot
-        await asyncio.sleep(0.05)
+        await _until(lambda: scheduler.runners[0].waiting == 1)
         with pytest.raises(ServerBusy, match="server busy"):
             async with scheduler.use(_resolved("a")):
                 pass
@@ -243,10 +286,10 @@ import torch
 
 from hllama.config import Settings
 from hllama.engine import load_model
-from hllama.hardware import memory_budget
-from hllama.registry import Registry
-from hllama.resolve import Overrides, resolve
-from hllama.scheduler import Scheduler
+from hllama.models.hardware import memory_budget
+from hllama.aliases.registry import Registry
+from hllama.aliases.resolve import Overrides, resolve
+from hllama.runtime.scheduler import Scheduler
 
 folder = Path(sys.argv[1])
 settings = Settings(home=folder / "home")
@@ -262,7 +305,7 @@ async def cycle():  # load, use and unload the model: RSS before, while loaded, 
     before = process.memory_info().rss
     runner = await scheduler.load(resolved)
     with torch.no_grad():  # a forward pass touches every weight (safetensors are memory-mapped)
-        runner.model.model(torch.tensor([[1, 2, 3]]))
+        runner.backend.model(torch.tensor([[1, 2, 3]]))
     loaded = process.memory_info().rss
     await scheduler.unload(runner)
     del runner

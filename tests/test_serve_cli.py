@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from hllama.cli import main
-from hllama.hardware import format_bytes
+from hllama.units import format_bytes
 
 from .liveserver import free_port, serve_process
 from .tinymodel import REPO_ID

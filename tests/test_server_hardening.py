@@ -263,7 +263,7 @@ def test_names_too_long_for_a_file_are_no_model_and_the_connection_stays(url: st
 
 
 def test_an_unexpected_error_is_a_500_in_its_apis_shape_on_a_connection_that_stays(url: str, caplog):
-    from hllama import service
+    from hllama.runtime import service
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -304,7 +304,7 @@ def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url: str, mo
         tokenized.append(len(text))
         return real(tokenizer, text, **kwargs)
 
-    monkeypatch.setattr("hllama.server.ollama_routes.token_ids", counting)
+    monkeypatch.setattr("hllama.backends.local.token_ids", counting)
     for body in (_chat(messages=[{"role": "user", "content": big}]),
                  {"model": "tiny", "prompt": big, "raw": True, "stream": False}):
         route = "/api/chat" if "messages" in body else "/api/generate"

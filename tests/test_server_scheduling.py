@@ -139,8 +139,8 @@ def test_an_error_after_streaming_began_is_the_last_line():
 
 
 def _any_resolved():
+    from hllama.aliases.resolve import Resolved
     from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
-    from hllama.resolve import Resolved
 
     return Resolved(name="m", model="o/m", parameters=BUILTIN_PARAMETERS, load=BUILTIN_LOAD, sources={})
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from hllama.aliases.modelfile import Modelfile, load_modelfile
+from hllama.aliases.store import AliasStore
 from hllama.config import load_settings
 from hllama.errors import AliasExists, AliasNotFound, InvalidAliasName, ModelfileError
-from hllama.modelfile import Modelfile, load_modelfile
-from hllama.store import AliasStore
 
 from .conftest import EXAMPLES, read_json_throughout
 

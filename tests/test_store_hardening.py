@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hllama import registry as registry_module
+from hllama.aliases import registry as registry_module
+from hllama.aliases.modelfile import MAX_MODELFILE_BYTES
+from hllama.aliases.store import AliasStore
 from hllama.cli import main
 from hllama.config import load_settings
-from hllama.modelfile import MAX_MODELFILE_BYTES
-from hllama.store import AliasStore
 
 SECRET = "root:$6$s3cr3tHash$abcdefghijkl:19000:0:99999:7:::"
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from hllama.config import load_settings
 from hllama.engine import build_prompt
-from hllama.engine.generate import END, Generation
+from hllama.engine.events import END
+from hllama.engine.generate import Generation
 from hllama.engine.grammar import constraint_for
 from hllama.engine.tools import ToolCalls, parse_tool_calls
 from hllama.errors import InvalidOption
@@ -89,7 +90,7 @@ def test_the_generate_path_enforces_the_same_grammar(tiny, monkeypatch):
 
 
 def test_json_mode_gives_a_json_object(tiny):
-    from hllama.engine.grammar import ANY_OBJECT
+    from hllama.conversation import ANY_OBJECT
 
     text, _ = _answer(tiny, CHATS[1][0], structure=ANY_OBJECT)
     assert isinstance(json.loads(text), dict)
@@ -269,12 +270,12 @@ def test_a_thinking_model_told_not_to_think_answers_in_the_schema(url: str):
 
 
 def test_a_thinking_model_thinks_freely_then_answers_in_the_schema(thinking_model_dir: Path, tmp_path: Path):
+    from hllama.aliases.registry import Registry
+    from hllama.aliases.resolve import resolve
     from hllama.config import Settings
     from hllama.engine import load_model
     from hllama.engine.grammar import thinking_mode
-    from hllama.hardware import memory_budget
-    from hllama.registry import Registry
-    from hllama.resolve import resolve
+    from hllama.models.hardware import memory_budget
 
     settings = Settings(home=tmp_path)
     thinker = load_model(resolve(str(thinking_model_dir), settings=settings, registry=Registry(tmp_path)),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from hllama import embedded
 from hllama.cli import main
+from hllama.models import embedded
 
 from .tinymodel import REPO_ID
 

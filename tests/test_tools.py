@@ -2,7 +2,8 @@
 
 import pytest
 
-from hllama.engine.tools import ToolCall, ToolCallStream, parse_tool_calls, supports_tools
+from hllama.conversation import ToolCall
+from hllama.engine.tools import ToolCallStream, parse_tool_calls, supports_tools
 
 WEATHER = ToolCall(name="get_weather", arguments={"city": "Paris"})
 TIME = ToolCall(name="get_time", arguments={})

@@ -9,12 +9,13 @@ import ollama
 import openai
 import pytest
 
+from hllama.aliases.resolve import Resolved
+from hllama.backends.openai_wire import _wire_messages, completion_body, request_body
+from hllama.backends.upstream import Upstream
 from hllama.config import Settings, load_settings
-from hllama.engine.grammar import ANY_OBJECT, Pattern
+from hllama.conversation import ANY_OBJECT, Pattern
 from hllama.errors import InvalidOption
 from hllama.options import LoadOptions, Parameters
-from hllama.resolve import Resolved
-from hllama.upstream import Upstream, _wire_messages, completion_body, request_body
 
 from .liveserver import free_port, live_server
 from .tinymodel import CHATS, REPO_ID, TOOL_REPO_ID, WEATHER_QUESTION, WEATHER_TOOL, install_into_cache

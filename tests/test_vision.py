@@ -141,7 +141,7 @@ def test_run_attaches_images_named_or_given(capsys, tiny_cache: Path, vision_mod
 def test_the_estimate_counts_the_vision_tower(vision_model_dir: Path):
     from transformers import AutoModelForImageTextToText
 
-    from hllama.footprint import local_footprint
+    from hllama.models.footprint import local_footprint
 
     model = AutoModelForImageTextToText.from_pretrained(vision_model_dir)
     tower = sum(parameter.numel() for parameter in model.model.vision_tower.parameters())

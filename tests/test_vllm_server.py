@@ -16,11 +16,11 @@ import ollama
 import pytest
 from pydantic import ValidationError
 
+from hllama.aliases.resolve import Resolved
+from hllama.backends.vllm import vllm_command
 from hllama.config import load_settings
 from hllama.errors import InvalidOption
 from hllama.options import LoadOptions, Parameters
-from hllama.resolve import Resolved
-from hllama.vllm_server import vllm_command
 
 from .liveserver import live_server
 from .tinymodel import REPO_ID

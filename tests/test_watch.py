@@ -14,9 +14,9 @@ import httpx
 import pexpect
 import pytest
 
+from hllama.aliases.modelfile import load_modelfile
 from hllama.cli import main
 from hllama.config import load_settings
-from hllama.modelfile import load_modelfile
 
 from .conftest import chat_in_terminal, read_json_throughout
 from .liveserver import live_server
@@ -105,7 +105,7 @@ def test_a_burst_of_fifty_files_is_one_reload(served, caplog):
 
 def test_a_load_setting_change_reloads_once_and_waits_for_running_requests(served, caplog):
     url, folder = served
-    caplog.set_level(logging.INFO, logger="hllama.scheduler")
+    caplog.set_level(logging.INFO, logger="hllama.runtime.scheduler")
     ask = {"model": "tiny", "stream": False, "messages": [{"role": "user", "content": CHATS[0][0]}],
            "options": {"temperature": 0}}
     assert httpx.post(f"{url}/api/chat", json=ask, timeout=60).json()["message"]["content"] == CHATS[0][1]

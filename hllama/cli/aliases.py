@@ -9,18 +9,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hllama.catalog import plan_for
+from hllama.aliases.modelfile import Modelfile, dump_yaml
+from hllama.aliases.registry import Registry
+from hllama.aliases.resolve import Resolved, resolve
+from hllama.aliases.store import AliasStore
 from hllama.cli.args import add_generation_options, add_load_options, invalid_option, overrides_from_args
 from hllama.cli.models import plan_lines
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
 from hllama.errors import InvalidOption, ModelNotDownloaded, NoModelAtPath
-from hllama.hardware import memory_budget
-from hllama.modelfile import Modelfile, dump_yaml
+from hllama.models.hardware import memory_budget
 from hllama.names import is_local_path, is_model_path
-from hllama.registry import Registry
-from hllama.resolve import Resolved, resolve
-from hllama.store import AliasStore
+from hllama.runtime.catalog import plan_for
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -107,7 +107,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def _show_model(name: str, settings: Settings, registry: Registry) -> int:
     """A model that is no alias (a cached Hub repo, a local folder), as ``ollama show`` prints one."""
-    from hllama.modelinfo import describe_model
+    from hllama.runtime.modelinfo import describe_model
 
     resolved = resolve(name, settings=settings, registry=registry)
     described = describe_model(resolved, memory_budget(settings))

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from hllama.aliases.resolve import Overrides
 from hllama.errors import InvalidOption
 from hllama.options import SYNONYMS, Parameters
-from hllama.resolve import Overrides
 from hllama.validation import first_problem
 
 _OLLAMA_FLAGS = {canonical: synonym for synonym, canonical in SYNONYMS.items()}

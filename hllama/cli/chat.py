@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from hllama.aliases.resolve import Resolved, resolve
+from hllama.aliases.store import AliasStore
 from hllama.cli import INTERRUPTED
 from hllama.cli.args import add_generation_options, add_load_options, overrides_from_args
 from hllama.cli.spinner import spinner
@@ -18,8 +20,6 @@ from hllama.config import Settings, load_settings
 from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded, NotSupported
 from hllama.names import is_local_path
 from hllama.options import SYNONYMS, Parameters
-from hllama.resolve import Resolved, resolve
-from hllama.store import AliasStore
 from hllama.validation import describe, did_you_mean
 
 HELP = """Commands:
@@ -61,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _think(text: str) -> bool | str:
-    from hllama.engine.thinking import THINK_LEVELS
+    from hllama.conversation import THINK_LEVELS
 
     value = text.lower()
     if value in ("true", "false"):
@@ -109,7 +109,7 @@ def run_chat(args: argparse.Namespace) -> int:
         first = _trimmed(sys.stdin.read())
         if not first:
             raise InvalidOption("nothing to ask: give a prompt, or pipe one on stdin")
-    from hllama.chat import load_history
+    from hllama.cli.session import load_history
 
     history = load_history(args.history) if args.history else []  # a bad file fails before any download
     session = _open_session(talk.resolve(), settings, args, history)
@@ -156,9 +156,9 @@ def _first_message(args: argparse.Namespace) -> str | None:
 
 
 def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespace, history: list):
-    from hllama.chat import ChatSession
-    from hllama.engine import locate
-    from hllama.service import build_service
+    from hllama.cli.session import ChatSession
+    from hllama.models.source import locate
+    from hllama.runtime.service import build_service
 
     try:
         locate(resolved.model, resolved.revision)
@@ -174,7 +174,7 @@ def _open_session(resolved: Resolved, settings: Settings, args: argparse.Namespa
         with spinner(f"loading {Path(resolved.name).name if is_local_path(resolved.name) else resolved.name}",
                      session.loading_status):
             session.load()
-        if not service.scheduler.runners[0].model.generates:  # type: ignore[attr-defined]
+        if not service.scheduler.runners[0].backend.generates:
             raise NotSupported(resolved.name, "chat", "it is an embedding model; serve it and use /api/embed")
     except BaseException:
         session.close()
@@ -220,8 +220,8 @@ def _attached(text: str) -> tuple[str, list[bytes]]:
 def _answer(session, text: str, show: _Shown, *, images: list[bytes] | None = None) -> bool:
     """Stream one answer to stdout (thinking first, set apart as Ollama does); Ctrl+C stops it. Whether it ended
     by itself (False: Ctrl+C stopped it)."""
-    from hllama.engine.thinking import Thought
-    from hllama.service import Result
+    from hllama.conversation import Thought
+    from hllama.runtime.service import Result
 
     result = None
     thinking = False
@@ -332,7 +332,7 @@ def _command(text: str, session, talk: _Conversation) -> str | None:
         session.clear()
         print("Cleared session context")
     elif command == "/save" and len(words) == 2:
-        from hllama.chat import save_history
+        from hllama.cli.session import save_history
 
         save_history(Path(words[1]), session.messages)
         print(f"Saved the conversation to {words[1]}")

@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_logs(args: argparse.Namespace) -> int:
     from hllama.config import load_settings
-    from hllama.requestlog import clear, read
+    from hllama.runtime.requestlog import clear, read
 
     path = load_settings().home / "logs.db"
     if args.clear:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hllama import embedded, hub
-from hllama.catalog import Row, catalog, plan_for
+from hllama.aliases.registry import Registry
+from hllama.aliases.resolve import resolve
+from hllama.aliases.store import AliasStore
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
 from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption
-from hllama.footprint import Plan, plan
-from hllama.hardware import format_bytes, memory_budget
+from hllama.models import embedded, hub
+from hllama.models.footprint import Plan, plan
+from hllama.models.hardware import memory_budget
 from hllama.names import is_local_path
 from hllama.options import LoadOptions
-from hllama.registry import Registry
-from hllama.resolve import resolve
-from hllama.store import AliasStore
+from hllama.runtime.catalog import Row, catalog, plan_for
+from hllama.units import format_bytes
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -59,7 +59,7 @@ def run_ps(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from hllama.cli.table import format_table
-    from hllama.hardware import format_bytes
+    from hllama.units import format_bytes
 
     rows = []
     for model in _call("GET", "/api/ps")["models"]:

@@ -1,8 +1,20 @@
-"""The engine: load a model, build its prompt, stream its answer. Front ends use only this API."""
+"""The local transformers engine: load a model, build its prompt, stream its answer. Other packages reach the
+engine only through the names here (none of which imports torch until a model is used)."""
 
-from hllama.engine.generate import Finished, Stats, stream
-from hllama.engine.loader import LoadedModel, ModelSource, load_model, locate, plan_load
-from hllama.engine.prompt import Prompt, build_prompt, conversation
+from hllama.engine.embed import MAX_INPUTS, Embeddings, embed, normalized
+from hllama.engine.events import END, Finished, Stats, TokenLogprob
+from hllama.engine.generate import Generation, stream
+from hllama.engine.grammar import Structure, structure_of, thinking_mode
+from hllama.engine.infill import folder_can_infill, infill_ids
+from hllama.engine.loaded import LoadedModel
+from hllama.engine.loader import load_model
+from hllama.engine.prompt import Prompt, answer_room, build_prompt, conversation
+from hllama.engine.thinking import ThinkingParts, supports_thinking
+from hllama.engine.tokens import token_ids
+from hllama.engine.tools import ToolCalls, ToolCallStream, parse_tool_calls, supports_tools
 
-__all__ = ["Finished", "LoadedModel", "ModelSource", "Prompt", "Stats", "build_prompt", "conversation",
-           "load_model", "locate", "plan_load", "stream"]
+__all__ = ["END", "MAX_INPUTS", "Embeddings", "Finished", "Generation", "LoadedModel", "Prompt", "Stats",
+           "Structure", "ThinkingParts", "TokenLogprob", "ToolCallStream", "ToolCalls", "answer_room", "build_prompt",
+           "conversation", "embed", "folder_can_infill", "infill_ids", "load_model", "normalized",
+           "parse_tool_calls", "stream", "structure_of", "supports_thinking", "supports_tools", "thinking_mode",
+           "token_ids"]

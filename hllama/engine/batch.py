@@ -31,9 +31,9 @@ from hllama.engine.cancel import PassAbandoned, cancellable
 if TYPE_CHECKING:
     import torch
 
-    from hllama.engine.generate import Streamer
-    from hllama.engine.loader import LoadedModel
+    from hllama.engine.loaded import LoadedModel
     from hllama.engine.picking import RowSampler
+    from hllama.engine.streamer import Streamer
 
 log = logging.getLogger(__name__)
 

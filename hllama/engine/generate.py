@@ -15,59 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from hllama.engine.batch import Row, cache_keyword
-from hllama.engine.cancel import PassAbandoned, cancellable
+from hllama.engine.events import END, DoneReason, Finished, Stats
 from hllama.engine.grammar import Structure, ThinkingMode
-from hllama.engine.loader import LoadedModel
+from hllama.engine.loaded import LoadedModel
 from hllama.engine.stops import StopMatcher
+from hllama.engine.streamer import Streamer, eos_ids_of, id_list, vocab_size_of
 from hllama.errors import InvalidOption, PromptTooLong
 from hllama.options import Parameters
 
 log = logging.getLogger(__name__)
-
-DoneReason = Literal["stop", "length", "cancel"]
-
-
-@dataclass(frozen=True)
-class Stats:
-    prompt_tokens: int
-    generated_tokens: int
-    prompt_eval_ns: int  # until the first new token
-    eval_ns: int  # from the first new token to the end
-    total_ns: int
-    done_reason: DoneReason
-    cached_tokens: int = 0  # of the prompt, taken from an earlier turn's KV cache rather than read again
-
-    @property
-    def evaluated_tokens(self) -> int:
-        """The prompt tokens the model read, not taken from a cache (Anthropic's ``input_tokens``; Ollama's
-        ``prompt_eval_count`` is all of them, with the cached part as ``prompt_eval_cached_count``)."""
-        return self.prompt_tokens - self.cached_tokens
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token and how likely the model found it (natural log), with its likeliest rivals."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class Finished:
-    text: str  # the whole answer, cut before any stop string
-    stats: Stats
-    generated_ids: list[int]
-    logprobs: tuple[TokenLogprob, ...] = ()  # when asked for: one per token of the answer (end token excluded)
-    stop_sequence: str | None = None  # the stop string that ended it, if one did
-
-
-#: What a :class:`Generation` hands its sink last.
-END = object()
 
 
 class Generation:
@@ -249,17 +208,6 @@ class Generation:
             done_reason=_done_reason(worker, self.limit, cancelled=self.cancel.is_set())))
 
 
-def vocab_size_of(model: Any) -> int:
-    """The width of the model's logits (the output embedding's rows; config.json may say less)."""
-    output = model.get_output_embeddings()
-    return int(output.weight.shape[0]) if output is not None else int(model.config.vocab_size)
-
-
-def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens that end an answer: the generation config's, else the tokenizer's."""
-    return _as_list(model.generation_config.eos_token_id) or _as_list(tokenizer.eos_token_id)
-
-
 def stream(loaded: LoadedModel, prompt_ids: list[int], params: Parameters, *, stops: tuple[str, ...] = (),
            cancel: threading.Event | None = None) -> Iterator[str | Finished]:
     """Generate from ``prompt_ids``; yields ``str`` pieces, then a :class:`Finished`."""
@@ -285,119 +233,6 @@ def _done_reason(worker: Streamer, limit: int, *, cancelled: bool) -> DoneReason
     return "length" if len(worker.ids) >= limit else "stop"
 
 
-class Streamer:
-    """The streamer ``generate`` calls (``put``/``end``), and the thread body that runs it."""
-
-    def __init__(self, tokenizer: Any, matcher: StopMatcher, cancel: threading.Event, eos_ids: list[int],
-                 sink: Callable[[Any], None]) -> None:
-        self.matcher = matcher
-        self.cancel = cancel
-        self.sink = sink
-        self.ended_at: int | None = None
-        self.decoder = _IncrementalDecoder(tokenizer)
-        self.eos_ids = set(eos_ids)
-        self.ids: list[int] = []
-        self.saw_eos = False
-        self.first_token_at: int | None = None
-        self._prompt_seen = False
-        self.recorder: Any = None  # a LogprobRecorder when log-probabilities were asked for
-        self.top_logprobs = 0
-        self.logprobs: list[TokenLogprob] = []
-        self.reused = 0  # prompt tokens taken from an earlier turn's KV cache
-
-    def run(self, answer: Callable[[], None]) -> None:
-        """The thread body of the ``generate`` calls that make an answer (models that are not batched)."""
-        error: BaseException | None = None
-        try:
-            with cancellable(self.cancel):  # a long prompt's single pass stops at the next layer too
-                answer()
-        except PassAbandoned:  # cancelled while the model read the prompt: an answer that ends here
-            pass
-        except BaseException as exc:  # handed to the consumer, never lost in this thread
-            error = exc
-        self.finish(error)
-
-    def finish(self, error: BaseException | None = None) -> None:
-        """The answer is over: show what a possible stop string held back (or hand over ``error``), then END."""
-        try:
-            if error is not None:
-                self.sink(error)
-            elif not self.matcher.stopped and (piece := self.matcher.flush(self.decoder.text)):
-                self.sink(piece)
-        finally:
-            self.ended_at = time.perf_counter_ns()
-            self.sink(END)
-
-    def expect_prompt(self) -> None:
-        """A ``generate`` call is about to start: the first thing it hands over is its input, not a token."""
-        self._prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        """The streamer interface ``generate`` calls, once with the prompt, then once per token."""
-        if not self._prompt_seen:  # generate first hands over the prompt itself
-            self._prompt_seen = True
-            return
-        latest = self.recorder.latest if self.recorder is not None else None
-        self.accept(int(value.reshape(-1)[0]), latest)
-
-    def accept(self, token: int, logprob_row: Any = None) -> None:
-        """One new token; ``logprob_row``: the step's log-probabilities, when they were asked for."""
-        if self.cancel.is_set():
-            return
-        self.ids.append(token)
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter_ns()
-        if token in self.eos_ids:
-            self.saw_eos = True
-        elif logprob_row is not None:
-            self.logprobs.append(self._logprob(token, logprob_row))
-        text = self.decoder.add(token)
-        if piece := self.matcher.feed(text.rstrip("\ufffd")):  # an incomplete character waits
-            self.sink(piece)
-
-    def end(self) -> None:
-        pass
-
-    def _logprob(self, token: int, row: Any) -> TokenLogprob:
-        import torch
-
-        def text(ids: int) -> str:
-            return self.decoder.tokenizer.decode([ids])
-
-        alternatives: tuple[tuple[str, float], ...] = ()
-        if self.top_logprobs:
-            best = torch.topk(row, self.top_logprobs)
-            alternatives = tuple((text(index), value)
-                                 for value, index in zip(best.values.tolist(), best.indices.tolist(), strict=True))
-        return TokenLogprob(token=text(token), logprob=float(row[token]), top=alternatives)
-
-
-class _IncrementalDecoder:
-    """All text decoded so far, one token at a time (tokenizers' DecodeStream where available)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._stream = None
-        if backend is not None:
-            from tokenizers.decoders import DecodeStream
-
-            self._backend = backend
-            self._stream = DecodeStream(skip_special_tokens=True)
-
-    def add(self, token: int) -> str:
-        if self._stream is not None:
-            piece = self._stream.step(self._backend, token)
-            if piece:
-                self.text += piece
-        else:
-            self.ids.append(token)
-            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        return self.text
-
-
 def _on(model: Any, value: Any) -> Any:
     """An image input on the model's device, pixels in its dtype."""
     if not hasattr(value, "to"):
@@ -418,11 +253,7 @@ def _pad_token_id(loaded: LoadedModel) -> int | None:
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
-    eos = _as_list(loaded.model.generation_config.eos_token_id)
+    eos = id_list(loaded.model.generation_config.eos_token_id)
     return eos[0] if eos else None
 
 
-def _as_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hllama.conversation import ANY_OBJECT, Pattern
 from hllama.engine.thinking import CLOSE, OPEN
 from hllama.engine.tools import CLOSE as CALL_CLOSE
 from hllama.engine.tools import OPEN as CALL_OPEN
@@ -28,8 +29,6 @@ from hllama.errors import InvalidOption
 log = logging.getLogger(__name__)
 
 #: What JSON mode asks for.
-ANY_OBJECT: dict[str, Any] = {"type": "object"}
-
 _OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 #: A schema with the usual parts (keys, strings, numbers): masking for it once builds a tokenizer's tables.
@@ -54,16 +53,6 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) ->
     except Exception as exc:  # a slow (Python) tokenizer, an unusual vocabulary
         log.warning("structured output is unavailable for this tokenizer: %s", exc)
         return None
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A structure other than a JSON schema (vLLM's ``structured_outputs``): a ``regex`` the whole answer
-    matches, a ``choice`` of exact answers (``text`` their JSON list), or a context-free ``grammar`` in Lark
-    or GBNF (llama.cpp's) syntax."""
-
-    kind: Literal["regex", "choice", "grammar"]
-    text: str
 
 
 #: What an answer may be held to: a JSON schema, a pattern, or the calls of the request's tools.

@@ -12,30 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
+from hllama.aliases.resolve import Resolved
+from hllama.conversation import ChatMessage, Message
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tokens import fewest_tokens
-from hllama.engine.tools import ToolCall, ToolStyle, supports_tools, tool_style
+from hllama.engine.tools import ToolStyle, supports_tools, tool_style
 from hllama.errors import ChatTemplateError, NotSupported, PromptTooLong
-from hllama.modelfile import Message
-from hllama.resolve import Resolved
 
 JSON_INSTRUCTION = "Answer with valid JSON only: a single JSON value, with no text before or after it."
 
 #: Where the plain format's next turn would begin; used as an extra stop string.
 FALLBACK_STOPS = ("\nUser:",)
-
-
-class ChatMessage(Message):
-    """A message of an API conversation, which may also be a tool's result or the assistant's tool calls."""
-
-    role: Literal["system", "user", "assistant", "tool"]  # type: ignore[assignment]
-    content: str = ""
-    tool_calls: list[ToolCall] | None = None
-    tool_name: str | None = None  # the tool whose result a "tool" message carries
-    thinking: str | None = None  # an assistant's thinking, for templates that show it again
-    images: list[bytes] | None = None  # checked image files (hllama.images), for a vision model
 
 
 def template_message(message: Message) -> dict[str, Any]:

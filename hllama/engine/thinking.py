@@ -7,24 +7,12 @@ DeepSeek-R1 distills, SmolLM3, ...), and clients want the two apart: Ollama's ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
+from hllama.conversation import Thought
 from hllama.engine.stops import StopMatcher
 
 OPEN, CLOSE = "<think>", "</think>"
-
-#: How hard to think, for templates that take a level (passed on as ``reasoning_effort``).
-ThinkLevel = Literal["low", "medium", "high", "max"]
-THINK_LEVELS: tuple[str, ...] = get_args(ThinkLevel)
-
-
-@dataclass(frozen=True)
-class Thought:
-    """A piece of the model's thinking, streamed beside the pieces of its answer."""
-
-    text: str
-
 
 def supports_thinking(template: str | None) -> bool:
     """Whether a chat template knows of thinking (Ollama's ``thinking`` capability)."""

@@ -20,18 +20,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
+from hllama.conversation import ToolCall
 from hllama.engine.stops import StopMatcher
 from hllama.errors import InvalidOption
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
-
-
-class ToolCall(BaseModel):
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 def supports_tools(template: str | None) -> bool:

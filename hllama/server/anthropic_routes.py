@@ -18,12 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from hllama.engine.prompt import ChatMessage as EngineMessage
-from hllama.engine.thinking import Thought
-from hllama.engine.tools import ToolCall
+from hllama.conversation import ChatMessage as EngineMessage
+from hllama.conversation import Message, Thought, ToolCall
 from hllama.errors import HllamaError, InvalidOption
 from hllama.images import from_base64
-from hllama.modelfile import Message
+from hllama.runtime.service import Result, Service, collect, effective_settings
 from hllama.server.anthropic_types import (
     ContentBlock,
     ContentBlockDelta,
@@ -53,7 +52,6 @@ from hllama.server.anthropic_types import (
 )
 from hllama.server.body import json_body, read_body
 from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
-from hllama.service import Result, Service, collect, effective_settings
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")

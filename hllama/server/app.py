@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hllama import __version__
+from hllama.aliases.watch import ModelfileWatcher
 from hllama.config import Settings, address
 from hllama.errors import (
     AddressInUse,
@@ -50,15 +51,14 @@ from hllama.errors import (
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
-from hllama.metrics import RequestMetrics
+from hllama.runtime.metrics import RequestMetrics
+from hllama.runtime.service import Service, build_service
 from hllama.server.anthropic_types import ErrorBody, ErrorResponse
 from hllama.server.body import document_errors, hoist_schemas
 from hllama.server.ollama_types import ErrorResponse as OllamaError
 from hllama.server.openai_types import ErrorDetail
 from hllama.server.openai_types import ErrorResponse as OpenAIError
 from hllama.server.security import add_access_control
-from hllama.service import Service, build_service
-from hllama.watch import ModelfileWatcher
 
 log = logging.getLogger("hllama.server")
 
@@ -205,8 +205,8 @@ ERROR_SHAPES = [("/v1/messages", "AnthropicError", ErrorResponse), ("/v1/", "Ope
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    from hllama.hardware import format_bytes
     from hllama.server.security import exposure_warning
+    from hllama.units import format_bytes
 
     listening = listen(host, port)  # before anything else: an address in use is one line, not a startup and a crash
     logging.getLogger("hllama").setLevel(logging.INFO)  # a line per model loaded and unloaded, among uvicorn's

@@ -16,7 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hllama.errors import InvalidOption, UnsupportedMediaType
-from hllama.requestlog import current_client
+from hllama.runtime.requestlog import current_client
 from hllama.validation import has_lone_surrogate, request_problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -40,7 +40,7 @@ async def read_body(request: Request, model: type[M]) -> M:
                                    f"not {content_type}")
     body = parse_body(model, await request.body())
     if isinstance(named := getattr(body, "model", None), str):
-        request.state.model = named[:200]  # for the metrics of a request that succeeds (hllama.metrics)
+        request.state.model = named[:200]  # for the metrics of a request that succeeds (hllama.runtime.metrics)
     current_client.set(request.client.host if request.client else "")  # for the request log
     return body
 

@@ -10,15 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hllama.engine import build_prompt, conversation
+from hllama.aliases.resolve import Resolved
+from hllama.backends import Completion
+from hllama.conversation import ChatMessage, Thought
 from hllama.engine.embed import normalized
-from hllama.engine.infill import infill_ids
-from hllama.engine.prompt import ChatMessage
-from hllama.engine.thinking import Thought
-from hllama.engine.tokens import token_ids
 from hllama.errors import HllamaError, InvalidOption
-from hllama.modelfile import Message
-from hllama.resolve import Resolved
+from hllama.runtime.service import Result, Service, collect, effective_settings
 from hllama.server.body import json_body, read_body
 from hllama.server.disconnect import watched
 from hllama.server.ollama_types import (
@@ -32,7 +29,6 @@ from hllama.server.ollama_types import (
     wire_tool_calls,
 )
 from hllama.server.views import logprob_entries, wire_name
-from hllama.service import Result, Service, collect, effective_settings
 
 router = APIRouter()
 log = logging.getLogger("hllama.server")
@@ -96,17 +92,11 @@ async def generate(request: Request) -> Response:
     if not body.prompt:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=False)
     logprobs = body.logprob_alternatives
-    if body.raw:
-        events = service.complete(resolved, lambda loaded: token_ids(
-            loaded.tokenizer, body.prompt, context=loaded.context_for(resolved.parameters.ctx)),
-            logprobs=logprobs, text=body.prompt)
-    elif body.suffix:
-        events = service.complete(resolved, lambda loaded: infill_ids(
-            loaded.tokenizer, body.prompt, body.suffix, model=resolved.name,
-            context=loaded.context_for(resolved.parameters.ctx)), logprobs=logprobs, text=body.prompt,
-            suffix=body.suffix)
-    elif body.context:
-        events = _continue(service, resolved, body, schema)
+    if body.raw or body.suffix:
+        events = service.complete(resolved, Completion(body.prompt, suffix=body.suffix or None, logprobs=logprobs))
+    elif body.context:  # the tokens of an earlier exchange, followed by the new turn
+        events = service.complete(resolved, Completion(body.prompt, context=body.context, structure=schema,
+                                                       logprobs=logprobs))
     else:
         ask = ChatMessage(role="user", content=body.prompt, images=decoded_images(body.images, where="images"))
         events = service.chat(resolved, [ask], structure=schema, think=body.think, logprobs=logprobs,
@@ -150,19 +140,6 @@ async def embeddings(request: Request) -> dict[str, Any]:
     api, _ = overrides(body)
     result = await service.embed(_resolve(service, body.model, api), body.texts[:1])
     return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
-
-
-def _continue(service: Service, resolved: Resolved, body: GenerateRequest, schema: Any) -> AsyncIterator:
-    """``context`` (the tokens of an earlier exchange) followed by the new turn."""
-    def prompt_ids(loaded: Any) -> list[int]:
-        vocabulary = loaded.model.get_input_embeddings().num_embeddings
-        if not all(0 <= token < vocabulary for token in body.context):
-            raise InvalidOption(f"context holds token ids outside the model's vocabulary (0 to {vocabulary - 1})")
-        turn = conversation(resolved, [Message(role="user", content=body.prompt)], json_schema=schema)
-        return [*body.context, *build_prompt(loaded.tokenizer, turn, template=resolved.template,
-                                             ctx=loaded.context_for(resolved.parameters.ctx)).ids]
-
-    return service.complete(resolved, prompt_ids, logprobs=body.logprob_alternatives, structure=schema)
 
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any]:

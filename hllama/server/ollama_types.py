@@ -12,14 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hllama.aliases.resolve import Overrides
+from hllama.conversation import ChatMessage, Message, ThinkLevel, ToolCall
 from hllama.engine.embed import MAX_INPUTS
-from hllama.engine.prompt import ChatMessage
-from hllama.engine.thinking import ThinkLevel
-from hllama.engine.tools import ToolCall
 from hllama.errors import InvalidOption
-from hllama.modelfile import Message
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
-from hllama.resolve import Overrides
 from hllama.server.body import Lenient, required
 from hllama.validation import first_problem
 

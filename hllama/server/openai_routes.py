@@ -16,19 +16,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from hllama.catalog import catalog
+from hllama.aliases.resolve import Overrides, Resolved
+from hllama.backends import Completion
+from hllama.conversation import ChatMessage as EngineMessage
+from hllama.conversation import Message, Thought, ToolCall
 from hllama.engine.embed import normalized
-from hllama.engine.infill import infill_ids
-from hllama.engine.prompt import ChatMessage as EngineMessage
-from hllama.engine.thinking import Thought
-from hllama.engine.tools import ToolCall
 from hllama.errors import AliasNotFound, HllamaError, InvalidOption
-from hllama.modelfile import Message
-from hllama.resolve import Overrides, Resolved
+from hllama.runtime.catalog import catalog
+from hllama.runtime.service import Result, Service, collect, effective_settings
 from hllama.server.body import json_body, read_body
 from hllama.server.disconnect import watched
 from hllama.server.views import logprob_entries, wire_name
-from hllama.service import Result, Service, collect, effective_settings
 from hllama.validation import first_problem
 
 from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
@@ -96,9 +94,7 @@ async def completions(request: Request) -> Response:
     service: Service = request.app.state.service
     resolved = _resolve(service, body.model, body.parameters())
     if body.suffix:  # an editor's completion between two pieces of code
-        events = service.complete(resolved, lambda loaded: infill_ids(
-            loaded.tokenizer, prompt, body.suffix or "", model=resolved.name,
-            context=loaded.context_for(resolved.parameters.ctx)), text=prompt, suffix=body.suffix)
+        events = service.complete(resolved, Completion(prompt, suffix=body.suffix))
     else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
         events = service.chat(resolved, [Message(role="user", content=prompt)])
     return await _respond(events, body, resolved, kind="text")

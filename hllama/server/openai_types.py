@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hllama.conversation import Pattern
 from hllama.engine.embed import MAX_INPUTS
-from hllama.engine.grammar import Pattern, Structure
+from hllama.engine.grammar import Structure
 from hllama.errors import InvalidOption
 from hllama.server.body import Lenient, required
 

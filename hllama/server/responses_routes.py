@@ -17,13 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hllama.engine.grammar import ANY_OBJECT
-from hllama.engine.prompt import ChatMessage as EngineMessage
-from hllama.engine.thinking import Thought
-from hllama.engine.tools import ToolCall
+from hllama.conversation import ANY_OBJECT, Message, Thought, ToolCall
+from hllama.conversation import ChatMessage as EngineMessage
 from hllama.errors import HllamaError, InvalidOption
 from hllama.images import from_url
-from hllama.modelfile import Message
+from hllama.runtime.service import Result, Service, collect, effective_settings
 from hllama.server.body import json_body, read_body
 from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
 from hllama.server.openai_types import EFFORT_TO_THINK
@@ -42,7 +40,6 @@ from hllama.server.responses_types import (
     ResponseUsage,
     StreamEvent,
 )
-from hllama.service import Result, Service, collect, effective_settings
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from hllama import hub
-from hllama.catalog import Row
-from hllama.modelinfo import details
-from hllama.registry import Registry
+from hllama.aliases.registry import Registry
+from hllama.models import hub
+from hllama.runtime.catalog import Row
+from hllama.runtime.modelinfo import details
 
 
 def wire_name(name: str) -> str:

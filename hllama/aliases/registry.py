@@ -18,10 +18,10 @@ from types import MappingProxyType
 
 from pydantic import ValidationError
 
-from hllama import embedded
+from hllama.aliases.modelfile import MODELFILE_SUFFIXES, Modelfile, parse_modelfile, read_modelfile_text
 from hllama.errors import DuplicateAlias, InvalidAliasName, ModelfileError
 from hllama.fsutil import atomic_write_text
-from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, parse_modelfile, read_modelfile_text
+from hllama.models import embedded
 from hllama.names import normalize_alias
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from hllama.config import Settings
-from hllama.errors import AliasExists, AliasNotFound, BuiltinAlias, ModelfileError
-from hllama.fsutil import TEMPORARY, atomic_write_text
-from hllama.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, parse_modelfile, read_modelfile_text
-from hllama.names import normalize_alias
-from hllama.registry import (
+from hllama.aliases.modelfile import MODELFILE_SUFFIXES, Modelfile, dump_yaml, parse_modelfile, read_modelfile_text
+from hllama.aliases.registry import (
     Registry,
     RegistryEntry,
     alias_name,
@@ -25,6 +21,10 @@ from hllama.registry import (
     read_mirror,
     write_mirror,
 )
+from hllama.config import Settings
+from hllama.errors import AliasExists, AliasNotFound, BuiltinAlias, ModelfileError
+from hllama.fsutil import TEMPORARY, atomic_write_text
+from hllama.names import normalize_alias
 
 log = logging.getLogger(__name__)
 

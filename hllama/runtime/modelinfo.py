@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hllama.catalog import plan_for
+from hllama.aliases.resolve import Layer, Resolved
 from hllama.engine.infill import folder_can_infill
-from hllama.engine.loader import is_generative, is_vision, locate
 from hllama.engine.thinking import supports_thinking
 from hllama.engine.tools import supports_tools
-from hllama.footprint import Plan, text_config
-from hllama.hardware import Budget
+from hllama.models.footprint import Plan, text_config
+from hllama.models.hardware import Budget
+from hllama.models.source import is_generative, is_vision, locate
 from hllama.options import SYNONYMS
-from hllama.resolve import Layer, Resolved
+from hllama.runtime.catalog import plan_for
 
 
 @dataclass(frozen=True)

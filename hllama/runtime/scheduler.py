@@ -1,7 +1,8 @@
 """Which models are loaded: load on first use, share, expire after keep_alive, evict to stay in budget.
 
-The scheduler knows nothing of transformers: it is given a ``load`` function, a ``size`` function
-(the bytes a model will take, estimated before loading) and a clock, so tests drive it with fakes.
+The scheduler knows nothing of transformers: it is generic over what it holds (a
+:class:`~hllama.backends.Backend` in the server), and is given a ``load`` function, a ``size`` function (the bytes
+a model will take, estimated before loading) and a :class:`Clock`, so tests drive it with fakes and move time by hand.
 Loading and unloading run in worker threads; the event loop never waits on them. Each loaded model
 runs ``parallel`` requests at once; the rest wait in a bounded queue (full: :class:`ServerBusy`).
 """
@@ -15,34 +16,45 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+from hllama.aliases.resolve import Resolved
 from hllama.errors import ModelTooLarge, ServerBusy
-from hllama.hardware import format_bytes
-from hllama.resolve import Resolved
+from hllama.progress import reporting_to
+from hllama.units import format_bytes
 
 log = logging.getLogger(__name__)
 
 
-class Loaded(Protocol):
-    """What the scheduler needs of a loaded model (the engine's LoadedModel is one)."""
+class Held(Protocol):
+    """What the scheduler needs of what it holds (every :class:`~hllama.backends.Backend` is one)."""
 
     @property
-    def reserved_bytes(self) -> int: ...
+    def reserved_bytes(self) -> int:
+        """Bytes counted against the budget; 0: it lives elsewhere and does not count against max_loaded."""
 
     @property
     def precision(self) -> str: ...
 
     def close(self) -> None: ...
 
-    # It may also have ``parallel``: the requests it runs at once, when not the scheduler's (an engine elsewhere
-    # batches its own). One that takes no memory here (``reserved_bytes`` 0) does not count against max_loaded.
 
+B = TypeVar("B", bound=Held)
 
-LoadFn = Callable[[Resolved, int], Loaded]  # (what to load, bytes it may use) -> loaded model
+LoadFn = Callable[[Resolved, int], B]  # (what to load, bytes it may use) -> loaded model
 SizeFn = Callable[[Resolved, int], int]  # (what to load, bytes it may use) -> bytes it will take
+
+
+class Clock:
+    """Time as the scheduler sees it: now, and waiting until a time on the same clock (keep_alive's expiry).
+    This one is monotonic; tests pass one they move by hand."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.now()))
 
 
 def load_key(resolved: Resolved) -> tuple:
@@ -60,20 +72,11 @@ class Loading:
     status: str = ""
 
 
-_loading: ContextVar[Loading | None] = ContextVar("hllama_loading", default=None)
-
-
-def report_progress(status: str) -> None:
-    """For a loader, in the worker thread the scheduler runs it in: how loading goes (shown by ``/api/ps``)."""
-    if (loading := _loading.get()) is not None:
-        loading.status = status[:500]
-
-
 @dataclass(eq=False)
-class Runner:
+class Runner(Generic[B]):
     key: tuple
     name: str
-    model: Loaded
+    backend: B
     size: int
     parallel: int
     keep_alive: float = 300.0
@@ -84,7 +87,7 @@ class Runner:
     expires_at: float = math.inf  # on the scheduler's clock; inf: never (or in use)
     retiring: bool = False  # unload as soon as the requests using it finish
     slots: asyncio.Semaphore = field(init=False)
-    _timer: asyncio.TimerHandle | None = None
+    _expiry: asyncio.Task | None = None  # waits for expires_at on the scheduler's clock
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.parallel)
@@ -94,22 +97,23 @@ class Runner:
         return self.active == 0 and self.waiting == 0
 
 
-class Scheduler:
-    def __init__(self, *, load: LoadFn, size: SizeFn, budget: int, max_loaded: int = 3, max_queue: int = 512,
-                 parallel: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+class Scheduler(Generic[B]):
+    def __init__(self, *, load: LoadFn[B], size: SizeFn, budget: int, max_loaded: int = 3, max_queue: int = 512,
+                 parallel: int = 1, clock: Clock | None = None) -> None:
         self._load = load
         self._size = size
         self.budget = budget
         self.max_loaded = max_loaded
         self.max_queue = max_queue
         self.parallel = parallel
-        self.clock = clock
-        self.runners: list[Runner] = []
+        self.clock = clock or Clock()
+        self.runners: list[Runner[B]] = []
         self.loading: list[Loading] = []  # what is being loaded now (one at a time)
         self.observer: Any = None  # told of each load (``loaded(name, seconds)``) and unload (``unloaded(name)``)
         self._load_lock = asyncio.Lock()  # one load at a time, as Ollama does
         self._waiting_to_load = 0  # requests for models not loaded yet, bounded by max_queue as the others are
         self._finished = asyncio.Event()  # set whenever a model's last request ends: room may be made now
+        self.waiting_for_room = 0  # loads waiting for a busy model to finish
 
     @property
     def used(self) -> int:
@@ -121,7 +125,7 @@ class Scheduler:
         return sum(1 for runner in self.runners if runner.size)
 
     @asynccontextmanager
-    async def use(self, resolved: Resolved) -> AsyncIterator[Runner]:
+    async def use(self, resolved: Resolved) -> AsyncIterator[Runner[B]]:
         """Hold a loaded model for one request; its keep_alive (0: unload now; negative: never) starts after."""
         runner = await self._runner_for(resolved)
         if runner.waiting >= self.max_queue:
@@ -139,27 +143,27 @@ class Scheduler:
         finally:
             runner.active -= 1
             runner.slots.release()
-            runner.last_used = self.clock()
+            runner.last_used = self.clock.now()
             runner.keep_alive = resolved.parameters.keep_alive
             if runner.idle:
                 self._finished.set()
                 await (self.unload(runner) if runner.retiring else self._arm(runner))
 
-    async def load(self, resolved: Resolved) -> Runner:
+    async def load(self, resolved: Resolved) -> Runner[B]:
         """Load without generating (Ollama's empty prompt); keep_alive 0 unloads at once."""
         async with self.use(resolved) as runner:
             return runner
 
-    async def unload(self, runner: Runner) -> None:
+    async def unload(self, runner: Runner[B]) -> None:
         if runner in self.runners:
             self.runners.remove(runner)
             self._cancel_timer(runner)
             if self.observer is not None:
                 self.observer.unloaded(runner.name)
-            started = self.clock()
-            await asyncio.to_thread(runner.model.close)
-            log.info("unloaded %s (%s, %s) in %.1f s", runner.name, runner.model.precision, format_bytes(runner.size),
-                     self.clock() - started)
+            started = self.clock.now()
+            await asyncio.to_thread(runner.backend.close)
+            log.info("unloaded %s (%s, %s) in %.1f s", runner.name, runner.backend.precision, format_bytes(runner.size),
+                     self.clock.now() - started)
 
     async def retire(self, key: tuple) -> None:
         """Unload the model loaded under ``key`` now if idle, else when its running requests finish."""
@@ -176,7 +180,7 @@ class Scheduler:
         key = load_key(resolved)
         return next((runner for runner in self.runners if runner.key == key and not runner.retiring), None)
 
-    async def _runner_for(self, resolved: Resolved) -> Runner:
+    async def _runner_for(self, resolved: Resolved) -> Runner[B]:
         if (runner := self.find(resolved)) is not None:
             return runner
         if self._waiting_to_load >= self.max_queue:
@@ -187,7 +191,7 @@ class Scheduler:
         finally:
             self._waiting_to_load -= 1
 
-    async def _load_runner(self, resolved: Resolved) -> Runner:
+    async def _load_runner(self, resolved: Resolved) -> Runner[B]:
         async with self._load_lock:
             if (runner := self.find(resolved)) is not None:  # loaded while this request waited
                 return runner
@@ -196,24 +200,23 @@ class Scheduler:
                     await self.unload(stale)
             needed = await asyncio.to_thread(self._size, resolved, self.budget)
             await self._make_room(resolved, needed)
-            started = self.clock()
+            started = self.clock.now()
             loading = Loading(load_key(resolved), resolved.alias or resolved.model, started)
             self.loading.append(loading)
-            reporting = _loading.set(loading)  # the worker thread gets a copy of this context
             try:
-                model = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
+                with reporting_to(loading):  # the worker thread gets a copy of this context
+                    backend = await asyncio.to_thread(self._load, resolved, self.budget - self.used)
             finally:
-                _loading.reset(reporting)
                 self.loading.remove(loading)
-            runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, model=model,
-                            size=model.reserved_bytes, parallel=getattr(model, "parallel", self.parallel),
+            runner = Runner(key=load_key(resolved), name=resolved.alias or resolved.model, backend=backend,
+                            size=backend.reserved_bytes, parallel=getattr(backend, "parallel", None) or self.parallel,
                             keep_alive=resolved.parameters.keep_alive, context=resolved.parameters.ctx,
                             last_used=started)
             self.runners.append(runner)
-            log.info("loaded %s (%s, %s) in %.1f s", runner.name, model.precision, format_bytes(runner.size),
-                     self.clock() - started)
+            log.info("loaded %s (%s, %s) in %.1f s", runner.name, backend.precision, format_bytes(runner.size),
+                     self.clock.now() - started)
             if self.observer is not None:
-                self.observer.loaded(runner.name, self.clock() - started)
+                self.observer.loaded(runner.name, self.clock.now() - started)
             return runner
 
     async def _make_room(self, resolved: Resolved, needed: int) -> None:
@@ -229,9 +232,13 @@ class Scheduler:
                 continue
             log.info("%s waits for a busy model to finish to make room", resolved.alias or resolved.model)
             self._finished.clear()
-            await self._finished.wait()
+            self.waiting_for_room += 1
+            try:
+                await self._finished.wait()
+            finally:
+                self.waiting_for_room -= 1
 
-    async def _arm(self, runner: Runner) -> None:
+    async def _arm(self, runner: Runner[B]) -> None:
         """Start the keep_alive countdown of a model nobody is using."""
         if runner.keep_alive == 0:
             await self.unload(runner)
@@ -239,20 +246,21 @@ class Scheduler:
         if runner.keep_alive < 0:
             runner.expires_at = math.inf
             return
-        runner.expires_at = self.clock() + runner.keep_alive
-        loop = asyncio.get_running_loop()
-        runner._timer = loop.call_later(runner.keep_alive, lambda: asyncio.ensure_future(self._expire(runner)))
+        runner.expires_at = self.clock.now() + runner.keep_alive
+        runner._expiry = asyncio.ensure_future(self._expire(runner, runner.expires_at))
 
-    async def _expire(self, runner: Runner) -> None:
-        if runner.idle and self.clock() >= runner.expires_at - 1e-3:
+    async def _expire(self, runner: Runner[B], deadline: float) -> None:
+        await self.clock.wait_until(deadline)
+        if runner.idle and runner.expires_at == deadline:
+            runner._expiry = None  # done waiting: unloading must not cancel this task
             await self.unload(runner)
 
-    def _cancel_timer(self, runner: Runner) -> None:
-        if runner._timer is not None:
-            runner._timer.cancel()
-            runner._timer = None
+    def _cancel_timer(self, runner: Runner[B]) -> None:
+        if runner._expiry is not None:
+            runner._expiry.cancel()
+            runner._expiry = None
         runner.expires_at = math.inf
 
-    def expires_in(self, runner: Runner) -> float:
+    def expires_in(self, runner: Runner[B]) -> float:
         """Seconds until ``runner`` unloads; inf while in use or kept forever."""
-        return runner.expires_at - self.clock()
+        return runner.expires_at - self.clock.now()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hllama.errors import GatedModel, HubUnreachable, InvalidOption, RemoteModelNotFound
-from hllama.footprint import Footprint, footprint_from_tensors
+from hllama.models.footprint import Footprint, footprint_from_tensors
 
 #: Small files transformers may read next to the weights.
 _SUPPORT_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hllama.conversation import Message
 from hllama.errors import ModelfileError, UnsupportedInstruction
 from hllama.names import LEGACY_REPO_ID, REVISION, is_local_path, looks_like_repo_id, normalize_alias
 from hllama.options import SYNONYMS, LoadOptions, Parameters
@@ -37,13 +38,6 @@ MAX_MODELFILE_BYTES = 1024 * 1024
 
 #: File names the modelfiles folder is scanned for.
 MODELFILE_SUFFIXES = (".yaml", ".yml", ".toml", ".modelfile")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: Text
 
 
 class Modelfile(BaseModel):

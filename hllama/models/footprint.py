@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from hllama.errors import ModelTooLarge
-from hllama.ggufheader import NotGguf, read_header
-from hllama.hardware import Budget, Device
+from hllama.models.ggufheader import NotGguf, read_header
+from hllama.models.hardware import Budget, Device
 from hllama.options import LoadOptions
 
 #: Bytes per element of each safetensors dtype.

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from hllama import hub
+from hllama.aliases.registry import Registry, RegistryEntry
+from hllama.aliases.resolve import Resolved, resolve
 from hllama.config import Settings
-from hllama.engine.loader import locate, plan_load
 from hllama.errors import ModelNotDownloaded, NoModelAtPath
-from hllama.footprint import Plan
-from hllama.hardware import Budget
-from hllama.registry import Registry, RegistryEntry
-from hllama.resolve import Resolved, resolve
+from hllama.models import hub
+from hllama.models.footprint import Plan
+from hllama.models.hardware import Budget
+from hllama.models.source import locate, plan_load
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _plan_or_note(resolved: Resolved, budget: Budget) -> tuple[Plan | None, str]
         return None, "not downloaded"
     except NoModelAtPath:
         return None, "missing"
-    return plan_load(resolved, source, budget), ""
+    return plan_load(source, budget, load=resolved.load, context=resolved.parameters.ctx), ""
 
 
 def key_parameters(entry: RegistryEntry) -> str:

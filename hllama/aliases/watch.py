@@ -12,10 +12,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from hllama.modelfile import MODELFILE_SUFFIXES
-from hllama.registry import Registry
+from hllama.aliases.modelfile import MODELFILE_SUFFIXES
+from hllama.aliases.registry import Registry
 
-log = logging.getLogger("hllama.watch")
+log = logging.getLogger("hllama.aliases.watch")
 
 #: A file caught half-written reads as broken; it is read again after this pause before it counts.
 SETTLE_SECONDS = 0.15

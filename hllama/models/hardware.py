@@ -128,14 +128,3 @@ def _torch_has_cuda() -> bool:
         return not importlib.metadata.version("torch").endswith("+cpu")
     except importlib.metadata.PackageNotFoundError:
         return False
-
-
-def format_bytes(size: float, *, binary: bool = False) -> str:
-    """``1536`` -> ``1.5 KB``: decimal units, as Ollama and the Hub print sizes; ``binary``: ``1.5 KiB``, as
-    Ollama words a model that does not fit."""
-    step, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
-    for unit in units:
-        if abs(size) < step or unit == units[-1]:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= step
-    raise AssertionError("unreachable")

@@ -3,7 +3,7 @@
 The server is vLLM's own OpenAI-compatible one (``python -m vllm.entrypoints.openai.api_server``) on a private
 loopback port, run by the interpreter the ``vllm_python`` setting names (vLLM pins its own torch and
 transformers, so it often lives in an environment of its own). The alias's resolved load settings become its
-command line; once it answers, it is an :class:`~hllama.upstream.Upstream` like any engine already running, so
+command line; once it answers, it is an :class:`~hllama.backends.upstream.Upstream` like any engine already running, so
 requests reach it the same way. The scheduler starts it on first use, stops it at ``keep_alive`` or to make
 room, and starts a new one when the alias's load settings change.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 
+from hllama.aliases.resolve import Resolved
+from hllama.backends.upstream import Upstream
 from hllama.errors import InvalidOption, ModelLoadError
-from hllama.resolve import Resolved
-from hllama.scheduler import report_progress
-from hllama.upstream import Upstream
+from hllama.progress import report_progress
 
 log = logging.getLogger(__name__)
 

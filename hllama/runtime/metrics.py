@@ -101,8 +101,8 @@ class _SchedulerCollector:
         for runner in runners:
             running.add_metric([runner.name], runner.active)
             waiting.add_metric([runner.name], runner.waiting)
-            batcher = getattr(runner.model, "batcher", None)
-            width.add_metric([runner.name], len(batcher.rows) if batcher is not None else min(runner.active, 1))
+            batched = runner.backend.describe().batch_width
+            width.add_metric([runner.name], batched if batched is not None else min(runner.active, 1))
             memory.add_metric([runner.name], runner.size)
         loaded.add_metric([], len(runners))
         yield from (running, waiting, width, memory, loaded)

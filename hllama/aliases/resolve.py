@@ -12,13 +12,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hllama import hub
+from hllama.aliases.registry import Registry, RegistryEntry
 from hllama.config import Settings
+from hllama.conversation import Message
 from hllama.errors import AliasNotFound, ModelfileError
-from hllama.modelfile import Message
+from hllama.models import hub
 from hllama.names import LEGACY_REPO_ID, is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS, LoadOptions, Parameters
-from hllama.registry import Registry, RegistryEntry
 
 
 class Layer(str, Enum):

@@ -13,14 +13,12 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from hllama.engine.prompt import ChatMessage
-from hllama.engine.thinking import Thought
+from hllama.aliases.resolve import Resolved
+from hllama.conversation import ChatMessage, Message, Thought
 from hllama.errors import InvalidOption
 from hllama.fsutil import atomic_write_text
-from hllama.modelfile import Message
-from hllama.resolve import Resolved
-from hllama.scheduler import load_key
-from hllama.service import Result, Service
+from hllama.runtime.scheduler import load_key
+from hllama.runtime.service import Result, Service
 
 _MESSAGES = TypeAdapter(list[Message])
 T = TypeVar("T")

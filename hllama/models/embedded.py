@@ -68,7 +68,7 @@ def is_embedded(model: str) -> bool:
 def ships(model: str, revision_wanted: str | None = None) -> bool:
     """Whether ``model`` is the embedded model and this install has it (its GGUF file, or the snapshot converted
     from one): there is nothing to download."""
-    from hllama import hub
+    from hllama.models import hub
 
     return is_embedded(model) and (gguf_file() is not None or hub.local_snapshot(model, revision_wanted) is not None)
 
