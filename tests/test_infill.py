@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hllama.engine.infill import folder_can_infill, infill_format
+from hllama.engine import folder_can_infill
+from hllama.engine.infill import infill_format
 
 
 class Vocabulary:

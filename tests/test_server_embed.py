@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from hllama.config import load_settings
-from hllama.engine.embed import normalized
+from hllama.engine import normalized
 
 from .liveserver import live_server
 from .tinymodel import CHATS, ENCODER_REPO_ID, REPO_ID, install_into_cache

@@ -2,7 +2,8 @@
 
 import pytest
 
-from hllama.engine.thinking import ThinkingSplitter, opens_thinking, supports_thinking
+from hllama.engine import supports_thinking
+from hllama.engine.thinking import ThinkingSplitter, opens_thinking
 
 # (model output, whether the prompt opened the block, thinking, content)
 ANSWERS = [

@@ -3,7 +3,8 @@
 import pytest
 
 from hllama.conversation import ToolCall
-from hllama.engine.tools import ToolCallStream, parse_tool_calls, supports_tools
+from hllama.engine import supports_tools
+from hllama.engine.tools import ToolCallStream, parse_tool_calls
 
 WEATHER = ToolCall(name="get_weather", arguments={"city": "Paris"})
 TIME = ToolCall(name="get_time", arguments={})

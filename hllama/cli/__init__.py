@@ -12,6 +12,7 @@ import os
 import sys
 
 from hllama import __version__
+from hllama.cli.status import INTERRUPTED
 from hllama.errors import (
     AddressInUse,
     AliasExists,
@@ -24,9 +25,6 @@ from hllama.errors import (
     ModelTooLarge,
 )
 from hllama.validation import did_you_mean
-
-#: The exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report one.
-INTERRUPTED = 130
 
 #: What to do next, by error class (the first match in the class's MRO wins).
 NEXT_STEPS: dict[type[HllamaError], str] = {

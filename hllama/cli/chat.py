@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from hllama.aliases.resolve import Resolved, resolve
 from hllama.aliases.store import AliasStore
-from hllama.cli import INTERRUPTED
 from hllama.cli.args import add_generation_options, add_load_options, overrides_from_args
 from hllama.cli.spinner import spinner
+from hllama.cli.status import INTERRUPTED
 from hllama.cli.table import format_table
 from hllama.config import Settings, load_settings
 from hllama.errors import HllamaError, InvalidOption, ModelNotDownloaded, NotSupported

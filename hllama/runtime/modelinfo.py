@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hllama.aliases.resolve import Layer, Resolved
-from hllama.engine.infill import folder_can_infill
-from hllama.engine.thinking import supports_thinking
-from hllama.engine.tools import supports_tools
+from hllama.engine import folder_can_infill, supports_thinking, supports_tools
 from hllama.models.footprint import Plan, text_config
 from hllama.models.hardware import Budget
 from hllama.models.source import is_generative, is_vision, locate

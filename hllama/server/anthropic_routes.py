@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from hllama.conversation import ChatMessage as EngineMessage
 from hllama.conversation import Message, Thought, ToolCall
-from hllama.errors import HllamaError, InvalidOption
+from hllama.errors import InvalidOption
 from hllama.images import from_base64
-from hllama.runtime.service import Result, Service, collect, effective_settings
+from hllama.runtime.service import Result, Service
 from hllama.server.anthropic_types import (
     ContentBlock,
     ContentBlockDelta,
@@ -51,7 +51,7 @@ from hllama.server.anthropic_types import (
     Usage,
 )
 from hllama.server.body import json_body, read_body
-from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
+from hllama.server.streaming import Encoder, resolve_request, respond
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")
@@ -66,76 +66,74 @@ async def messages(request: Request) -> Response:
     if not body.messages:
         raise InvalidOption("messages: at least one message is required")
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, body.parameters())
+    resolved = resolve_request(service, body.model, body.parameters())
     choice = body.tool_choice or ToolChoice()
     tool_choice = (choice.name or "") if choice.type == "tool" else _TOOL_CHOICE[choice.type]
     events = service.chat(resolved, _history(body.system, body.messages), structure=body.schema,
                           tools=_tools(body.tools), tool_choice=tool_choice, think=body.think())
-    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
-    first = await anext(events)  # failures before the first token keep their HTTP status
-    ident = "msg_" + secrets.token_hex(12)
-    if not body.stream:
-        pieces, result = await collect(first, events)
-        content: list[OutputBlock] = [ThinkingBlock(thinking=result.thinking)] if result.thinking else []
-        if text := "".join(pieces):
-            content.append(TextBlock(text=text))
-        content += _tool_uses(result)
-        reply = MessageResponse(id=ident, model=body.model, content=content, stop_reason=_stop_reason(result, body),
-                                stop_sequence=_stop_sequence(result, body), usage=_usage(result))
-        return JSONResponse(reply.model_dump(), headers=headers)
-    return StreamingResponse(_stream(first, events, ident, body), media_type="text/event-stream",
-                             headers=headers)
+    return await respond(events, _Events("msg_" + secrets.token_hex(12), body), stream=body.stream,
+                         resolved=resolved)
 
 
-async def _stream(first: str | Thought | Result, events: AsyncIterator[str | Thought | Result], ident: str,
-                  body: MessagesRequest) -> AsyncIterator[bytes]:
+class _Events(Encoder):
     """Anthropic's events: message_start, then each block's start, deltas and stop, then message_delta and
     message_stop (an error after the stream began is an ``error`` event)."""
-    model = body.model
-    start = MessageResponse(id=ident, model=model, content=[], stop_reason=None,
-                            usage=Usage(input_tokens=0, output_tokens=0))
-    yield _event(MessageStart(message=start))
-    index, open_kind = -1, ""
-    item = first
-    try:
-        while not isinstance(item, Result):
-            kind = "thinking" if isinstance(item, Thought) else "text"
-            if kind != open_kind:
-                if open_kind:
-                    yield _event(ContentBlockStop(index=index))
-                index, open_kind = index + 1, kind
-                empty = ThinkingBlock(thinking="") if kind == "thinking" else TextBlock(text="")
-                yield _event(ContentBlockStart(index=index, content_block=empty))
-            delta = ThinkingDelta(thinking=item.text) if isinstance(item, Thought) else TextDelta(text=item)
-            yield _event(ContentBlockDelta(index=index, delta=delta))
-            item = await anext(events)
-        if open_kind:
-            yield _event(ContentBlockStop(index=index))
-        for block in _tool_uses(item):
-            index += 1
-            yield _event(ContentBlockStart(index=index, content_block=block.model_copy(update={"input": {}})))
-            yield _event(ContentBlockDelta(index=index, delta=InputJsonDelta(
+
+    def __init__(self, ident: str, body: MessagesRequest) -> None:
+        self.ident, self.body = ident, body
+        self.index, self.open_kind = -1, ""
+
+    def start(self) -> Iterable[bytes]:
+        start = MessageResponse(id=self.ident, model=self.body.model, content=[], stop_reason=None,
+                                usage=Usage(input_tokens=0, output_tokens=0))
+        yield _event(MessageStart(message=start))
+
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        kind = "thinking" if isinstance(item, Thought) else "text"
+        if kind != self.open_kind:
+            if self.open_kind:
+                yield _event(ContentBlockStop(index=self.index))
+            self.index, self.open_kind = self.index + 1, kind
+            empty = ThinkingBlock(thinking="") if kind == "thinking" else TextBlock(text="")
+            yield _event(ContentBlockStart(index=self.index, content_block=empty))
+        delta = ThinkingDelta(thinking=item.text) if isinstance(item, Thought) else TextDelta(text=item)
+        yield _event(ContentBlockDelta(index=self.index, delta=delta))
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        body = self.body
+        if self.open_kind:
+            yield _event(ContentBlockStop(index=self.index))
+        for block in _tool_uses(result):
+            self.index += 1
+            yield _event(ContentBlockStart(index=self.index, content_block=block.model_copy(update={"input": {}})))
+            yield _event(ContentBlockDelta(index=self.index, delta=InputJsonDelta(
                 partial_json=json.dumps(block.input, ensure_ascii=False))))
-            yield _event(ContentBlockStop(index=index))
-        yield _event(MessageDelta(delta=MessageDeltaBody(stop_reason=_stop_reason(item, body),
-                                                         stop_sequence=_stop_sequence(item, body)),
-                                  usage=_usage(item)))
+            yield _event(ContentBlockStop(index=self.index))
+        yield _event(MessageDelta(delta=MessageDeltaBody(stop_reason=_stop_reason(result, body),
+                                                         stop_sequence=_stop_sequence(result, body)),
+                                  usage=_usage(result)))
         yield _event(MessageStop())
-    except HllamaError as exc:
-        yield _event(ErrorResponse(error=ErrorBody(type="api_error", message=str(exc))), name="error")
-    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
-        log.exception("unexpected error while streaming %s", model)
-        yield _event(ErrorResponse(error=ErrorBody(type="api_error", message=f"{type(exc).__name__}: {exc}")),
-                     name="error")
-    finally:
-        await events.aclose()
+
+    def error(self, message: str) -> bytes:
+        return _event(ErrorResponse(error=ErrorBody(type="api_error", message=message)), name="error")
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        content: list[OutputBlock] = [ThinkingBlock(thinking=result.thinking)] if result.thinking else []
+        if text:
+            content.append(TextBlock(text=text))
+        content += _tool_uses(result)
+        body = self.body
+        reply = MessageResponse(id=self.ident, model=body.model, content=content,
+                                stop_reason=_stop_reason(result, body), stop_sequence=_stop_sequence(result, body),
+                                usage=_usage(result))
+        return reply.model_dump()
 
 
 @router.post("/messages/count_tokens", openapi_extra=json_body(CountTokensRequest))
 async def count_tokens(request: Request) -> dict[str, Any]:
     body: CountTokensRequest = await read_body(request, CountTokensRequest)
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, {})
+    resolved = resolve_request(service, body.model, {})
     count = await service.count_tokens(resolved, _history(body.system, body.messages), tools=_tools(body.tools))
     return TokenCount(input_tokens=count).model_dump()
 

@@ -53,6 +53,7 @@ from hllama.errors import (
 )
 from hllama.runtime.metrics import RequestMetrics
 from hllama.runtime.service import Service, build_service
+from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes, responses_routes
 from hllama.server.anthropic_types import ErrorBody, ErrorResponse
 from hllama.server.body import document_errors, hoist_schemas
 from hllama.server.ollama_types import ErrorResponse as OllamaError
@@ -136,8 +137,6 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     @app.exception_handler(RequestValidationError)
     async def bad_path(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}")
-
-    from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes, responses_routes
 
     app.include_router(ollama_models.router)
     app.include_router(ollama_routes.router)

@@ -7,7 +7,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from hllama import __version__
 from hllama.aliases.modelfile import Modelfile, dump_ollama
 from hllama.aliases.registry import Registry
-from hllama.errors import AliasNotFound, HllamaError, HubUnreachable, InvalidOption
+from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption
 from hllama.models import embedded, hub
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import FOREVER_SECONDS
@@ -34,6 +34,7 @@ from hllama.server.ollama_types import (
     messages_from,
     parameters_from_options,
 )
+from hllama.server.streaming import Encoder, respond
 from hllama.server.views import digest, model_digest, tag_entry, wire_name
 from hllama.threads import iterate_in_thread
 from hllama.validation import describe, field_name
@@ -241,25 +242,24 @@ async def pull(request: Request) -> Response:
     if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
         repo_id = service.resolve(body.target).model
     progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))
-    first = await anext(progress)  # the Hub's answer about the repo: errors here get a status
-
-    async def lines() -> AsyncIterator[bytes]:
-        item = first
-        try:
-            while True:
-                yield (json.dumps(item) + "\n").encode()
-                item = await anext(progress)
-        except StopAsyncIteration:
-            return
-        except HllamaError as exc:
-            yield (json.dumps({"error": str(exc)}) + "\n").encode()
-
     if not body.stream:
-        last = first
+        last = await anext(progress)  # the Hub's answer about the repo: errors here get a status
         async for item in progress:
             last = item
         return JSONResponse(last)
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return await respond(progress, _PullLines(), stream=True)
+
+
+class _PullLines(Encoder):
+    """Ollama's pull progress: one status object per line."""
+
+    media_type = "application/x-ndjson"
+
+    def piece(self, item: dict[str, Any]) -> Iterable[bytes]:
+        return ((json.dumps(item) + "\n").encode(),)
+
+    def error(self, message: str) -> bytes:
+        return (json.dumps({"error": message}) + "\n").encode()
 
 
 def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[dict[str, Any]]:

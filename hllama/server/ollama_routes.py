@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from hllama.aliases.resolve import Resolved
 from hllama.backends import Completion
 from hllama.conversation import ChatMessage, Thought
-from hllama.engine.embed import normalized
-from hllama.errors import HllamaError, InvalidOption
-from hllama.runtime.service import Result, Service, collect, effective_settings
+from hllama.engine import normalized
+from hllama.errors import InvalidOption
+from hllama.runtime.service import Result, Service
 from hllama.server.body import json_body, read_body
 from hllama.server.disconnect import watched
 from hllama.server.ollama_types import (
@@ -28,13 +28,13 @@ from hllama.server.ollama_types import (
     overrides,
     wire_tool_calls,
 )
+from hllama.server.streaming import Encoder, resolve_request, respond
 from hllama.server.views import logprob_entries, wire_name
 
 router = APIRouter()
 log = logging.getLogger("hllama.server")
 
 NDJSON = "application/x-ndjson"
-EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 
 @router.post("/api/chat", openapi_extra=json_body(ChatRequest))
@@ -42,40 +42,14 @@ async def chat(request: Request) -> Response:
     body: ChatRequest = await read_body(request, ChatRequest)
     service: Service = request.app.state.service
     api, schema = overrides(body)
-    resolved = _resolve(service, body.model, api)
+    resolved = resolve_request(service, body.model, api)
     name = wire_name(body.model)
     if not body.messages:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=True)
     events = service.chat(resolved, messages_from(body.messages), structure=schema, tools=body.tools,
                           think=body.think, logprobs=body.logprob_alternatives, truncate=body.truncate,
                           shift=body.shift)
-
-    def message(content: str, result: Result | None = None) -> dict[str, Any]:
-        document: dict[str, Any] = {"role": "assistant", "content": content}
-        if result is not None and result.thinking:
-            document["thinking"] = result.thinking
-        if result is not None and result.tool_calls:
-            document["tool_calls"] = wire_tool_calls(result.tool_calls)
-        return document
-
-    def chunk(piece: str | Thought) -> dict[str, Any]:
-        said = {"role": "assistant", "content": "", "thinking": piece.text} if isinstance(piece, Thought) \
-            else message(piece)
-        return {"model": name, "created_at": now_rfc3339(), "message": said, "done": False}
-
-    def final(result: Result, text: str) -> dict[str, Any]:
-        whole = None if body.stream else result  # a stream sent thinking and calls as they came
-        return {"model": name, "created_at": now_rfc3339(), "message": message(text, whole), "done": True,
-                **_stats(result), **_logprobs(body, result)}
-
-    def calls(result: Result) -> dict[str, Any] | None:
-        """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
-        if not result.tool_calls:
-            return None
-        return {**chunk(""), "message": {"role": "assistant", "content": "",
-                                         "tool_calls": wire_tool_calls(result.tool_calls)}}
-
-    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved, before_final=calls)
+    return await respond(events, _ChatLines(name, body), stream=body.stream, resolved=resolved)
 
 
 @router.post("/api/generate", openapi_extra=json_body(GenerateRequest))
@@ -87,7 +61,7 @@ async def generate(request: Request) -> Response:
     if body.images and (body.raw or body.suffix or body.context):
         raise InvalidOption("images go with a chat prompt, not with raw, suffix or context")
     api, schema = overrides(body, system=body.system, template=body.template)
-    resolved = _resolve(service, body.model, api)
+    resolved = resolve_request(service, body.model, api)
     name = wire_name(body.model)
     if not body.prompt:
         return await _load_or_unload(service, resolved, name, unload=api.parameters.keep_alive == 0, chat=False)
@@ -102,20 +76,7 @@ async def generate(request: Request) -> Response:
         events = service.chat(resolved, [ask], structure=schema, think=body.think, logprobs=logprobs,
                               truncate=body.truncate, shift=body.shift)
 
-    def chunk(piece: str | Thought) -> dict[str, Any]:
-        said = {"response": "", "thinking": piece.text} if isinstance(piece, Thought) else {"response": piece}
-        return {"model": name, "created_at": now_rfc3339(), **said, "done": False}
-
-    def final(result: Result, text: str) -> dict[str, Any]:
-        document = {"model": name, "created_at": now_rfc3339(), "response": text, "done": True, **_stats(result),
-                    **_logprobs(body, result)}
-        if result.thinking and not body.stream:
-            document["thinking"] = result.thinking
-        if not body.raw and not body.suffix:
-            document["context"] = result.prompt_ids + result.finished.generated_ids
-        return document
-
-    return await _respond(events, chunk, final, stream=body.stream, resolved=resolved)
+    return await respond(events, _GenerateLines(name, body), stream=body.stream, resolved=resolved)
 
 
 @router.post("/api/embed", openapi_extra=json_body(EmbedRequest))
@@ -123,7 +84,7 @@ async def embed(request: Request) -> dict[str, Any]:
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
-    resolved = _resolve(service, body.model, api)
+    resolved = resolve_request(service, body.model, api)
     async with watched(request) as gone:
         result = await service.embed(resolved, body.texts, truncate=body.truncate, cancel=gone)
     return {"model": wire_name(body.model),
@@ -138,19 +99,13 @@ async def embeddings(request: Request) -> dict[str, Any]:
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
-    result = await service.embed(_resolve(service, body.model, api), body.texts[:1])
+    result = await service.embed(resolve_request(service, body.model, api), body.texts[:1])
     return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
 
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any]:
     """All the answer's log-probabilities, in the last chunk (or the whole reply)."""
     return {"logprobs": logprob_entries(result.finished.logprobs)} if body.logprob_alternatives is not None else {}
-
-
-def _resolve(service: Service, model: str, api: Any) -> Resolved:
-    if not model:
-        raise InvalidOption("model is required")
-    return service.resolve(model, api)
 
 
 async def _load_or_unload(service: Service, resolved: Resolved, name: str, *, unload: bool, chat: bool) -> Response:
@@ -180,38 +135,81 @@ def _stats(result: Result) -> dict[str, Any]:
             "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns}
 
 
-async def _respond(events: AsyncIterator, chunk: Any, final: Any, *, stream: bool, resolved: Resolved,
-                   before_final: Any = None) -> Response:
-    """Stream NDJSON, or collect one object. Errors before the first byte are HTTP errors; after, a last line.
+class _Lines(Encoder):
+    """Ollama's NDJSON: one object per piece, then the last one with the statistics."""
 
-    ``before_final(result)`` may give one more chunk to stream ahead of the last.
-    """
-    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
-    first = await anext(events)  # loading, prompt building and the first token: failures here get a status
-    if not stream:
-        pieces, item = await collect(first, events)
-        return JSONResponse(final(item, "".join(pieces)), headers=headers)
+    media_type = NDJSON
 
-    async def lines() -> AsyncIterator[bytes]:
-        item = first
-        try:
-            while True:
-                if isinstance(item, Result):
-                    if before_final and (extra := before_final(item)):
-                        yield _line(extra)
-                    yield _line(final(item, ""))
-                    return
-                yield _line(chunk(item))
-                item = await anext(events)
-        except HllamaError as exc:
-            yield _line({"error": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be a line, not a status
-            log.exception("unexpected error while streaming %s", resolved.name)
-            yield _line({"error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            await events.aclose()
+    def __init__(self, name: str, body: ChatRequest | GenerateRequest) -> None:
+        self.name, self.body = name, body
 
-    return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        return (_line({"model": self.name, "created_at": now_rfc3339(), **self.said(item), "done": False}),)
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        return (_line(self.whole("", result)),)
+
+    def error(self, message: str) -> bytes:
+        return _line({"error": message})
+
+    def said(self, item: str | Thought) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def last(self, text: str, result: Result) -> dict[str, Any]:
+        """The last object's start (its statistics follow)."""
+        return {"model": self.name, "created_at": now_rfc3339()}
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        return {**self.last(text, result), "done": True, **_stats(result), **_logprobs(self.body, result),
+                **self.after(result)}
+
+    def after(self, result: Result) -> dict[str, Any]:
+        return {}
+
+
+class _ChatLines(_Lines):
+    def said(self, item: str | Thought) -> dict[str, Any]:
+        message = {"role": "assistant", "content": "", "thinking": item.text} if isinstance(item, Thought) \
+            else _message(item)
+        return {"message": message}
+
+    def last(self, text: str, result: Result) -> dict[str, Any]:
+        whole = None if self.body.stream else result  # a stream sent thinking and calls as they came
+        return {**super().last(text, result), "message": _message(text, whole)}
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
+        if result.tool_calls:
+            calls = {"role": "assistant", "content": "", "tool_calls": wire_tool_calls(result.tool_calls)}
+            yield _line({"model": self.name, "created_at": now_rfc3339(), "message": calls, "done": False})
+        yield from super().end(result)
+
+
+class _GenerateLines(_Lines):
+    body: GenerateRequest
+
+    def said(self, item: str | Thought) -> dict[str, Any]:
+        return {"response": "", "thinking": item.text} if isinstance(item, Thought) else {"response": item}
+
+    def last(self, text: str, result: Result) -> dict[str, Any]:
+        return {**super().last(text, result), "response": text}
+
+    def after(self, result: Result) -> dict[str, Any]:
+        document: dict[str, Any] = {}
+        if result.thinking and not self.body.stream:
+            document["thinking"] = result.thinking
+        if not self.body.raw and not self.body.suffix:
+            document["context"] = result.prompt_ids + result.finished.generated_ids
+        return document
+
+
+def _message(content: str, result: Result | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"role": "assistant", "content": content}
+    if result is not None and result.thinking:
+        document["thinking"] = result.thinking
+    if result is not None and result.tool_calls:
+        document["tool_calls"] = wire_tool_calls(result.tool_calls)
+    return document
 
 
 def _line(document: dict[str, Any]) -> bytes:

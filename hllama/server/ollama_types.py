@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hllama.aliases.resolve import Overrides
 from hllama.conversation import ChatMessage, Message, ThinkLevel, ToolCall
-from hllama.engine.embed import MAX_INPUTS
+from hllama.engine import MAX_INPUTS
 from hllama.errors import InvalidOption
 from hllama.options import OLLAMA_IGNORED_OPTIONS, SYNONYMS, Parameters, parse_duration
 from hllama.server.body import Lenient, required

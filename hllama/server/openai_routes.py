@@ -9,32 +9,29 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import Response
 
-from hllama.aliases.resolve import Overrides, Resolved
 from hllama.backends import Completion
 from hllama.conversation import ChatMessage as EngineMessage
 from hllama.conversation import Message, Thought, ToolCall
-from hllama.engine.embed import normalized
-from hllama.errors import AliasNotFound, HllamaError, InvalidOption
+from hllama.engine import normalized
+from hllama.errors import AliasNotFound, InvalidOption
 from hllama.runtime.catalog import catalog
-from hllama.runtime.service import Result, Service, collect, effective_settings
+from hllama.runtime.service import Result, Service
 from hllama.server.body import json_body, read_body
 from hllama.server.disconnect import watched
+from hllama.server.streaming import Encoder, resolve_request, respond
 from hllama.server.views import logprob_entries, wire_name
-from hllama.validation import first_problem
 
 from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")
 
-EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 
 @router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
@@ -51,14 +48,14 @@ async def chat_completions(request: Request) -> Response:
     if body.structured_outputs is not None:  # vLLM's way of asking, for the clients written for it
         schema = body.structured_outputs.structure()
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, parameters)
+    resolved = resolve_request(service, body.model, parameters)
     try:
         think = body.think()
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
     events = service.chat(resolved, _history(body.messages), structure=schema, tools=body.tools,
                           tool_choice=body.tool_choice_name, think=think, logprobs=body.logprob_alternatives)
-    return await _respond(events, body, resolved, kind="chat")
+    return await respond(events, _ChatEvents(body), stream=body.stream, resolved=resolved)
 
 
 def _history(messages: list[ChatMessage]) -> list[Message]:
@@ -92,12 +89,12 @@ async def completions(request: Request) -> Response:
     if not prompt:
         raise InvalidOption("prompt must not be empty")
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, body.parameters())
+    resolved = resolve_request(service, body.model, body.parameters())
     if body.suffix:  # an editor's completion between two pieces of code
         events = service.complete(resolved, Completion(prompt, suffix=body.suffix))
     else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
         events = service.chat(resolved, [Message(role="user", content=prompt)])
-    return await _respond(events, body, resolved, kind="text")
+    return await respond(events, _Events(body), stream=body.stream, resolved=resolved)
 
 
 @router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
@@ -110,7 +107,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
     except ValueError as exc:
         raise InvalidOption(str(exc)) from None
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, {})
+    resolved = resolve_request(service, body.model, {})
     async with watched(request) as gone:
         result = await service.embed(resolved, texts, cancel=gone)
     data = []
@@ -146,81 +143,69 @@ def _model_object(name: str) -> dict[str, Any]:
     return {"id": wire_name(name), "object": "model", "created": int(time.time()), "owned_by": owner}
 
 
-def _resolve(service: Service, model: str, parameters: dict[str, Any]) -> Resolved:
-    if not model:
-        raise InvalidOption("model is required")
-    try:
-        api = Overrides.model_validate({"parameters": parameters})
-    except ValidationError as exc:
-        name, problem = first_problem(exc, schema=Overrides)
-        raise InvalidOption(f"{name or 'parameters'}: {problem}") from None
-    return service.resolve(model, api)
+class _Events(Encoder):
+    """OpenAI's answer, whole or as server-sent chunks ending in ``data: [DONE]``."""
+
+    closing = b"data: [DONE]\n\n"
+    prefix, whole_object, chunk_object = "cmpl-", "text_completion", "text_completion"
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.base = {"id": self.prefix + secrets.token_hex(12), "object": self.whole_object,
+                     "created": int(time.time()), "model": body.model, "system_fingerprint": "fp_hllama"}
+        self.started = False
+
+    def chunk(self, choice: dict[str, Any]) -> bytes:
+        return _event({**self.base, "object": self.chunk_object, "choices": [choice]})
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        yield from self.last_chunks(result)
+        if self.body.stream_options and self.body.stream_options.include_usage:
+            yield _event({**self.base, "object": self.chunk_object, "choices": [], "usage": _usage(result)})
+
+    def last_chunks(self, result: Result) -> Iterable[bytes]:
+        yield self.chunk({"index": 0, "text": "", "finish_reason": _finish_reason(result), "logprobs": None})
+
+    def error(self, message: str) -> bytes:
+        return _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        return (self.chunk({"index": 0, "text": item or "", "finish_reason": None, "logprobs": None}),)
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        choice = {"index": 0, "finish_reason": _finish_reason(result), **self.choice(text, result)}
+        return {**self.base, "choices": [choice], "usage": _usage(result)}
+
+    def choice(self, text: str, result: Result) -> dict[str, Any]:
+        return {"text": text, "logprobs": None}
 
 
-async def _respond(events: AsyncIterator, body: Any, resolved: Resolved, *, kind: str) -> Response:
-    ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
-    created = int(time.time())
-    base = {"id": ident, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
-            "model": body.model, "system_fingerprint": "fp_hllama"}
-    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
-    first = await anext(events)  # failures before the first token keep their HTTP status
-    if not body.stream:
-        pieces, item = await collect(first, events)
-        text = "".join(pieces)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(item)}
-        if kind == "chat":
-            choice["logprobs"] = _logprobs(body, item)
-            choice["message"] = {"role": "assistant", "content": text}
-            if item.thinking:
-                choice["message"]["reasoning"] = item.thinking
-            if item.tool_calls:
-                choice["message"]["tool_calls"] = _tool_calls(item)
-        else:
-            choice.update(text=text, logprobs=None)
-        return JSONResponse({**base, "choices": [choice], "usage": _usage(item)}, headers=headers)
+class _ChatEvents(_Events):
+    prefix, whole_object, chunk_object = "chatcmpl-", "chat.completion", "chat.completion.chunk"
 
-    chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    def delta(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        if not self.started:
+            delta, self.started = {"role": "assistant", **delta}, True
+        return self.chunk({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
 
-    def chunk(delta: dict[str, Any] | str | None, finish: str | None = None, logprobs: Any = None) -> bytes:
-        if kind == "chat":
-            choice = {"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": logprobs}
-        else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-        return _event({**base, "object": chunk_object, "choices": [choice]})
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        return (self.delta({"reasoning": item.text} if isinstance(item, Thought) else {"content": item}),)
 
-    async def stream() -> AsyncIterator[bytes]:
-        item = first
-        started = False
-        try:
-            while not isinstance(item, Result):
-                if kind == "chat":
-                    delta = {"reasoning": item.text} if isinstance(item, Thought) else {"content": item}
-                    if not started:
-                        delta = {"role": "assistant", **delta}
-                else:
-                    delta = item
-                started = True
-                yield chunk(delta)
-                item = await anext(events)
-            if kind == "chat" and not started:
-                yield chunk({"role": "assistant", "content": ""})
-            if item.tool_calls:
-                yield chunk({"tool_calls": _tool_calls(item)})
-            yield chunk(None, _finish_reason(item), _logprobs(body, item) if kind == "chat" else None)
-            if include_usage:
-                yield _event({**base, "object": chunk_object, "choices": [], "usage": _usage(item)})
-        except HllamaError as exc:
-            yield _event({"error": {"message": str(exc), "type": "api_error", "param": None, "code": None}})
-        except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
-            log.exception("unexpected error while streaming %s", resolved.name)
-            yield _event({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "api_error", "param": None,
-                                    "code": None}})
-        finally:
-            await events.aclose()
-        yield b"data: [DONE]\n\n"
+    def last_chunks(self, result: Result) -> Iterable[bytes]:
+        if not self.started:
+            yield self.delta({"content": ""})
+        if result.tool_calls:
+            yield self.delta({"tool_calls": _tool_calls(result)})
+        yield self.chunk({"index": 0, "delta": {}, "finish_reason": _finish_reason(result),
+                          "logprobs": _logprobs(self.body, result)})
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    def choice(self, text: str, result: Result) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if result.thinking:
+            message["reasoning"] = result.thinking
+        if result.tool_calls:
+            message["tool_calls"] = _tool_calls(result)
+        return {"logprobs": _logprobs(self.body, result), "message": message}
 
 
 def _logprobs(body: Any, result: Result) -> dict[str, Any] | None:

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hllama.conversation import Pattern
-from hllama.engine.embed import MAX_INPUTS
-from hllama.engine.grammar import Structure
+from hllama.engine import MAX_INPUTS, Structure
 from hllama.errors import InvalidOption
 from hllama.server.body import Lenient, required
 

@@ -11,19 +11,18 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from hllama.conversation import ANY_OBJECT, Message, Thought, ToolCall
 from hllama.conversation import ChatMessage as EngineMessage
-from hllama.errors import HllamaError, InvalidOption
+from hllama.errors import InvalidOption
 from hllama.images import from_url
-from hllama.runtime.service import Result, Service, collect, effective_settings
+from hllama.runtime.service import Result, Service
 from hllama.server.body import json_body, read_body
-from hllama.server.openai_routes import EFFECTIVE_HEADER, _resolve
 from hllama.server.openai_types import EFFORT_TO_THINK
 from hllama.server.responses_types import (
     FunctionCallItem,
@@ -40,6 +39,7 @@ from hllama.server.responses_types import (
     ResponseUsage,
     StreamEvent,
 )
+from hllama.server.streaming import Encoder, resolve_request, respond
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")
@@ -52,97 +52,95 @@ async def responses(request: Request) -> Response:
         raise InvalidOption("previous_response_id: responses are not stored here; send the whole conversation "
                             "as input items")
     service: Service = request.app.state.service
-    resolved = _resolve(service, body.model, body.parameters())
+    resolved = resolve_request(service, body.model, body.parameters())
     choice = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.name
     events = service.chat(resolved, _history(body), structure=_structure(body), tools=_tools(body),
                           tool_choice=choice, think=_think(body))
-    headers = {EFFECTIVE_HEADER: effective_settings(resolved)}
-    first = await anext(events)  # failures before the first token keep their HTTP status
     shell = ResponseObject(id="resp_" + secrets.token_hex(12), created_at=int(time.time()), status="in_progress",
                            model=body.model, output=[], instructions=body.instructions,
                            max_output_tokens=body.max_output_tokens, temperature=body.temperature,
                            top_p=body.top_p, tools=body.tools or [], tool_choice=body.tool_choice)
-    if not body.stream:
-        pieces, result = await collect(first, events)
-        return JSONResponse(_finished(shell, result, "".join(pieces)).model_dump(), headers=headers)
-    return StreamingResponse(_stream(shell, first, events), media_type="text/event-stream", headers=headers)
+    return await respond(events, _Events(shell), stream=body.stream, resolved=resolved)
 
 
-async def _stream(shell: ResponseObject, first: str | Thought | Result,
-                  events: AsyncIterator[str | Thought | Result]) -> AsyncIterator[bytes]:
+class _Events(Encoder):
     """response.created, then each output item's added, deltas and done events, then response.completed."""
-    number = 0
 
-    def event(kind: str, **fields: Any) -> bytes:
-        nonlocal number
-        number += 1
-        document = StreamEvent(type=kind, sequence_number=number - 1, **fields).model_dump()
+    def __init__(self, shell: ResponseObject) -> None:
+        self.shell = shell
+        self.number = 0
+        self.index, self.open_kind, self.item_id, self.said, self.text = -1, "", "", "", ""
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        self.number += 1
+        document = StreamEvent(type=kind, sequence_number=self.number - 1, **fields).model_dump()
         return f"event: {kind}\ndata: ".encode() + json.dumps(document, ensure_ascii=False).encode() + b"\n\n"
 
-    yield event("response.created", response=shell.model_dump())
-    yield event("response.in_progress", response=shell.model_dump())
-    index, open_kind, item_id, said, text = -1, "", "", "", ""
-    item = first
+    def start(self) -> Iterable[bytes]:
+        yield self.event("response.created", response=self.shell.model_dump())
+        yield self.event("response.in_progress", response=self.shell.model_dump())
 
-    def close() -> list[bytes]:
-        """The done events of the item being written."""
-        place = {"item_id": item_id, "output_index": index, "content_index": 0}
-        if open_kind == "reasoning":
-            done = ReasoningItem(id=item_id, content=[ReasoningText(text=said)])
-            return [event("response.reasoning_text.done", **place, text=said),
-                    event("response.output_item.done", output_index=index, item=done.model_dump())]
-        part = OutputText(text=said)
-        done_message = MessageItem(id=item_id, status="completed", content=[part])
-        return [event("response.output_text.done", **place, text=said),
-                event("response.content_part.done", **place, part=part.model_dump()),
-                event("response.output_item.done", output_index=index, item=done_message.model_dump())]
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        kind = "reasoning" if isinstance(item, Thought) else "message"
+        if kind != self.open_kind:
+            yield from self.close()
+            self.index, self.open_kind, self.said = self.index + 1, kind, ""
+            yield from self.open(kind)
+        piece = item.text if isinstance(item, Thought) else item
+        self.said += piece
+        self.text += "" if isinstance(item, Thought) else piece
+        name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+        yield self.event(name, item_id=self.item_id, output_index=self.index, content_index=0, delta=piece)
 
-    try:
-        while not isinstance(item, Result):
-            kind = "reasoning" if isinstance(item, Thought) else "message"
-            if kind != open_kind:
-                if open_kind:
-                    for done in close():
-                        yield done
-                index, open_kind, said = index + 1, kind, ""
-                if kind == "reasoning":
-                    item_id = "rs_" + secrets.token_hex(12)
-                    added: OutputItem = ReasoningItem(id=item_id, content=[])
-                    yield event("response.output_item.added", output_index=index, item=added.model_dump())
-                else:
-                    item_id = "msg_" + secrets.token_hex(12)
-                    added = MessageItem(id=item_id, status="in_progress", content=[])
-                    yield event("response.output_item.added", output_index=index, item=added.model_dump())
-                    yield event("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
-                                part=OutputText(text="").model_dump())
-            piece = item.text if isinstance(item, Thought) else item
-            said += piece
-            text += "" if isinstance(item, Thought) else piece
-            name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
-            yield event(name, item_id=item_id, output_index=index, content_index=0, delta=piece)
-            item = await anext(events)
-        if open_kind:
-            for done in close():
-                yield done
-        for call in _calls(item):
-            index += 1
-            yield event("response.output_item.added", output_index=index,
-                        item=call.model_copy(update={"arguments": "", "status": "in_progress"}).model_dump())
-            yield event("response.function_call_arguments.delta", item_id=call.id, output_index=index,
-                        delta=call.arguments)
-            yield event("response.function_call_arguments.done", item_id=call.id, output_index=index,
-                        arguments=call.arguments)
-            yield event("response.output_item.done", output_index=index, item=call.model_dump())
-        done_response = _finished(shell, item, text)
-        yield event("response.completed" if done_response.status == "completed" else "response.incomplete",
-                    response=done_response.model_dump())
-    except HllamaError as exc:
-        yield event("error", code=None, message=str(exc), param=None)
-    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error must be an event, not a status
-        log.exception("unexpected error while streaming a response")
-        yield event("error", code=None, message=f"{type(exc).__name__}: {exc}", param=None)
-    finally:
-        await events.aclose()
+    def open(self, kind: str) -> Iterable[bytes]:
+        """The added events of a new output item."""
+        if kind == "reasoning":
+            self.item_id = "rs_" + secrets.token_hex(12)
+            added: OutputItem = ReasoningItem(id=self.item_id, content=[])
+            yield self.event("response.output_item.added", output_index=self.index, item=added.model_dump())
+            return
+        self.item_id = "msg_" + secrets.token_hex(12)
+        added = MessageItem(id=self.item_id, status="in_progress", content=[])
+        yield self.event("response.output_item.added", output_index=self.index, item=added.model_dump())
+        yield self.event("response.content_part.added", item_id=self.item_id, output_index=self.index,
+                         content_index=0, part=OutputText(text="").model_dump())
+
+    def close(self) -> Iterable[bytes]:
+        """The done events of the item being written, if one is."""
+        if not self.open_kind:
+            return
+        place = {"item_id": self.item_id, "output_index": self.index, "content_index": 0}
+        if self.open_kind == "reasoning":
+            done = ReasoningItem(id=self.item_id, content=[ReasoningText(text=self.said)])
+            yield self.event("response.reasoning_text.done", **place, text=self.said)
+            yield self.event("response.output_item.done", output_index=self.index, item=done.model_dump())
+            return
+        part = OutputText(text=self.said)
+        done_message = MessageItem(id=self.item_id, status="completed", content=[part])
+        yield self.event("response.output_text.done", **place, text=self.said)
+        yield self.event("response.content_part.done", **place, part=part.model_dump())
+        yield self.event("response.output_item.done", output_index=self.index, item=done_message.model_dump())
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        yield from self.close()
+        for call in _calls(result):
+            self.index += 1
+            yield self.event("response.output_item.added", output_index=self.index,
+                             item=call.model_copy(update={"arguments": "", "status": "in_progress"}).model_dump())
+            yield self.event("response.function_call_arguments.delta", item_id=call.id, output_index=self.index,
+                             delta=call.arguments)
+            yield self.event("response.function_call_arguments.done", item_id=call.id, output_index=self.index,
+                             arguments=call.arguments)
+            yield self.event("response.output_item.done", output_index=self.index, item=call.model_dump())
+        done_response = _finished(self.shell, result, self.text)
+        yield self.event("response.completed" if done_response.status == "completed" else "response.incomplete",
+                         response=done_response.model_dump())
+
+    def error(self, message: str) -> bytes:
+        return self.event("error", code=None, message=message, param=None)
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        return _finished(self.shell, result, text).model_dump()
 
 
 def _finished(shell: ResponseObject, result: Result, text: str) -> ResponseObject:
