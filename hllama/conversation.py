@@ -27,8 +27,8 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: SeedRole
-    content: Text
+    role: SeedRole = Field(description="system, user or assistant")
+    content: Text = Field(description="the message's text")
 
 
 class ToolCall(BaseModel):

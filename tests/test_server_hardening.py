@@ -245,6 +245,36 @@ def test_openapi_marks_what_is_required_and_every_error_answer(url: str):
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
+_ANSWERS = [("GET", "/api/version", None), ("GET", "/api/tags", None), ("POST", "/api/show", {"model": "tiny"}),
+            ("GET", "/api/ps", None), ("POST", "/api/generate", {"model": "tiny", "prompt": ""}),
+            ("POST", "/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                   "stream": False, "logprobs": True, "top_logprobs": 2, "options": {"num_predict": 4}}),
+            ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 4}}),
+            ("POST", "/api/embed", {"model": "tiny", "input": ["a", "b"]}),
+            ("POST", "/api/embeddings", {"model": "tiny", "prompt": "a"}),
+            ("POST", "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                              "max_tokens": 4, "logprobs": True, "top_logprobs": 1}),
+            ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4}),
+            ("POST", "/v1/embeddings", {"model": "tiny", "input": "a"}),
+            ("GET", "/v1/models", None), ("GET", "/v1/models/tiny", None)]
+
+
+def test_openapi_documents_the_answers_of_ollamas_and_openais_routes(url: str):
+    document = httpx.get(f"{url}/openapi.json").json()
+    for path, operations in document["paths"].items():
+        if path in ("/", "/api/delete", "/api/copy") or path.startswith(("/v1/responses", "/v1/messages", "/metrics")):
+            continue  # plain text, an empty body, or the APIs documented by their own models
+        for method, operation in operations.items():
+            schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            assert "$ref" in schema, (path, method, schema)
+    for method, path, body in _ANSWERS:  # each answer has the shape documented
+        operation = document["paths"]["/v1/models/{model_id}" if path == "/v1/models/tiny" else path][method.lower()]
+        answer = httpx.request(method, f"{url}{path}", json=body, timeout=60)
+        assert answer.status_code == 200, (path, answer.text)
+        _validator(document, operation["responses"]["200"]["content"]["application/json"]["schema"]).validate(
+            answer.json())
+
+
 @pytest.mark.parametrize("name", ["x" * 300, "/" + "x" * 300, "é" * 200, "o" * 300 + "/model", "a/" + "b" * 4000])
 def test_names_too_long_for_a_file_are_no_model_and_the_connection_stays(url: str, name: str):
     with httpx.Client(base_url=url, timeout=60) as client:  # pooled: a connection closed on error would show

@@ -124,15 +124,21 @@ def test_an_error_after_streaming_began_is_the_last_line():
     import asyncio
 
     from hllama.errors import ModelLoadError
-    from hllama.server import ollama_routes
+    from hllama.server.streaming import Encoder, respond
+
+    class Lines(Encoder):
+        def piece(self, item):
+            return ((json.dumps({"piece": item}) + "\n").encode(),)
+
+        def error(self, message):
+            return (json.dumps({"error": message}) + "\n").encode()
 
     async def events():
         yield "partial"
         raise ModelLoadError("the model went away")
 
     async def body():
-        response = await ollama_routes._respond(events(), lambda piece: {"piece": piece}, None, stream=True,
-                                                resolved=_any_resolved())
+        response = await respond(events(), Lines(), stream=True, resolved=_any_resolved())
         return [json.loads(line) async for line in _lines(response)]
 
     assert asyncio.run(body()) == [{"piece": "partial"}, {"error": "the model went away"}]

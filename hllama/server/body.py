@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hllama.errors import InvalidOption, UnsupportedMediaType
 from hllama.runtime.requestlog import current_client
@@ -55,6 +56,37 @@ def required(*names: str, either: tuple[str, str] | None = None) -> Callable[[di
             schema["anyOf"] = [{"required": [either[0]]}, {"required": [either[1]]}]
 
     return mark
+
+
+class Reply(BaseModel):
+    """A response body. Routes hand :meth:`wire` to their response: plain data that ``json.dumps`` writes, so
+    numbers look as Python writes them, the same in every API."""
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def reply(body: Reply, **response: Any) -> JSONResponse:
+    """A response body as a JSON response (``response``: its status code, headers)."""
+    return JSONResponse(body.wire(), **response)
+
+
+def replies(model: type[BaseModel], *, streamed: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses`` for OpenAPI: its body's model, and the media type it streams in, if it does."""
+    described: dict[str, Any] = {"model": model, "description": model.__doc__ or "the answer"}
+    if streamed:
+        described["description"] += f" Streamed (the default), each object is one line or event of {streamed}."
+        described["content"] = {streamed: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    return {200: described}
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+def omitted(description: str) -> Any:
+    """A response field left out when it has no value (None), as Go's ``omitempty`` leaves it out."""
+    return Field(None, description=description, exclude_if=_absent)
 
 
 class Lenient(BaseModel):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from hllama.aliases.resolve import Resolved
 from hllama.backends import Completion
@@ -16,20 +16,29 @@ from hllama.conversation import ChatMessage, Thought
 from hllama.engine import normalized
 from hllama.errors import InvalidOption
 from hllama.runtime.service import Result, Service
-from hllama.server.body import json_body, read_body
+from hllama.server.body import Reply, json_body, read_body, replies, reply
 from hllama.server.disconnect import watched
 from hllama.server.ollama_types import (
     ChatRequest,
+    ChatResponse,
+    EmbeddingResponse,
     EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    GenerateChunk,
     GenerateRequest,
+    GenerateResponse,
+    LoadResponse,
+    ReplyMessage,
     decoded_images,
+    logprob_entries,
     messages_from,
     now_rfc3339,
     overrides,
     wire_tool_calls,
 )
 from hllama.server.streaming import Encoder, resolve_request, respond
-from hllama.server.views import logprob_entries, wire_name
+from hllama.server.views import wire_name
 
 router = APIRouter()
 log = logging.getLogger("hllama.server")
@@ -37,7 +46,7 @@ log = logging.getLogger("hllama.server")
 NDJSON = "application/x-ndjson"
 
 
-@router.post("/api/chat", openapi_extra=json_body(ChatRequest))
+@router.post("/api/chat", openapi_extra=json_body(ChatRequest), responses=replies(ChatResponse, streamed=NDJSON))
 async def chat(request: Request) -> Response:
     body: ChatRequest = await read_body(request, ChatRequest)
     service: Service = request.app.state.service
@@ -52,7 +61,8 @@ async def chat(request: Request) -> Response:
     return await respond(events, _ChatLines(name, body), stream=body.stream, resolved=resolved)
 
 
-@router.post("/api/generate", openapi_extra=json_body(GenerateRequest))
+@router.post("/api/generate", openapi_extra=json_body(GenerateRequest),
+             responses=replies(GenerateResponse, streamed=NDJSON))
 async def generate(request: Request) -> Response:
     body: GenerateRequest = await read_body(request, GenerateRequest)
     service: Service = request.app.state.service
@@ -79,33 +89,29 @@ async def generate(request: Request) -> Response:
     return await respond(events, _GenerateLines(name, body), stream=body.stream, resolved=resolved)
 
 
-@router.post("/api/embed", openapi_extra=json_body(EmbedRequest))
-async def embed(request: Request) -> dict[str, Any]:
+@router.post("/api/embed", openapi_extra=json_body(EmbedRequest), responses=replies(EmbedResponse))
+async def embed(request: Request) -> Response:
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
     resolved = resolve_request(service, body.model, api)
     async with watched(request) as gone:
         result = await service.embed(resolved, body.texts, truncate=body.truncate, cancel=gone)
-    return {"model": wire_name(body.model),
-            "embeddings": [normalized(vector, body.dimensions) for vector in result.embeddings.vectors],
-            "total_duration": result.total_ns, "load_duration": result.load_ns,
-            "prompt_eval_count": result.embeddings.prompt_tokens}
+    return reply(EmbedResponse(
+        model=wire_name(body.model),
+        embeddings=[normalized(vector, body.dimensions) for vector in result.embeddings.vectors],
+        total_duration=result.total_ns, load_duration=result.load_ns,
+        prompt_eval_count=result.embeddings.prompt_tokens))
 
 
-@router.post("/api/embeddings", openapi_extra=json_body(EmbedRequest))
-async def embeddings(request: Request) -> dict[str, Any]:
+@router.post("/api/embeddings", openapi_extra=json_body(EmbedRequest), responses=replies(EmbeddingResponse))
+async def embeddings(request: Request) -> Response:
     """The older route: one ``prompt``, one vector, not normalized."""
     body: EmbedRequest = await read_body(request, EmbedRequest)
     service: Service = request.app.state.service
     api, _ = overrides(body)
     result = await service.embed(resolve_request(service, body.model, api), body.texts[:1])
-    return {"embedding": result.embeddings.vectors[0] if result.embeddings.vectors else []}
-
-
-def _logprobs(body: Any, result: Result) -> dict[str, Any]:
-    """All the answer's log-probabilities, in the last chunk (or the whole reply)."""
-    return {"logprobs": logprob_entries(result.finished.logprobs)} if body.logprob_alternatives is not None else {}
+    return reply(EmbeddingResponse(embedding=result.embeddings.vectors[0] if result.embeddings.vectors else []))
 
 
 async def _load_or_unload(service: Service, resolved: Resolved, name: str, *, unload: bool, chat: bool) -> Response:
@@ -114,103 +120,83 @@ async def _load_or_unload(service: Service, resolved: Resolved, name: str, *, un
         runner = service.scheduler.find(resolved)
         if runner is not None and runner.idle:
             await service.scheduler.unload(runner)
-        reason = "unload"
     else:
         await service.scheduler.load(resolved)
-        reason = "load"
-    document: dict[str, Any] = {"model": name, "created_at": now_rfc3339(), "done": True, "done_reason": reason}
-    if chat:
-        document["message"] = {"role": "assistant", "content": ""}
-    else:
-        document["response"] = ""
-    return JSONResponse(document)
+    return reply(LoadResponse(model=name, created_at=now_rfc3339(), done_reason="unload" if unload else "load",
+                              message=ReplyMessage(content="") if chat else None, response=None if chat else ""))
 
 
-def _stats(result: Result) -> dict[str, Any]:
+def _metrics(body: ChatRequest | GenerateRequest, result: Result) -> dict[str, Any]:
+    """The last object's statistics (and log-probabilities, when asked for)."""
     stats = result.finished.stats
+    logprobs = logprob_entries(result.finished.logprobs) if body.logprob_alternatives is not None else None
     return {"done_reason": stats.done_reason if stats.done_reason != "cancel" else "stop",
             "total_duration": result.total_ns, "load_duration": result.load_ns,
             "prompt_eval_count": stats.prompt_tokens, "prompt_eval_cached_count": stats.cached_tokens,
             "prompt_eval_duration": stats.prompt_eval_ns,
-            "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns}
+            "eval_count": stats.generated_tokens, "eval_duration": stats.eval_ns, "logprobs": logprobs}
 
 
-class _Lines(Encoder):
-    """Ollama's NDJSON: one object per piece, then the last one with the statistics."""
+class _ChatLines(Encoder):
+    """``/api/chat`` as NDJSON: one object per piece, the tool calls in one of their own, then the statistics."""
 
     media_type = NDJSON
 
-    def __init__(self, name: str, body: ChatRequest | GenerateRequest) -> None:
+    def __init__(self, name: str, body: ChatRequest) -> None:
+        self.name, self.body = name, body
+
+    def line(self, message: ReplyMessage, **last: Any) -> bytes:
+        return _line(ChatResponse(model=self.name, created_at=now_rfc3339(), message=message, done=bool(last),
+                                  **last))
+
+    def piece(self, item: str | Thought) -> Iterable[bytes]:
+        message = ReplyMessage(content="", thinking=item.text) if isinstance(item, Thought) \
+            else ReplyMessage(content=item)
+        return (self.line(message),)
+
+    def end(self, result: Result) -> Iterable[bytes]:
+        if result.tool_calls:  # while streaming, the calls come in a chunk of their own, as Ollama's do
+            yield self.line(ReplyMessage(content="", tool_calls=wire_tool_calls(result.tool_calls)))
+        yield self.line(ReplyMessage(content=""), **_metrics(self.body, result))
+
+    def error(self, message: str) -> bytes:
+        return _line(ErrorResponse(error=message))
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        message = ReplyMessage(content=text, thinking=result.thinking or None,
+                               tool_calls=wire_tool_calls(result.tool_calls) or None)
+        return ChatResponse(model=self.name, created_at=now_rfc3339(), message=message, done=True,
+                            **_metrics(self.body, result)).wire()
+
+
+class _GenerateLines(Encoder):
+    """``/api/generate`` as NDJSON: one object per piece, then the statistics (and the exchange's context)."""
+
+    media_type = NDJSON
+
+    def __init__(self, name: str, body: GenerateRequest) -> None:
         self.name, self.body = name, body
 
     def piece(self, item: str | Thought) -> Iterable[bytes]:
-        return (_line({"model": self.name, "created_at": now_rfc3339(), **self.said(item), "done": False}),)
+        said = {"response": "", "thinking": item.text} if isinstance(item, Thought) else {"response": item}
+        return (_line(GenerateChunk(model=self.name, created_at=now_rfc3339(), **said, done=False)),)
 
     def end(self, result: Result) -> Iterable[bytes]:
-        return (_line(self.whole("", result)),)
+        return (_line(self.last("", result)),)
 
     def error(self, message: str) -> bytes:
-        return _line({"error": message})
-
-    def said(self, item: str | Thought) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def last(self, text: str, result: Result) -> dict[str, Any]:
-        """The last object's start (its statistics follow)."""
-        return {"model": self.name, "created_at": now_rfc3339()}
+        return _line(ErrorResponse(error=message))
 
     def whole(self, text: str, result: Result) -> dict[str, Any]:
-        return {**self.last(text, result), "done": True, **_stats(result), **_logprobs(self.body, result),
-                **self.after(result)}
+        return self.last(text, result).wire()
 
-    def after(self, result: Result) -> dict[str, Any]:
-        return {}
-
-
-class _ChatLines(_Lines):
-    def said(self, item: str | Thought) -> dict[str, Any]:
-        message = {"role": "assistant", "content": "", "thinking": item.text} if isinstance(item, Thought) \
-            else _message(item)
-        return {"message": message}
-
-    def last(self, text: str, result: Result) -> dict[str, Any]:
-        whole = None if self.body.stream else result  # a stream sent thinking and calls as they came
-        return {**super().last(text, result), "message": _message(text, whole)}
-
-    def end(self, result: Result) -> Iterable[bytes]:
-        """While streaming, the tool calls come in a chunk of their own before the last one, as Ollama's do."""
-        if result.tool_calls:
-            calls = {"role": "assistant", "content": "", "tool_calls": wire_tool_calls(result.tool_calls)}
-            yield _line({"model": self.name, "created_at": now_rfc3339(), "message": calls, "done": False})
-        yield from super().end(result)
+    def last(self, text: str, result: Result) -> Any:
+        body = self.body
+        context = None if body.raw or body.suffix else result.prompt_ids + result.finished.generated_ids
+        return GenerateResponse(model=self.name, created_at=now_rfc3339(), response=text, done=True,
+                                **_metrics(body, result), thinking=None if body.stream else result.thinking or None,
+                                context=context)
 
 
-class _GenerateLines(_Lines):
-    body: GenerateRequest
-
-    def said(self, item: str | Thought) -> dict[str, Any]:
-        return {"response": "", "thinking": item.text} if isinstance(item, Thought) else {"response": item}
-
-    def last(self, text: str, result: Result) -> dict[str, Any]:
-        return {**super().last(text, result), "response": text}
-
-    def after(self, result: Result) -> dict[str, Any]:
-        document: dict[str, Any] = {}
-        if result.thinking and not self.body.stream:
-            document["thinking"] = result.thinking
-        if not self.body.raw and not self.body.suffix:
-            document["context"] = result.prompt_ids + result.finished.generated_ids
-        return document
-
-
-def _message(content: str, result: Result | None = None) -> dict[str, Any]:
-    document: dict[str, Any] = {"role": "assistant", "content": content}
-    if result is not None and result.thinking:
-        document["thinking"] = result.thinking
-    if result is not None and result.tool_calls:
-        document["tool_calls"] = wire_tool_calls(result.tool_calls)
-    return document
-
-
-def _line(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+def _line(document: Reply) -> bytes:
+    return json.dumps(document.wire(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -10,7 +10,7 @@ import secrets
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -22,19 +22,47 @@ from hllama.engine import normalized
 from hllama.errors import AliasNotFound, InvalidOption
 from hllama.runtime.catalog import catalog
 from hllama.runtime.service import Result, Service
-from hllama.server.body import json_body, read_body
+from hllama.server.body import Reply, json_body, read_body, replies, reply
 from hllama.server.disconnect import watched
+from hllama.server.ollama_types import logprob_entries
+from hllama.server.openai_types import (
+    AssistantMessage,
+    CachedTokens,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChunkChoice,
+    CompletionRequest,
+    Delta,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    ErrorDetail,
+    ErrorResponse,
+    FunctionCallReply,
+    Logprobs,
+    ModelList,
+    ModelObject,
+    TextChoice,
+    TextChunkChoice,
+    TextCompletion,
+    TextCompletionChunk,
+    ToolCallReply,
+    Usage,
+)
 from hllama.server.streaming import Encoder, resolve_request, respond
-from hllama.server.views import logprob_entries, wire_name
-
-from .openai_types import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
+from hllama.server.views import wire_name
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")
 
 
 
-@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest),
+             responses=replies(ChatCompletion, streamed="text/event-stream"))
 async def chat_completions(request: Request) -> Response:
     body: ChatCompletionRequest = await read_body(request, ChatCompletionRequest)
     if not body.messages:
@@ -82,7 +110,8 @@ def _history(messages: list[ChatMessage]) -> list[Message]:
     return history
 
 
-@router.post("/completions", openapi_extra=json_body(CompletionRequest))
+@router.post("/completions", openapi_extra=json_body(CompletionRequest),
+             responses=replies(TextCompletion, streamed="text/event-stream"))
 async def completions(request: Request) -> Response:
     body: CompletionRequest = await read_body(request, CompletionRequest)
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
@@ -94,11 +123,11 @@ async def completions(request: Request) -> Response:
         events = service.complete(resolved, Completion(prompt, suffix=body.suffix))
     else:  # as Ollama does, the prompt goes through the chat template (its ``raw`` is false here)
         events = service.chat(resolved, [Message(role="user", content=prompt)])
-    return await respond(events, _Events(body), stream=body.stream, resolved=resolved)
+    return await respond(events, _TextEvents(body), stream=body.stream, resolved=resolved)
 
 
-@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
-async def embeddings(request: Request) -> dict[str, Any]:
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest), responses=replies(EmbeddingList))
+async def embeddings(request: Request) -> Response:
     body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
     if body.encoding_format not in ("float", "base64"):
         raise InvalidOption(f"invalid encoding_format {body.encoding_format!r}: use float or base64")
@@ -113,126 +142,133 @@ async def embeddings(request: Request) -> dict[str, Any]:
     data = []
     for index, vector in enumerate(result.embeddings.vectors):
         unit = normalized(vector, body.dimensions)
-        encoded: Any = unit if body.encoding_format == "float" else \
+        encoded: list[float] | str = unit if body.encoding_format == "float" else \
             base64.b64encode(struct.pack(f"<{len(unit)}f", *unit)).decode()
-        data.append({"object": "embedding", "embedding": encoded, "index": index})
+        data.append(Embedding(embedding=encoded, index=index))
     tokens = result.embeddings.prompt_tokens
-    return {"object": "list", "data": data, "model": body.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return reply(EmbeddingList(data=data, model=body.model,
+                               usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
+@router.get("/models", responses=replies(ModelList))
+async def models(request: Request) -> Response:
     service: Service = request.app.state.service
     rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
-    return {"object": "list", "data": [_model_object(row.name) for row in rows]}
+    return reply(ModelList(data=[_model_object(row.name) for row in rows]))
 
 
-@router.get("/models/{model_id:path}")
-async def model(model_id: str, request: Request) -> dict[str, Any]:
+@router.get("/models/{model_id:path}", responses=replies(ModelObject))
+async def model(model_id: str, request: Request) -> Response:
     service: Service = request.app.state.service
     rows = await asyncio.to_thread(catalog, service.settings, service.registry, service.budget)
     names = {wire_name(row.name).casefold(): row.name for row in rows}  # any case, as Ollama's names
     if (name := names.get(wire_name(model_id).casefold())) is None:
         raise AliasNotFound(model_id)
-    return _model_object(name)
+    return reply(_model_object(name))
 
 
-def _model_object(name: str) -> dict[str, Any]:
+def _model_object(name: str) -> ModelObject:
     owner = name.split("/", 1)[0] if "/" in name else "library"
-    return {"id": wire_name(name), "object": "model", "created": int(time.time()), "owned_by": owner}
+    return ModelObject(id=wire_name(name), created=int(time.time()), owned_by=owner)
 
 
-class _Events(Encoder):
-    """OpenAI's answer, whole or as server-sent chunks ending in ``data: [DONE]``."""
+class _TextEvents(Encoder):
+    """A text completion, whole or as server-sent chunks ending in ``data: [DONE]``."""
 
     closing = b"data: [DONE]\n\n"
-    prefix, whole_object, chunk_object = "cmpl-", "text_completion", "text_completion"
+    prefix = "cmpl-"
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: ChatCompletionRequest | CompletionRequest) -> None:
         self.body = body
-        self.base = {"id": self.prefix + secrets.token_hex(12), "object": self.whole_object,
-                     "created": int(time.time()), "model": body.model, "system_fingerprint": "fp_hllama"}
-        self.started = False
-
-    def chunk(self, choice: dict[str, Any]) -> bytes:
-        return _event({**self.base, "object": self.chunk_object, "choices": [choice]})
+        self.base = {"id": self.prefix + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
 
     def end(self, result: Result) -> Iterable[bytes]:
         yield from self.last_chunks(result)
         if self.body.stream_options and self.body.stream_options.include_usage:
-            yield _event({**self.base, "object": self.chunk_object, "choices": [], "usage": _usage(result)})
-
-    def last_chunks(self, result: Result) -> Iterable[bytes]:
-        yield self.chunk({"index": 0, "text": "", "finish_reason": _finish_reason(result), "logprobs": None})
+            yield self.usage_chunk(result)
 
     def error(self, message: str) -> bytes:
-        return _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+        return _event(ErrorResponse(error=ErrorDetail(message=message, type="api_error")))
 
     def piece(self, item: str | Thought) -> Iterable[bytes]:
-        return (self.chunk({"index": 0, "text": item or "", "finish_reason": None, "logprobs": None}),)
+        return (self.chunk(TextChunkChoice(index=0, text=str(item), finish_reason=None, logprobs=None)),)
+
+    def chunk(self, choice: TextChunkChoice) -> bytes:
+        return _event(TextCompletionChunk(**self.base, choices=[choice]))
+
+    def last_chunks(self, result: Result) -> Iterable[bytes]:
+        yield self.chunk(TextChunkChoice(index=0, text="", finish_reason=_finish_reason(result), logprobs=None))
+
+    def usage_chunk(self, result: Result) -> bytes:
+        return _event(TextCompletionChunk(**self.base, choices=[], usage=_usage(result)))
 
     def whole(self, text: str, result: Result) -> dict[str, Any]:
-        choice = {"index": 0, "finish_reason": _finish_reason(result), **self.choice(text, result)}
-        return {**self.base, "choices": [choice], "usage": _usage(result)}
-
-    def choice(self, text: str, result: Result) -> dict[str, Any]:
-        return {"text": text, "logprobs": None}
+        choice = TextChoice(index=0, finish_reason=_finish_reason(result), text=text, logprobs=None)
+        return TextCompletion(**self.base, choices=[choice], usage=_usage(result)).wire()
 
 
-class _ChatEvents(_Events):
-    prefix, whole_object, chunk_object = "chatcmpl-", "chat.completion", "chat.completion.chunk"
+class _ChatEvents(_TextEvents):
+    """A chat completion, whole or as server-sent chunks: the role first, then the pieces, the calls, the end."""
 
-    def delta(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+    prefix = "chatcmpl-"
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        super().__init__(body)
+        self.chat = body
+        self.started = False
+
+    def delta(self, delta: Delta, finish: str | None = None, logprobs: Logprobs | None = None) -> bytes:
         if not self.started:
-            delta, self.started = {"role": "assistant", **delta}, True
-        return self.chunk({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
+            delta, self.started = delta.model_copy(update={"role": "assistant"}), True
+        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish, logprobs=logprobs)
+        return _event(ChatCompletionChunk(**self.base, choices=[choice]))
 
     def piece(self, item: str | Thought) -> Iterable[bytes]:
-        return (self.delta({"reasoning": item.text} if isinstance(item, Thought) else {"content": item}),)
+        return (self.delta(Delta(reasoning=item.text) if isinstance(item, Thought) else Delta(content=item)),)
 
     def last_chunks(self, result: Result) -> Iterable[bytes]:
         if not self.started:
-            yield self.delta({"content": ""})
+            yield self.delta(Delta(content=""))
         if result.tool_calls:
-            yield self.delta({"tool_calls": _tool_calls(result)})
-        yield self.chunk({"index": 0, "delta": {}, "finish_reason": _finish_reason(result),
-                          "logprobs": _logprobs(self.body, result)})
+            yield self.delta(Delta(tool_calls=_tool_calls(result)))
+        yield self.delta(Delta(), _finish_reason(result), _logprobs(self.chat, result))
 
-    def choice(self, text: str, result: Result) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if result.thinking:
-            message["reasoning"] = result.thinking
-        if result.tool_calls:
-            message["tool_calls"] = _tool_calls(result)
-        return {"logprobs": _logprobs(self.body, result), "message": message}
+    def usage_chunk(self, result: Result) -> bytes:
+        return _event(ChatCompletionChunk(**self.base, choices=[], usage=_usage(result)))
+
+    def whole(self, text: str, result: Result) -> dict[str, Any]:
+        message = AssistantMessage(content=text, reasoning=result.thinking or None,
+                                   tool_calls=_tool_calls(result) or None)
+        choice = ChatChoice(index=0, finish_reason=_finish_reason(result), logprobs=_logprobs(self.chat, result),
+                            message=message)
+        return ChatCompletion(**self.base, choices=[choice], usage=_usage(result)).wire()
 
 
-def _logprobs(body: Any, result: Result) -> dict[str, Any] | None:
+def _logprobs(body: ChatCompletionRequest, result: Result) -> Logprobs | None:
     """OpenAI's ``choice.logprobs`` when asked for (streamed: all of them, on the last chunk)."""
-    asked = getattr(body, "logprob_alternatives", None) is not None  # text completions have none
-    return {"content": logprob_entries(result.finished.logprobs)} if asked else None
+    asked = body.logprob_alternatives is not None
+    return Logprobs(content=logprob_entries(result.finished.logprobs)) if asked else None
 
 
-def _finish_reason(result: Result) -> str:
+def _finish_reason(result: Result) -> Literal["stop", "length", "tool_calls"]:
     if result.tool_calls:
         return "tool_calls"
     return "length" if result.finished.stats.done_reason == "length" else "stop"
 
 
-def _tool_calls(result: Result) -> list[dict[str, Any]]:
+def _tool_calls(result: Result) -> list[ToolCallReply]:
     """OpenAI's shape: an id per call, arguments as a JSON text."""
-    return [{"index": index, "id": "call_" + secrets.token_hex(12), "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
-            for index, call in enumerate(result.tool_calls)]
+    return [ToolCallReply(index=index, id="call_" + secrets.token_hex(12), function=FunctionCallReply(
+        name=call.name, arguments=json.dumps(call.arguments, ensure_ascii=False)))
+        for index, call in enumerate(result.tool_calls)]
 
 
-def _usage(result: Result) -> dict[str, Any]:
+def _usage(result: Result) -> Usage:
     stats = result.finished.stats
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
+    return Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.generated_tokens,
+                 total_tokens=stats.prompt_tokens + stats.generated_tokens,
+                 prompt_tokens_details=CachedTokens(cached_tokens=stats.cached_tokens))
 
 
-def _event(document: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def _event(document: Reply) -> bytes:
+    return b"data: " + json.dumps(document.wire(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

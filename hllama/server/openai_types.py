@@ -1,4 +1,5 @@
-"""OpenAI's wire format for chat and text completions, as far as hllama honours it."""
+"""OpenAI's wire format for chat and text completions, embeddings and models, as far as hllama honours it: the
+request bodies and every response body."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from hllama.conversation import Pattern
 from hllama.engine import MAX_INPUTS, Structure
 from hllama.errors import InvalidOption
-from hllama.server.body import Lenient, required
+from hllama.server.body import Lenient, Reply, omitted, required
+from hllama.server.ollama_types import LogprobEntry
 
 
 class ImageURL(Lenient):
@@ -199,3 +201,152 @@ class ErrorResponse(BaseModel):
     """Every error of OpenAI's API."""
 
     error: ErrorDetail = Field(description="the error")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Response bodies (a field declared with ``omitted`` is left out when it has no value; others may be null)
+
+
+class FunctionCallReply(Reply):
+    name: str = Field(description="the tool called")
+    arguments: str = Field(description="its arguments, as JSON text")
+
+
+class ToolCallReply(Reply):
+    index: int = Field(description="the call's place among the answer's calls")
+    id: str = Field(description="the call's id, which its tool message names")
+    type: Literal["function"] = Field("function", description="always a function")
+    function: FunctionCallReply = Field(description="the function called")
+
+
+class Logprobs(Reply):
+    content: list[LogprobEntry] = Field(description="one entry per token of the answer")
+
+
+class CachedTokens(Reply):
+    cached_tokens: int = Field(description="prompt tokens taken from an earlier turn's KV cache")
+
+
+class Usage(Reply):
+    prompt_tokens: int = Field(description="the prompt's tokens")
+    completion_tokens: int = Field(description="the answer's tokens")
+    total_tokens: int = Field(description="both")
+    prompt_tokens_details: CachedTokens = Field(description="of the prompt's tokens, the ones cached")
+
+
+class AssistantMessage(Reply):
+    role: Literal["assistant"] = Field("assistant", description="always the assistant")
+    content: str = Field(description="the answer's text")
+    reasoning: str | None = omitted("what a thinking model thought first")
+    tool_calls: list[ToolCallReply] | None = omitted("the calls the answer makes")
+
+
+class ChatChoice(Reply):
+    index: int = Field(description="always 0 (one answer per request)")
+    finish_reason: Literal["stop", "length", "tool_calls"] = Field(description="why the answer ended")
+    logprobs: Logprobs | None = Field(description="each token's log-probability, when asked for")
+    message: AssistantMessage = Field(description="the answer")
+
+
+class _Completion(Reply):
+    id: str = Field(description="the completion's id")
+    object: str = Field(description="what this object is")
+    created: int = Field(description="when it was made (Unix seconds)")
+    model: str = Field(description="the model asked for")
+    system_fingerprint: str = Field("fp_hllama", description="the serving configuration")
+
+
+class ChatCompletion(_Completion):
+    """A whole chat completion."""
+
+    object: Literal["chat.completion"] = Field("chat.completion", description="a chat completion")
+    choices: list[ChatChoice] = Field(description="the answer")
+    usage: Usage = Field(description="the tokens read and written")
+
+
+class Delta(Reply):
+    role: Literal["assistant"] | None = omitted("the assistant, in the first chunk")
+    content: str | None = omitted("this piece of the answer")
+    reasoning: str | None = omitted("this piece of a thinking model's thinking")
+    tool_calls: list[ToolCallReply] | None = omitted("the answer's calls, in a chunk of their own")
+
+
+class ChunkChoice(Reply):
+    index: int = Field(description="always 0")
+    delta: Delta = Field(description="what this chunk adds")
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = Field(description="in the last chunk, why")
+    logprobs: Logprobs | None = Field(description="in the last chunk, when asked for: every token's")
+
+
+class ChatCompletionChunk(_Completion):
+    """One server-sent chunk of a streamed chat completion."""
+
+    object: Literal["chat.completion.chunk"] = Field("chat.completion.chunk", description="a chunk")
+    choices: list[ChunkChoice] = Field(description="this chunk's piece (none in the usage chunk)")
+    usage: Usage | None = omitted("in a last chunk of its own, when stream_options.include_usage asks")
+
+
+class TextChoice(Reply):
+    index: int = Field(description="always 0")
+    finish_reason: Literal["stop", "length", "tool_calls"] = Field(description="why the text ended")
+    text: str = Field(description="the text")
+    logprobs: None = Field(description="always null")
+
+
+class TextCompletion(_Completion):
+    """A whole text completion."""
+
+    object: Literal["text_completion"] = Field("text_completion", description="a text completion")
+    choices: list[TextChoice] = Field(description="the text")
+    usage: Usage = Field(description="the tokens read and written")
+
+
+class TextChunkChoice(Reply):
+    index: int = Field(description="always 0")
+    text: str = Field(description="this piece of the text")
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = Field(description="in the last chunk, why")
+    logprobs: None = Field(description="always null")
+
+
+class TextCompletionChunk(_Completion):
+    """One server-sent chunk of a streamed text completion."""
+
+    object: Literal["text_completion"] = Field("text_completion", description="a text completion's chunk")
+    choices: list[TextChunkChoice] = Field(description="this chunk's piece (none in the usage chunk)")
+    usage: Usage | None = omitted("in a last chunk of its own, when stream_options.include_usage asks")
+
+
+class Embedding(Reply):
+    object: Literal["embedding"] = Field("embedding", description="an embedding")
+    embedding: list[float] | str = Field(description="the unit-length vector, or its float32s in base64")
+    index: int = Field(description="the input's place")
+
+
+class EmbeddingUsage(Reply):
+    prompt_tokens: int = Field(description="the inputs' tokens")
+    total_tokens: int = Field(description="the same")
+
+
+class EmbeddingList(Reply):
+    """``/v1/embeddings``: one vector per input."""
+
+    object: Literal["list"] = Field("list", description="a list")
+    data: list[Embedding] = Field(description="the vectors, in the inputs' order")
+    model: str = Field(description="the model asked for")
+    usage: EmbeddingUsage = Field(description="the tokens read")
+
+
+class ModelObject(Reply):
+    """A model that ``model`` may name."""
+
+    id: str = Field(description="its name, with its tag")
+    object: Literal["model"] = Field("model", description="a model")
+    created: int = Field(description="now (Unix seconds)")
+    owned_by: str = Field(description="its Hub organisation, or library")
+
+
+class ModelList(Reply):
+    """``/v1/models``: every alias and cached model."""
+
+    object: Literal["list"] = Field("list", description="a list")
+    data: list[ModelObject] = Field(description="the models")

@@ -1,14 +1,14 @@
-"""How models look on the wire: names, digests, ``/api/tags`` rows and log-probabilities."""
+"""How models look on the wire: names, digests and ``/api/tags`` rows."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from hllama.aliases.registry import Registry
 from hllama.models import hub
 from hllama.runtime.catalog import Row
 from hllama.runtime.modelinfo import details
+from hllama.server.ollama_types import ListedModel
 
 
 def wire_name(name: str) -> str:
@@ -30,16 +30,7 @@ def model_digest(registry: Registry, name: str) -> str:
     return digest(f"{name}@{hub.local_snapshot(name)}")
 
 
-def tag_entry(row: Row, *, modified_at: str, registry: Registry) -> dict[str, Any]:
+def tag_entry(row: Row, *, modified_at: str, registry: Registry) -> ListedModel:
     name = wire_name(row.name)
-    return {"name": name, "model": name, "modified_at": modified_at, "size": row.size or 0,
-            "digest": model_digest(registry, row.name), "details": details(row.plan)}
-
-
-def logprob_entries(logprobs: Any) -> list[dict[str, Any]]:
-    """Each token with its log-probability, UTF-8 bytes and likeliest alternatives (Ollama's and OpenAI's shape)."""
-    def entry(token: str, logprob: float) -> dict[str, Any]:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-    return [{**entry(item.token, item.logprob), "top_logprobs": [entry(token, value) for token, value in item.top]}
-            for item in logprobs]
+    return ListedModel(name=name, model=name, modified_at=modified_at, size=row.size or 0,
+                       digest=model_digest(registry, row.name), details=details(row.plan))
