@@ -245,11 +245,12 @@ def test_openapi_marks_what_is_required_and_every_error_answer(url: str):
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
+_SHORT = {"num_predict": 4}
 _ANSWERS = [("GET", "/api/version", None), ("GET", "/api/tags", None), ("POST", "/api/show", {"model": "tiny"}),
             ("GET", "/api/ps", None), ("POST", "/api/generate", {"model": "tiny", "prompt": ""}),
             ("POST", "/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-                                   "stream": False, "logprobs": True, "top_logprobs": 2, "options": {"num_predict": 4}}),
-            ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 4}}),
+                                   "stream": False, "logprobs": True, "top_logprobs": 2, "options": _SHORT}),
+            ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False, "options": _SHORT}),
             ("POST", "/api/embed", {"model": "tiny", "input": ["a", "b"]}),
             ("POST", "/api/embeddings", {"model": "tiny", "prompt": "a"}),
             ("POST", "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
