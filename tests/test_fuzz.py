@@ -123,8 +123,13 @@ def _check(response: httpx.Response, path: str, sent: Any) -> None:
             assert isinstance(error, dict) and isinstance(error["message"], str) and error["type"], where
         else:
             assert isinstance(error, str) and error, where
-    elif response.headers.get("content-type", "").startswith(("application/x-ndjson", "text/event-stream")):
-        assert "Error" not in response.text[-300:] or "error" in response.text[-300:], where
+    elif response.headers.get("content-type", "").startswith("application/x-ndjson"):  # ends done, or in an error
+        last = json.loads(response.text.strip().splitlines()[-1])
+        assert last.get("done") is True or last.get("status") == "success" or isinstance(last.get("error"), str), \
+            where
+    elif response.headers.get("content-type", "").startswith("text/event-stream"):  # OpenAI's end, or an error
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        assert data[-1] == "[DONE]" and "Traceback" not in response.text, where
 
 
 #: The server's body limit in these tests: names are tried at every length up to it.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hllama.engine.noise import exponential, seed_of, step_key
-from hllama.engine.sampling import ALL_TOKENS, GREEDY_BELOW, finite, repetition_window
+from hllama.engine.sampling import ALL_TOKENS, GREEDY_BELOW, finite, repetition_window, temperature_of
 from hllama.options import Parameters
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class RowSampler:
 
     def __init__(self, params: Parameters, prompt_ids: Sequence[int], *, vocab_size: int,
                  device: torch.device | str = "cpu", constraint: Constraint | None = None) -> None:
-        temperature = params.temperature if params.temperature is not None else 1.0
+        temperature = temperature_of(params)
         self.greedy = temperature < GREEDY_BELOW
         self.temperature = temperature
         self.top_k = params.top_k if params.top_k and params.top_k < vocab_size else 0

@@ -124,6 +124,11 @@ class RecentRepetitionPenalty(RepetitionPenaltyLogitsProcessor):
         return super().__call__(recent, scores)
 
 
+def temperature_of(params: Parameters) -> float:
+    """The temperature a request samples at: its own, else 1.0 (transformers' and OpenAI's default)."""
+    return params.temperature if params.temperature is not None else 1.0
+
+
 def logits_processors(params: Parameters, *, prompt_length: int, answered: int = 0) -> LogitsProcessorList:
     """Penalties first, then (unless temperature is 0: greedy) the warpers and the sampler. ``prompt_length``:
     the tokens before the answer; ``answered``: answer tokens already drawn, after them (a shifted window)."""
@@ -134,7 +139,7 @@ def logits_processors(params: Parameters, *, prompt_length: int, answered: int =
         processors.append(PresenceFrequencyPenalty(presence=params.presence_penalty or 0.0,
                                                    frequency=params.frequency_penalty or 0.0,
                                                    prompt_length=prompt_length))
-    temperature = params.temperature if params.temperature is not None else 1.0
+    temperature = temperature_of(params)
     if temperature >= GREEDY_BELOW:
         if temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))

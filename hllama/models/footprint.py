@@ -22,10 +22,6 @@ from hllama.models.ggufheader import NotGguf, read_header
 from hllama.models.hardware import Budget, Device
 from hllama.options import LoadOptions
 
-#: Bytes per element of each safetensors dtype.
-DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-               "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
 #: Bytes per parameter at each precision. bitsandbytes keeps a scale per row (8-bit) or per block
 #: of 64 (4-bit, nf4 with double quantisation), hence the fractions.
 PRECISION_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.02, "4bit": 0.53}
