@@ -114,85 +114,98 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, template: st
     thinks = supports_thinking(chat_template)
     if think and not thinks:
         raise NotSupported(model, "thinking")
+    if processor is None and any(message.get("images") for message in messages):
+        raise NotSupported(model, "images", "it is not a vision model")
     options: dict[str, Any] = {}
     if thinks and think is not None:
         options["enable_thinking"] = bool(think)
         if isinstance(think, str):
             options["reasoning_effort"] = think
-    system = messages[:1] if messages and messages[0]["role"] == "system" else []
-    turns = _turns(messages[len(system):])
+    fitter = _Fitter(tokenizer, processor, messages, template=template, ctx=ctx, tools=tools, options=options,
+                     thinking=(think is not False) if thinks else None,
+                     tool_style=tool_style(chat_template) if tools else None)
+    if not truncate:
+        whole = fitter.attempt(0)
+        if not fitter.fits(whole, 1):
+            raise fitter.too_long(0, truncating=False)
+        return whole
+    fitted = fitter.fewest_dropped(max(reserve, 1), 0) or fitter.fewest_dropped(1, fitter.last)
+    if fitted is None:
+        raise fitter.too_long(fitter.last)
+    return fitter.shiftable(fitted)
 
-    if processor is None and any(message.get("images") for message in messages):
-        raise NotSupported(model, "images", "it is not a vision model")
-    # a vision model is prompted through its processor's chat template, where it has one
-    renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
-    pictures = _pictures(messages)  # decoded once, however many times the turns are fitted to ctx
-    rendered: dict[int, Prompt | None] = {}  # by turns dropped: a shift later renders none of them again
-    unfit: dict[int, int] = {}  # by turns dropped: the fewest tokens a prompt far too long to tokenize takes
 
-    def attempt(dropped: int) -> Prompt | None:
+class _Fitter:
+    """One conversation rendered with ever more of its oldest turns left out, each rendering kept, until it fits."""
+
+    def __init__(self, tokenizer: Any, processor: Any, messages: list[dict[str, Any]], *, template: str | None,
+                 ctx: int | None, tools: list[dict[str, Any]] | None, options: dict[str, Any],
+                 thinking: bool | None, tool_style: ToolStyle | None) -> None:
+        self.tokenizer, self.processor, self.template, self.ctx = tokenizer, processor, template, ctx
+        self.tools, self.options, self.thinking, self.tool_style = tools, options, thinking, tool_style
+        self.system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        self.turns = _turns(messages[len(self.system):])
+        self.last = max(len(self.turns) - 1, 0)
+        # a vision model is prompted through its processor's chat template, where it has one
+        self.renderer = processor if template is None and getattr(processor, "chat_template", None) else tokenizer
+        self.pictures = _pictures(messages)  # decoded once, however many times the turns are fitted to ctx
+        self.rendered: dict[int, Prompt | None] = {}  # by turns dropped: a shift later renders none of them again
+        self.unfit: dict[int, int] = {}  # by turns dropped: the fewest tokens a prompt far too long to tokenize takes
+
+    def attempt(self, dropped: int) -> Prompt | None:
         """The prompt with the oldest ``dropped`` turns left out; None where it surely does not fit ``ctx``."""
-        if dropped in rendered:
-            return rendered[dropped]
-        kept = system + [message for turn in turns[dropped:] for message in turn]
+        if dropped in self.rendered:
+            return self.rendered[dropped]
+        kept = self.system + [message for turn in self.turns[dropped:] for message in turn]
         images = [image for message in kept for image in message.get("images") or []]
         shown = [{key: value for key, value in message.items() if key != "images"} for message in kept]
-        text, extra_stops = render(renderer, shown, template=template, tools=tools, **options)
-        if ctx is not None and (least := fewest_tokens(tokenizer, text)) > ctx:
-            unfit[dropped], rendered[dropped] = least, None
+        text, extra_stops = render(self.renderer, shown, template=self.template, tools=self.tools, **self.options)
+        if self.ctx is not None and (least := fewest_tokens(self.tokenizer, text)) > self.ctx:
+            self.unfit[dropped], self.rendered[dropped] = least, None
             return None
         vision = None
         if images:  # the processor puts each image's tokens where its template left a place for it
-            inputs = processor(text=[text], images=[pictures[id(image)] for image in images], return_tensors="pt")
+            inputs = self.processor(text=[text], images=[self.pictures[id(image)] for image in images],
+                                    return_tensors="pt")
             ids = inputs["input_ids"][0].tolist()
             vision = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
         else:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        rendered[dropped] = Prompt(ids=ids, text=text, messages=shown, dropped_turns=dropped,
-                                   extra_stops=extra_stops, thinking=(think is not False) if thinks else None,
-                                   tool_style=tool_style(chat_template) if tools else None, vision=vision)
-        return rendered[dropped]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.rendered[dropped] = Prompt(ids=ids, text=text, messages=shown, dropped_turns=dropped,
+                                        extra_stops=extra_stops, thinking=self.thinking, tool_style=self.tool_style,
+                                        vision=vision)
+        return self.rendered[dropped]
 
-    def fits(prompt: Prompt | None, room: int) -> bool:
-        return prompt is not None and (ctx is None or len(prompt.ids) + room <= ctx)
+    def fits(self, prompt: Prompt | None, room: int) -> bool:
+        return prompt is not None and (self.ctx is None or len(prompt.ids) + room <= self.ctx)
 
-    def too_long(dropped: int, *, truncating: bool = True) -> PromptTooLong:
-        if (prompt := attempt(dropped)) is None:
-            return PromptTooLong(unfit[dropped], ctx or 0, truncating=truncating, at_least=True)
-        return PromptTooLong(len(prompt.ids) + 1, ctx or 0, truncating=truncating)
+    def too_long(self, dropped: int, *, truncating: bool = True) -> PromptTooLong:
+        if (prompt := self.attempt(dropped)) is None:
+            return PromptTooLong(self.unfit[dropped], self.ctx or 0, truncating=truncating, at_least=True)
+        return PromptTooLong(len(prompt.ids) + 1, self.ctx or 0, truncating=truncating)
 
-    last = max(len(turns) - 1, 0)
-
-    def fewest_dropped(room: int, least: int) -> Prompt | None:
+    def fewest_dropped(self, room: int, least: int) -> Prompt | None:
         """The prompt with the fewest turns dropped (``least`` at least) that leaves ``room`` tokens free; found
         by bisection, so a long history costs a few renders, not one per turn."""
-        if least > last or not fits(newest := attempt(last), room):
+        if least > self.last or not self.fits(newest := self.attempt(self.last), room):
             return None
-        if fits(first := attempt(least), room):
+        if self.fits(first := self.attempt(least), room):
             return first
-        low, high, best = least + 1, last, newest  # ``best`` is always the attempt at ``high``
+        low, high, best = least + 1, self.last, newest  # ``best`` is always the attempt at ``high``
         while low < high:
             middle = (low + high) // 2
-            if fits(candidate := attempt(middle), room):
+            if self.fits(candidate := self.attempt(middle), room):
                 high, best = middle, candidate
             else:
                 low = middle + 1
         return best
 
-    def shiftable(prompt: Prompt) -> Prompt:
-        if ctx is None or prompt.dropped_turns >= last:
+    def shiftable(self, prompt: Prompt) -> Prompt:
+        """The prompt, able to give a shorter one (more turns dropped) when its answer fills the window."""
+        if self.ctx is None or prompt.dropped_turns >= self.last:
             return prompt
-        return replace(prompt, refit=lambda room: _then(shiftable, fewest_dropped(room, prompt.dropped_turns + 1)))
-
-    if not truncate:
-        whole = attempt(0)
-        if not fits(whole, 1):
-            raise too_long(0, truncating=False)
-        return whole
-    fitted = fewest_dropped(max(reserve, 1), 0) or fewest_dropped(1, last)
-    if fitted is None:
-        raise too_long(last)
-    return shiftable(fitted)
+        return replace(prompt, refit=lambda room: _then(self.shiftable,
+                                                        self.fewest_dropped(room, prompt.dropped_turns + 1)))
 
 
 def _then(function: Callable[[Prompt], Prompt], prompt: Prompt | None) -> Prompt | None:
