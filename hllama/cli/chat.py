@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,47 +323,80 @@ def _read_message() -> str | None:
 
 
 def _command(text: str, session, talk: _Conversation) -> str | None:
+    """Run one of the REPL's commands (see :data:`_HANDLERS`); "bye" ends the conversation."""
     words = text.split()
     command = words[0].lower()
     if command in ("/bye", "/exit"):
         return "bye"
-    if command in ("/?", "/help"):
-        print(HELP)
-    elif command == "/clear":
-        session.clear()
-        print("Cleared session context")
-    elif command == "/save" and len(words) == 2:
-        from hllama.cli.session import save_history
-
-        save_history(Path(words[1]), session.messages)
-        print(f"Saved the conversation to {words[1]}")
-    elif command == "/set" and len(words) >= 3 and words[1] == "system":
-        talk.overrides = talk.overrides.model_copy(update={"system": text.split(None, 2)[2]})
-        session.resolved = talk.resolve()
-        print("Set system message.")
-    elif command == "/set" and len(words) in (2, 3) and words[1] == "think":
-        try:
-            session.think = _think(words[2]) if len(words) == 3 else True
-        except argparse.ArgumentTypeError as exc:
-            raise InvalidOption(str(exc)) from None
-        print("Set 'think' mode.")
-    elif command == "/set" and len(words) == 2 and words[1] == "nothink":
-        session.think = False
-        print("Set 'nothink' mode.")
-    elif command == "/set" and len(words) >= 4 and words[1] == "parameter":
-        _set_parameter(talk, words[2], words[3:])
-        session.resolved = talk.resolve()
-        print(f"Set parameter '{words[2]}' to '{' '.join(words[3:])}'")
-    elif command == "/show" and len(words) == 2 and words[1] == "parameters":
-        rows = [(key.removeprefix("parameters."), "-" if value is None else str(value),
-                 layer.value if layer else "unset")
-                for key, value, layer in session.resolved.explain() if key.startswith("parameters.")]
-        print(format_table(("PARAMETER", "VALUE", "FROM"), rows))
-    elif command == "/show" and len(words) == 2 and words[1] == "system":
-        print(session.resolved.system or "(no system prompt)")
-    else:
-        print(f"Unknown command '{text.strip()}'{did_you_mean(command, COMMANDS)}. Type /? for help")
+    subcommand = words[1] if len(words) > 1 else None
+    for key in ((command, subcommand), (command, None)):
+        if key in _HANDLERS and (handler := _HANDLERS[key])[0] <= len(words) <= handler[1]:
+            handler[2](words, text, session, talk)
+            return None
+    print(f"Unknown command '{text.strip()}'{did_you_mean(command, COMMANDS)}. Type /? for help")
     return None
+
+
+def _help(words: list[str], text: str, session, talk: _Conversation) -> None:
+    print(HELP)
+
+
+def _clear(words: list[str], text: str, session, talk: _Conversation) -> None:
+    session.clear()
+    print("Cleared session context")
+
+
+def _save(words: list[str], text: str, session, talk: _Conversation) -> None:
+    from hllama.cli.session import save_history
+
+    save_history(Path(words[1]), session.messages)
+    print(f"Saved the conversation to {words[1]}")
+
+
+def _set_system(words: list[str], text: str, session, talk: _Conversation) -> None:
+    talk.overrides = talk.overrides.model_copy(update={"system": text.split(None, 2)[2]})
+    session.resolved = talk.resolve()
+    print("Set system message.")
+
+
+def _set_think(words: list[str], text: str, session, talk: _Conversation) -> None:
+    try:
+        session.think = _think(words[2]) if len(words) == 3 else True
+    except argparse.ArgumentTypeError as exc:
+        raise InvalidOption(str(exc)) from None
+    print("Set 'think' mode.")
+
+
+def _set_nothink(words: list[str], text: str, session, talk: _Conversation) -> None:
+    session.think = False
+    print("Set 'nothink' mode.")
+
+
+def _set_a_parameter(words: list[str], text: str, session, talk: _Conversation) -> None:
+    _set_parameter(talk, words[2], words[3:])
+    session.resolved = talk.resolve()
+    print(f"Set parameter '{words[2]}' to '{' '.join(words[3:])}'")
+
+
+def _show_parameters(words: list[str], text: str, session, talk: _Conversation) -> None:
+    rows = [(key.removeprefix("parameters."), "-" if value is None else str(value), layer.value if layer else "unset")
+            for key, value, layer in session.resolved.explain() if key.startswith("parameters.")]
+    print(format_table(("PARAMETER", "VALUE", "FROM"), rows))
+
+
+def _show_system(words: list[str], text: str, session, talk: _Conversation) -> None:
+    print(session.resolved.system or "(no system prompt)")
+
+
+_ANY = 10**9  # words: as many as typed
+
+#: The REPL's commands: (command, its first word or None for any) -> (fewest words, most words, handler).
+_HANDLERS: dict[tuple[str, str | None], tuple[int, int, Callable[..., None]]] = {
+    ("/?", None): (1, _ANY, _help), ("/help", None): (1, _ANY, _help), ("/clear", None): (1, _ANY, _clear),
+    ("/save", None): (2, 2, _save), ("/set", "system"): (3, _ANY, _set_system), ("/set", "think"): (2, 3, _set_think),
+    ("/set", "nothink"): (2, 2, _set_nothink), ("/set", "parameter"): (4, _ANY, _set_a_parameter),
+    ("/show", "parameters"): (2, 2, _show_parameters), ("/show", "system"): (2, 2, _show_system),
+}
 
 
 #: The REPL's commands, as typed.

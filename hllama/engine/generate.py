@@ -185,7 +185,7 @@ class Generation:
 
     def start(self) -> Generation:
         if self._row is not None:
-            self._batcher.submit(self._row)  # type: ignore[union-attr]
+            self._batcher.submit(self._row)
         else:
             self._future = self._executor.submit(self._run)
         return self

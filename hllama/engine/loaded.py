@@ -17,6 +17,10 @@ from hllama.options import LoadOptions
 class Batcher(Protocol):
     """What a loaded model knows of its batching engine (:class:`~hllama.engine.batch.BatchEngine`)."""
 
+    rows: list[Any]  # the requests it decodes together now
+
+    def submit(self, row: Any) -> None: ...
+
     def cache_bytes(self) -> int: ...
 
 

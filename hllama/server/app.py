@@ -7,8 +7,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import uvicorn
@@ -53,12 +53,16 @@ from hllama.errors import (
 )
 from hllama.runtime.metrics import RequestMetrics
 from hllama.runtime.service import Service, build_service
-from hllama.server import anthropic_routes, ollama_models, ollama_routes, openai_routes, responses_routes
+from hllama.server.anthropic_routes import router as anthropic_router
 from hllama.server.anthropic_types import ErrorBody, ErrorResponse
 from hllama.server.body import document_errors, hoist_schemas
+from hllama.server.ollama_models import router as ollama_models_router
+from hllama.server.ollama_routes import router as ollama_router
 from hllama.server.ollama_types import ErrorResponse as OllamaError
+from hllama.server.openai_routes import router as openai_router
 from hllama.server.openai_types import ErrorDetail
 from hllama.server.openai_types import ErrorResponse as OpenAIError
+from hllama.server.responses_routes import router as responses_router
 from hllama.server.security import add_access_control
 
 log = logging.getLogger("hllama.server")
@@ -86,11 +90,41 @@ def status_of(error: HllamaError) -> int:
     return next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
 
 
+#: Every API's routes, in the order they are matched.
+ROUTERS = (ollama_models_router, ollama_router, openai_router, anthropic_router, responses_router)
+
+
 def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.0.1") -> FastAPI:
     """The app over ``service``; with ``watch``, edits in the modelfiles folder apply without a restart.
 
     ``bind_host`` is where it will listen: on loopback, requests naming another host are refused.
     """
+    app = FastAPI(title="hllama", version=__version__, lifespan=_lifespan(service, watch=watch), docs_url=None,
+                  redoc_url=None)
+    app.state.service = service
+    app.add_middleware(AnswerUnexpectedErrors)  # innermost: what it answers passes the others as any answer does
+    key = service.settings.api_key
+    add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
+                       api_key=key.get_secret_value() if key else None, refuse=error_response,
+                       max_body=int(service.settings.max_request_size),
+                       open_paths=("/metrics",) if service.settings.metrics_without_key else ())
+    if service.settings.metrics:
+        app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: refusals are counted too
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            """Prometheus' text format."""
+            return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    _answer_errors(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    _document_errors(app)
+    return app
+
+
+def _lifespan(service: Service, *, watch: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Watch the modelfiles while the app runs; at its end, unload every model and write the request log."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,21 +141,11 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
         await service.scheduler.close()
         await asyncio.to_thread(service.close_log)
 
-    app = FastAPI(title="hllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.service = service
-    app.add_middleware(AnswerUnexpectedErrors)  # innermost: what it answers passes the others as any answer does
-    key = service.settings.api_key
-    add_access_control(app, bind_host=bind_host, origins=service.settings.origins,
-                       api_key=key.get_secret_value() if key else None, refuse=error_response,
-                       max_body=int(service.settings.max_request_size),
-                       open_paths=("/metrics",) if service.settings.metrics_without_key else ())
-    if service.settings.metrics:
-        app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: refusals are counted too
+    return lifespan
 
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics() -> Response:
-            """Prometheus' text format."""
-            return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+def _answer_errors(app: FastAPI) -> None:
+    """hllama's errors, the router's own and bad path values, each in the API's own error shape."""
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
@@ -138,11 +162,9 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
     async def bad_path(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}")
 
-    app.include_router(ollama_models.router)
-    app.include_router(ollama_routes.router)
-    app.include_router(openai_routes.router)
-    app.include_router(anthropic_routes.router)
-    app.include_router(responses_routes.router)
+
+def _document_errors(app: FastAPI) -> None:
+    """``/openapi.json`` with each route's error answers in its API's shape, the schemas hoisted once."""
     describe_api = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -153,7 +175,6 @@ def create_app(service: Service, *, watch: bool = True, bind_host: str = "127.0.
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
 
 
 class AnswerUnexpectedErrors:
