@@ -1,7 +1,7 @@
 """hllama serve against plain ``generate`` and ``transformers serve --continuous-batching``, in one run.
 
     python bench/serve.py [--smollm2 | --wide | --model PATH] [--tokens N] [--clients C] [--runs R] [--peer]
-                          [--vllm PYTHON | --log]
+                          [--vllm PYTHON | --log | --against CHECKOUT]
 
 Every side loads the same model folder at its checkpoint's dtype, in an "endless" variant (its end token
 is one it never writes), so every answer is exactly N tokens; all answers stream. Prints:
@@ -20,7 +20,8 @@ is one it never writes), so every answer is exactly N tokens; all answers stream
 ``--vllm PYTHON`` measures an alias served by vLLM instead: it starts vLLM's OpenAI server with that interpreter
 (vLLM lives in an environment of its own) on the model, then asks it with 1 and C clients directly and through
 an hllama alias whose ``upstream`` is that server, in the same run. ``--log`` compares C clients with metrics and the
-request log both off and both on (a server each, alternating, same run).
+request log both off and both on (a server each, alternating, same run). ``--against CHECKOUT`` compares this
+checkout's server with another's (a worktree of an earlier commit), alternating, 1 and C clients.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--peer", action="store_true", help="also run transformers serve --continuous-batching")
     parser.add_argument("--vllm", metavar="PYTHON", help="compare an alias served by vLLM with vLLM asked directly")
     parser.add_argument("--log", action="store_true", help="compare metrics and the request log on against off")
+    parser.add_argument("--against", metavar="CHECKOUT", type=Path,
+                        help="compare hllama from another checkout (a worktree of an earlier commit) with this one")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hllama-bench-"))
     if args.smollm2:
@@ -100,6 +103,9 @@ def main() -> None:
         return
     if args.log:
         _compare_logging(work, model, args)
+        return
+    if args.against:
+        _compare_code(work, model, args)
         return
     plain = _plain(model, args.tokens, args.runs)
     greedy = {"temperature": 0}
@@ -163,6 +169,25 @@ def _compare_logging(work: Path, model: Path, args: argparse.Namespace) -> None:
               + " tok/s")
     ratio = statistics.mean(rates[True]) / statistics.mean(rates[False])
     print(f"metrics and request log on vs off: {ratio:.3f}x tokens/s   (target >= 0.98x)")
+
+
+def _compare_code(work: Path, model: Path, args: argparse.Namespace) -> None:
+    """This checkout's server against another's (``--against``), alternating, one and C clients each time."""
+    rates: dict[str, dict[str, list[float]]] = {"this": {"1": [], "C": []}, "other": {"1": [], "C": []}}
+    for which in ("other", "this", "other", "this"):
+        if which == "other":
+            os.environ["PYTHONPATH"] = str(args.against.resolve())
+        with _hllama(work, model, args.clients) as url:
+            client = _OpenAI(url, "model")
+            rates[which]["1"].append(_single(client, {"temperature": 0}, args.tokens, args.runs).rate)
+            rates[which]["C"].append(_concurrent(client, {"temperature": 0}, args.tokens, args.clients).rate)
+        os.environ.pop("PYTHONPATH", None)
+    print(f"model: {model}   {args.tokens} tokens, /v1/chat/completions greedy; other: {args.against}")
+    for count in ("1", "C"):
+        this, other = (statistics.mean(rates[name][count]) for name in ("this", "other"))
+        shown = {name: ", ".join(f"{rate:.1f}" for rate in rates[name][count]) for name in ("this", "other")}
+        print(f"{count.replace('C', str(args.clients))} client(s): this {shown['this']} tok/s, other "
+              f"{shown['other']} tok/s: {this / other:.3f}x")
 
 
 def _compare_upstream(work: Path, model: Path, args: argparse.Namespace) -> None:
