@@ -66,6 +66,13 @@ class Reply(BaseModel):
         return self.model_dump()
 
 
+def named(model: str) -> str:
+    """The model a request names; a request that names none is refused (400)."""
+    if not model:
+        raise InvalidOption("model is required")
+    return model
+
+
 def reply(body: Reply, **response: Any) -> JSONResponse:
     """A response body as a JSON response (``response``: its status code, headers)."""
     return JSONResponse(body.wire(), **response)

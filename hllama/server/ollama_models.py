@@ -25,7 +25,7 @@ from hllama.options import FOREVER_SECONDS
 from hllama.runtime.catalog import Row, catalog
 from hllama.runtime.modelinfo import describe_model, details
 from hllama.runtime.service import Service
-from hllama.server.body import Reply, json_body, read_body, replies, reply
+from hllama.server.body import Reply, json_body, named, read_body, replies, reply
 from hllama.server.ollama_types import (
     CopyRequest,
     CreateRequest,
@@ -95,8 +95,7 @@ def _mtime(path: Path) -> float:
 async def show(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
-    if not body.target:
-        raise InvalidOption("model is required")
+    named(body.target)
     resolved = service.resolve(body.target)
     entry = service.registry.get(body.target)
     modelfile = entry.modelfile if entry else Modelfile.model_validate({"from": resolved.model})
@@ -146,9 +145,7 @@ async def ps(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
-    name = body.target
-    if not name:
-        raise InvalidOption("model is required")
+    name = named(body.target)
     if service.registry.get(name) is None and looks_like_repo_id(_bare(name)):
         if hub.local_snapshot(_bare(name)) is None:
             raise AliasNotFound(name)
@@ -185,9 +182,7 @@ def _base_modelfile(service: Service, name: str) -> Modelfile:
 async def create(request: Request) -> Response:
     body: CreateRequest = await read_body(request, CreateRequest)
     service: Service = request.app.state.service
-    name = body.model or body.name
-    if not name:
-        raise InvalidOption("model is required")
+    name = named(body.model or body.name)
     if body.files or body.adapters:
         raise InvalidOption("creating from uploaded files or adapters is not supported: set 'from' to a Hub repo "
                             "id or a local model folder")
@@ -240,9 +235,7 @@ def _validated(data: dict[str, Any]) -> Modelfile:
 async def pull(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
-    repo_id = _bare(body.target)
-    if not repo_id:
-        raise InvalidOption("model is required")
+    repo_id = named(_bare(body.target))
     if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
         repo_id = service.resolve(body.target).model
     progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from hllama.aliases.resolve import Overrides, Resolved
 from hllama.errors import HllamaError, InvalidOption
 from hllama.runtime.service import Result, Service, collect, effective_settings
+from hllama.server.body import named
 from hllama.validation import first_problem
 
 log = logging.getLogger("hllama.server")
@@ -28,8 +29,7 @@ EFFECTIVE_HEADER = "X-Hllama-Effective"
 
 def resolve_request(service: Service, model: str, api: Overrides | dict[str, Any] | None = None) -> Resolved:
     """The alias a request names, with its overrides (an :class:`Overrides`, or OpenAI-style parameters)."""
-    if not model:
-        raise InvalidOption("model is required")
+    named(model)
     if isinstance(api, dict):
         try:
             api = Overrides.model_validate({"parameters": api})
