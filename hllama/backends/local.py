@@ -103,8 +103,8 @@ class Local:
 
         def prompt_for() -> Prompt:
             if request.context is not None:
-                return Prompt(ids=self._continuation(resolved, request.context, text, request.structure), text="",
-                              messages=[])
+                ids = self._continuation(resolved, request.context, text, request.structure, context=context)
+                return Prompt(ids=ids, text="", messages=[])
             if request.suffix:
                 ids = infill_ids(loaded.tokenizer, text, request.suffix, model=resolved.name, context=context)
             else:
@@ -114,16 +114,15 @@ class Local:
         return self._generate(resolved, prompt_for, lambda _: structure_of(resolved.parameters, request.structure),
                               logprobs=request.logprobs)
 
-    def _continuation(self, resolved: Resolved, earlier: list[int], text: str, structure: Structure | None
-                      ) -> list[int]:
+    def _continuation(self, resolved: Resolved, earlier: list[int], text: str, structure: Structure | None, *,
+                      context: int | None) -> list[int]:
         """The tokens of an earlier exchange followed by the new turn (Ollama's ``context``)."""
         vocabulary = self.loaded.model.get_input_embeddings().num_embeddings
         if not all(0 <= token < vocabulary for token in earlier):
             raise InvalidOption(f"context holds token ids outside the model's vocabulary (0 to {vocabulary - 1})")
         turn = conversation(resolved, [Message(role="user", content=text)],
                             json_schema=structure if isinstance(structure, dict) else None)
-        return [*earlier, *build_prompt(self.loaded.tokenizer, turn, template=resolved.template,
-                                        ctx=self.loaded.context_for(resolved.parameters.ctx)).ids]
+        return [*earlier, *build_prompt(self.loaded.tokenizer, turn, template=resolved.template, ctx=context).ids]
 
     async def embed(self, resolved: Resolved, texts: list[str], *, truncate: bool = True,
                     cancel: threading.Event | None = None) -> Embeddings:
