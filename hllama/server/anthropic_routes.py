@@ -50,7 +50,7 @@ from hllama.server.anthropic_types import (
     ToolUseBlock,
     Usage,
 )
-from hllama.server.body import json_body, read_body
+from hllama.server.body import json_body, read_body, replies
 from hllama.server.streaming import Encoder, resolve_request, respond
 
 router = APIRouter(prefix="/v1")
@@ -60,7 +60,8 @@ log = logging.getLogger("hllama.server")
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
 
-@router.post("/messages", openapi_extra=json_body(MessagesRequest))
+@router.post("/messages", openapi_extra=json_body(MessagesRequest),
+             responses=replies(MessageResponse, streamed="text/event-stream"))
 async def messages(request: Request) -> Response:
     body: MessagesRequest = await read_body(request, MessagesRequest)
     if not body.messages:
@@ -129,7 +130,7 @@ class _Events(Encoder):
         return reply.model_dump()
 
 
-@router.post("/messages/count_tokens", openapi_extra=json_body(CountTokensRequest))
+@router.post("/messages/count_tokens", openapi_extra=json_body(CountTokensRequest), responses=replies(TokenCount))
 async def count_tokens(request: Request) -> dict[str, Any]:
     body: CountTokensRequest = await read_body(request, CountTokensRequest)
     service: Service = request.app.state.service

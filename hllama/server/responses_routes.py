@@ -22,7 +22,7 @@ from hllama.conversation import ChatMessage as EngineMessage
 from hllama.errors import InvalidOption
 from hllama.images import from_url
 from hllama.runtime.service import Result, Service
-from hllama.server.body import json_body, read_body
+from hllama.server.body import json_body, read_body, replies
 from hllama.server.openai_types import EFFORT_TO_THINK
 from hllama.server.responses_types import (
     FunctionCallItem,
@@ -45,7 +45,8 @@ router = APIRouter(prefix="/v1")
 log = logging.getLogger("hllama.server")
 
 
-@router.post("/responses", openapi_extra=json_body(ResponsesRequest))
+@router.post("/responses", openapi_extra=json_body(ResponsesRequest),
+             responses=replies(ResponseObject, streamed="text/event-stream"))
 async def responses(request: Request) -> Response:
     body: ResponsesRequest = await read_body(request, ResponsesRequest)
     if body.previous_response_id:

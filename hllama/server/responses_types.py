@@ -96,33 +96,33 @@ class ResponsesRequest(Lenient):
 
 
 class OutputText(BaseModel):
-    type: Literal["output_text"] = "output_text"
+    type: Literal["output_text"] = Field("output_text", description="an output text part")
     text: str = Field(description="the answer's text")
     annotations: list[Any] = Field(default_factory=list, description="always empty")
 
 
 class ReasoningText(BaseModel):
-    type: Literal["reasoning_text"] = "reasoning_text"
+    type: Literal["reasoning_text"] = Field("reasoning_text", description="a reasoning text part")
     text: str = Field(description="what the model thought")
 
 
 class MessageItem(BaseModel):
-    type: Literal["message"] = "message"
+    type: Literal["message"] = Field("message", description="a message item")
     id: str = Field(description="msg_ and a random id")
     status: Literal["in_progress", "completed", "incomplete"] = Field(description="whether it is whole")
-    role: Literal["assistant"] = "assistant"
+    role: Literal["assistant"] = Field("assistant", description="always the assistant")
     content: list[OutputText] = Field(description="its text")
 
 
 class ReasoningItem(BaseModel):
-    type: Literal["reasoning"] = "reasoning"
+    type: Literal["reasoning"] = Field("reasoning", description="a reasoning item")
     id: str = Field(description="rs_ and a random id")
     summary: list[Any] = Field(default_factory=list, description="always empty")
     content: list[ReasoningText] = Field(description="the thinking")
 
 
 class FunctionCallItem(BaseModel):
-    type: Literal["function_call"] = "function_call"
+    type: Literal["function_call"] = Field("function_call", description="a function call item")
     id: str = Field(description="fc_ and a random id")
     call_id: str = Field(description="call_ and a random id, which its output names")
     name: str = Field(description="the function called")
@@ -156,7 +156,7 @@ class IncompleteDetails(BaseModel):
 
 class ResponseObject(BaseModel):
     id: str = Field(description="resp_ and a random id")
-    object: Literal["response"] = "response"
+    object: Literal["response"] = Field("response", description="a response")
     created_at: int = Field(description="Unix time")
     status: Literal["in_progress", "completed", "incomplete"] = Field(description="where the answer stands")
     model: str = Field(description="the model as the request named it")
