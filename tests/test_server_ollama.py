@@ -31,7 +31,11 @@ def client(url: str) -> ollama.Client:
 def test_root_and_version(url: str):
     assert httpx.get(url).text == "Ollama is running"
     assert httpx.head(url).status_code == 200
-    assert httpx.get(f"{url}/api/version").json() == {"version": "0.1.0"}
+    from hllama import __version__
+
+    # the Ollama API it speaks (Codex --oss needs 0.13.4 or newer), and its own version beside it
+    assert httpx.get(f"{url}/api/version").json() == {"version": "0.14.0", "hllama_version": __version__}
+    assert tuple(map(int, httpx.get(f"{url}/api/version").json()["version"].split("."))) >= (0, 13, 4)
 
 
 def test_list(client: ollama.Client):
@@ -204,6 +208,19 @@ def test_pull(tiny_model_dir: Path, client: ollama.Client, monkeypatch: pytest.M
         assert caught.value.status_code == 404
     assert client.chat("org/tiny", messages=[{"role": "user", "content": "Say hello."}],
                        options={"temperature": 0}).message.content == CHATS[2][1]
+
+
+def test_pull_of_an_alias_on_a_local_model_succeeds_as_codex_asks(tiny_model_dir: Path, client: ollama.Client,
+                                                                  hllama_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing to ask the Hub
+    modelfiles = hllama_home / "modelfiles"
+    (modelfiles / "local.yaml").write_text(f"from: {json.dumps(str(tiny_model_dir))}\n")
+    assert client.pull("local").status == "success"  # no tag, as Codex --oss sends it
+    assert [item.status for item in client.pull("local:latest", stream=True)] == ["success"]
+    (modelfiles / "gone.yaml").write_text(f"from: {json.dumps(str(tiny_model_dir / 'gone'))}\n")
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.pull("gone")
+    assert caught.value.status_code == 404 and "gone" in str(caught.value)
 
 
 def test_pull_reports_bytes_as_they_arrive_and_stops_with_the_client(

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from hllama import __version__
 from hllama.aliases.modelfile import Modelfile, dump_ollama
 from hllama.aliases.registry import Registry
-from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption
+from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption, NoModelAtPath
 from hllama.models import embedded, hub
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
 from hllama.options import FOREVER_SECONDS
@@ -27,6 +27,7 @@ from hllama.runtime.modelinfo import describe_model, details
 from hllama.runtime.service import Service
 from hllama.server.body import Reply, json_body, named, read_body, replies, reply
 from hllama.server.ollama_types import (
+    OLLAMA_API_VERSION,
     CopyRequest,
     CreateRequest,
     ErrorResponse,
@@ -62,7 +63,7 @@ async def root() -> Response:
 @router.get("/api/version", responses=replies(VersionResponse))
 @router.head("/api/version", include_in_schema=False)
 async def version() -> Response:
-    return reply(VersionResponse(version=__version__))
+    return reply(VersionResponse(version=OLLAMA_API_VERSION, hllama_version=__version__))
 
 
 @router.get("/api/tags", responses=replies(ListResponse))
@@ -236,8 +237,8 @@ async def pull(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     repo_id = named(_bare(body.target))
-    if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
-        repo_id = service.resolve(body.target).model
+    if service.registry.get(body.target) is not None or not looks_like_repo_id(repo_id):
+        repo_id = service.resolve(body.target).model  # an alias pulls its model (through any alias it builds on)
     progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))
     if not body.stream:
         last = await anext(progress)  # the Hub's answer about the repo: errors here get a status
@@ -268,7 +269,13 @@ def _pull_progress(repo_id: str, cancel: threading.Event) -> Iterator[ProgressRe
     """Ollama's pull statuses, one file at a time, with its bytes as they arrive.
 
     A model complete in the cache is a success when the Hub cannot be reached, as huggingface_hub's offline
-    mode has it; so is the embedded model, which ships with the install."""
+    mode has it; so are the embedded model, which ships with the install, and a model on this machine's disk (an
+    alias may name a folder or a ``.gguf`` file), which has nothing to download."""
+    if is_local_path(repo_id) or is_model_path(repo_id):
+        if not is_model_path(repo_id):
+            raise NoModelAtPath(repo_id)
+        yield ProgressResponse(status="success")
+        return
     if embedded.ships(repo_id):
         yield ProgressResponse(status="pulling manifest")
         yield ProgressResponse(status="success")

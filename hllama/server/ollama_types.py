@@ -337,8 +337,13 @@ class EmbeddingResponse(Reply):
     embedding: list[float] = Field(description="the prompt's vector, not normalized")
 
 
+#: The version of Ollama's API whose shapes the server speaks (clients such as Codex refuse an older Ollama).
+OLLAMA_API_VERSION = "0.14.0"
+
+
 class VersionResponse(Reply):
-    version: str = Field(description="the server's version")
+    version: str = Field(description="the version of Ollama's API the server speaks")
+    hllama_version: str = Field(description="hllama's own version")
 
 
 class ModelDetails(Reply):
