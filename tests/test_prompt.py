@@ -3,7 +3,7 @@ import pytest
 from hllama.aliases.resolve import Resolved
 from hllama.conversation import Message
 from hllama.engine.prompt import JSON_INSTRUCTION, build_prompt, conversation, plain_format
-from hllama.errors import PromptTooLong
+from hllama.errors import ChatTemplateError, PromptTooLong
 from hllama.options import BUILTIN_LOAD, BUILTIN_PARAMETERS
 
 TURNS = [Message(role="user", content=f"question number {n}") if n % 2 == 0 else
@@ -53,6 +53,24 @@ def test_plain_format_without_a_template():
     text = plain_format([{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
                          {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}])
     assert text == "S\n\nUser: q\nAssistant: a\nUser: q2\nAssistant:"
+
+
+#: A template that, as many do (Llama 3's, Gemma's), refuses a system message anywhere but first.
+SYSTEM_FIRST = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+                "{{ raise_exception('System message must be at the beginning.') }}{% endif %}"
+                "<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>")
+
+
+def test_a_system_message_mid_conversation_is_a_turn_where_the_template_takes_one(tiny):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "system", "content": "Now answer in French."}, {"role": "user", "content": "again"}]
+    assert build_prompt(tiny.tokenizer, messages).text.count("<|im_start|>system") == 2  # the model's own template
+    merged = build_prompt(tiny.tokenizer, messages, template=SYSTEM_FIRST).text  # one that refuses it
+    assert merged == "<system>Be brief.\n\nNow answer in French.\n<user>hi\n<user>again\n<assistant>"
+    alone = [{"role": "user", "content": "hi"}, {"role": "system", "content": "Be brief."}]
+    assert build_prompt(tiny.tokenizer, alone, template=SYSTEM_FIRST).text == "<system>Be brief.\n<user>hi\n<assistant>"
+    with pytest.raises(ChatTemplateError, match="must be at the beginning"):  # nothing to move: the error stands
+        build_prompt(tiny.tokenizer, messages[:2], template=SYSTEM_FIRST.replace("not loop.first", "true"))
 
 
 def test_context_trimming_drops_the_oldest_whole_turns_and_keeps_the_system_prompt(tiny):

@@ -111,6 +111,27 @@ def test_count_tokens_matches_what_the_model_reads(url: str):
     assert counted.input_tokens == read.prompt_eval_count > 0
 
 
+def test_claude_codes_first_request_is_answered(url: str):
+    """What Claude Code 2.1 sends a model name it does not know: a system message after the first user turn (its
+    mid-conversation-system beta) and adaptive thinking, which a model that cannot think ignores, as on Anthropic's
+    API (Ollama's own ``think`` still refuses it)."""
+    client = _client(url)
+    messages = [{"role": "user", "content": CHATS[0][0]}, {"role": "system", "content": "Reminder: be concise."},
+                {"role": "user", "content": CHATS[2][0]}]
+    reply = client.messages.create(model=REPO_ID, max_tokens=16, system="You are a coding agent.",
+                                   messages=messages, thinking={"type": "adaptive"}, extra_body=GREEDY)
+    assert reply.stop_reason in ("end_turn", "max_tokens") and reply.content[0].type == "text"
+    assert client.messages.create(model=REPO_ID, max_tokens=4, messages=ASK,
+                                  thinking={"type": "enabled", "budget_tokens": 1024}).content
+    counted = client.messages.count_tokens(model=REPO_ID, messages=messages, system="You are a coding agent.")
+    without = client.messages.count_tokens(model=REPO_ID, messages=[messages[0], messages[2]],
+                                           system="You are a coding agent.")
+    assert counted.input_tokens > without.input_tokens  # the mid-conversation instruction is in the prompt
+    thinker = client.messages.create(model=THINKING_REPO_ID, max_tokens=64, messages=ASK, extra_body=GREEDY,
+                                     thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [block.type for block in thinker.content][0] == "thinking"  # a model that thinks still does
+
+
 def test_errors_in_anthropics_shape(url: str):
     client = _client(url)
     with pytest.raises(anthropic.NotFoundError) as missing:

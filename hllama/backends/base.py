@@ -34,6 +34,7 @@ class Chat:
     tools: list[dict[str, Any]] | None = None  # OpenAI-shaped tool definitions offered to the model
     tool_choice: ToolChoice = "auto"
     think: bool | str | None = None  # None: the model's way; False: no thinking shown; a level for templates
+    think_if_able: bool = False  # a model that cannot think answers without (Anthropic's way), not a 400 (Ollama's)
     logprobs: int | None = None  # None: none; else how many alternatives each token's entry lists
     truncate: bool = True  # drop the oldest turns to fit the context, else refuse what does not fit
     shift: bool = True  # an answer that fills the window goes on after more turns are dropped

@@ -33,6 +33,7 @@ from hllama.engine import (
     embed,
     infill_ids,
     structure_of,
+    supports_thinking,
     thinking_mode,
     token_ids,
 )
@@ -80,12 +81,16 @@ class Local:
         loaded, tools = self.loaded, request.tools
         schema = request.structure if isinstance(request.structure, dict) else None
 
+        think = request.think
+        if request.think_if_able and not supports_thinking(resolved.template or loaded.tokenizer.chat_template):
+            think = None
+
         def prompt_for() -> Prompt:
             messages = conversation(resolved, request.history, json_schema=schema)
             context = loaded.context_for(resolved.parameters.ctx)
             prompt = build_prompt(loaded.tokenizer, messages, template=resolved.template, ctx=context,
                                   reserve=answer_room(resolved.parameters.max_new_tokens, context),
-                                  truncate=request.truncate, tools=tools, think=request.think, model=resolved.name,
+                                  truncate=request.truncate, tools=tools, think=think, model=resolved.name,
                                   processor=loaded.processor)
             return prompt if request.shift else replace(prompt, refit=None)
 

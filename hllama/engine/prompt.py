@@ -228,6 +228,26 @@ def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | No
     A ``template`` of a request or an alias renders in hllama's bounded sandbox; the model's own through
     transformers; both within a deadline.
     """
+    try:
+        return _rendered(tokenizer, messages, template=template, tools=tools, **options)
+    except ChatTemplateError:
+        # many templates refuse a system message after the first turn: it joins the system prompt, in order
+        if (merged := _systems_first(messages)) is None:
+            raise
+        return _rendered(tokenizer, merged, template=template, tools=tools, **options)
+
+
+def _systems_first(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The conversation with every system message merged, in order, into one at its start; None where no system
+    message stands after the start."""
+    if not any(message["role"] == "system" for message in messages[1:]):
+        return None
+    system = "\n\n".join(str(message["content"]) for message in messages if message["role"] == "system")
+    return [{"role": "system", "content": system}, *(message for message in messages if message["role"] != "system")]
+
+
+def _rendered(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | None,
+              tools: list[dict[str, Any]] | None, **options: Any) -> tuple[str, tuple[str, ...]]:
     import jinja2
 
     from hllama.engine.templates import deadline, render_bounded

@@ -135,7 +135,7 @@ class Service:
 
     def chat(self, resolved: Resolved, history: list[Turn], *, structure: Structure | None = None,
              tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto", think: bool | str | None = None,
-             logprobs: int | None = None, truncate: bool = True, shift: bool = True
+             think_if_able: bool = False, logprobs: int | None = None, truncate: bool = True, shift: bool = True
              ) -> AsyncIterator[str | Thought | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
@@ -145,13 +145,15 @@ class Service:
         "required" (it calls at least one tool), a tool's name (it calls that one), or "none" (no tools offered).
         ``truncate`` (Ollama's): drop the oldest turns to fit the context, else refuse what does not fit;
         ``shift``: an answer that fills the window goes on after more of them are dropped, else it ends there.
+        ``think_if_able``: a model that cannot think answers without thinking rather than refusing ``think``.
         """
         if tool_choice == "none":
             tools = None
         elif not tools and tool_choice != "auto":
             raise InvalidOption("tool_choice: the request offers no tools")
         request = Chat(history=history, structure=structure, tools=tools, tool_choice=tool_choice,
-                              think=think, logprobs=logprobs, truncate=truncate, shift=shift)
+                              think=think, think_if_able=think_if_able, logprobs=logprobs, truncate=truncate,
+                              shift=shift)
         return self._answer(resolved, lambda backend: backend.chat(resolved, request))
 
     def complete(self, resolved: Resolved, request: Completion) -> AsyncIterator[str | Thought | Result]:

@@ -71,7 +71,8 @@ async def messages(request: Request) -> Response:
     choice = body.tool_choice or ToolChoice()
     tool_choice = (choice.name or "") if choice.type == "tool" else _TOOL_CHOICE[choice.type]
     events = service.chat(resolved, _history(body.system, body.messages), structure=body.schema,
-                          tools=_tools(body.tools), tool_choice=tool_choice, think=body.think())
+                          tools=_tools(body.tools), tool_choice=tool_choice, think=body.think(),
+                          think_if_able=True)  # Anthropic's API: a model that cannot think ignores the request
     return await respond(events, _Events("msg_" + secrets.token_hex(12), body), stream=body.stream,
                          resolved=resolved)
 
@@ -150,6 +151,9 @@ def _history(system: str | list[ContentBlock] | None, messages: list[InputMessag
         if kinds := {block.type for block in blocks} - {"text", "image", "tool_use", "tool_result", "thinking",
                                                          "redacted_thinking"}:
             raise InvalidOption(f"messages: {', '.join(sorted(kinds))} blocks are not supported")
+        if message.role == "system":  # Claude Code's mid-conversation system beta: a system turn where it stands
+            history.append(EngineMessage(role="system", content=_text(blocks)))
+            continue
         if message.role == "assistant":
             calls = [ToolCall(name=block.name or "", arguments=block.input or {})
                      for block in blocks if block.type == "tool_use"]

@@ -43,7 +43,9 @@ class ContentBlock(Lenient):
 
 
 class InputMessage(Lenient):
-    role: Literal["user", "assistant"] = Field(description="user or assistant")
+    role: Literal["user", "assistant", "system"] = Field(
+        description="user or assistant; system for an instruction in the middle of the conversation (the "
+                    "mid-conversation-system beta)")
     content: str | list[ContentBlock] = Field(description="text, or a list of blocks")
 
     @property
