@@ -352,3 +352,22 @@ def test_embed_takes_at_most_2048_inputs(url: str):
     for route, field in (("/api/embed", "input"), ("/v1/embeddings", "input")):
         answer = httpx.post(f"{url}{route}", json={"model": "tiny", field: ["hi"] * 2049}, timeout=60)
         assert answer.status_code == 400 and "at most 2048" in answer.text, answer.text
+
+
+def test_a_prompt_too_long_is_said_in_the_words_each_apis_clients_act_on(url: str):
+    import anthropic
+
+    long = "tell me more about it " * 200  # some 1,000 tokens against the tiny model's 256
+    with pytest.raises(anthropic.BadRequestError) as refused:  # Claude Code compacts its history on these words
+        anthropic.Anthropic(base_url=url, api_key="unused").messages.create(
+            model="tiny", max_tokens=8, messages=[{"role": "user", "content": long}])
+    message = refused.value.body["error"]["message"]
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
+    needed, maximum = (int(number) for number in message.split(":")[1].split("maximum")[0].split("tokens >"))
+    assert message.startswith("prompt is too long: ") and needed > maximum == 256, message
+    with pytest.raises(openai.BadRequestError) as refused_openai:  # OpenAI's clients look for the code
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": long}])
+    assert refused_openai.value.code == "context_length_exceeded"
+    ollama_answer = httpx.post(f"{url}/api/chat", json=_chat(messages=[{"role": "user", "content": long}]))
+    assert ollama_answer.status_code == 400 and ollama_answer.json()["error"].startswith("the prompt needs")

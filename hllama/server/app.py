@@ -149,7 +149,12 @@ def _answer_errors(app: FastAPI) -> None:
 
     @app.exception_handler(HllamaError)
     async def hllama_error(request: Request, exc: HllamaError) -> JSONResponse:
-        return error_response(request.url.path, status_of(exc), str(exc))
+        path = request.url.path
+        if isinstance(exc, PromptTooLong):  # in the words each API's clients act on (compacting, trimming)
+            message = f"prompt is too long: {exc.needed} tokens > {exc.context} maximum ({exc})" \
+                if path.startswith("/v1/messages") else str(exc)
+            return error_response(path, status_of(exc), message, code="context_length_exceeded")
+        return error_response(path, status_of(exc), str(exc))
 
     @app.exception_handler(HTTPException)
     async def framework_error(request: Request, exc: HTTPException) -> JSONResponse:
