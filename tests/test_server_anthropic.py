@@ -49,8 +49,11 @@ def test_a_message_whole_and_streamed(url: str):
     assert reply.stop_reason == "end_turn" and reply.role == "assistant" and reply.id.startswith("msg_")
     assert reply.usage.output_tokens > 0 and reply.usage.input_tokens > 0
     with client.messages.stream(model=REPO_ID, max_tokens=64, messages=ASK, extra_body=GREEDY) as stream:
-        text = "".join(stream.text_stream)
+        events = list(stream)
         final = stream.get_final_message()
+    text = "".join(event.delta.text for event in events if event.type == "content_block_delta")
+    started = next(event for event in events if event.type == "message_start")
+    assert started.message.usage.input_tokens == reply.usage.input_tokens  # counted there, as Anthropic does
     assert text == CHATS[0][1] and final.content[0].text == CHATS[0][1] and final.stop_reason == "end_turn"
     assert final.usage.output_tokens == reply.usage.output_tokens
     short = client.messages.create(model=REPO_ID, max_tokens=3, messages=ASK, extra_body=GREEDY,

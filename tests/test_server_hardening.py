@@ -371,3 +371,21 @@ def test_a_prompt_too_long_is_said_in_the_words_each_apis_clients_act_on(url: st
     assert refused_openai.value.code == "context_length_exceeded"
     ollama_answer = httpx.post(f"{url}/api/chat", json=_chat(messages=[{"role": "user", "content": long}]))
     assert ollama_answer.status_code == 400 and ollama_answer.json()["error"].startswith("the prompt needs")
+
+
+def test_turns_left_out_to_fit_are_said(url: str, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hllama.server")
+    history = [{"role": role, "content": f"{role} turn {number}: " + "words " * 30}
+               for number in range(6) for role in ("user", "assistant")] + [{"role": "user", "content": "hi"}]
+    whole = httpx.post(f"{url}/api/chat", json=_chat(messages=history, options={"num_predict": 2}), timeout=60)
+    assert whole.status_code == 200 and int(whole.headers["X-Hllama-Turns-Dropped"]) > 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": history, "max_tokens": 2, "stream": True}) as streamed:
+        assert streamed.headers["X-Hllama-Turns-Dropped"] == whole.headers["X-Hllama-Turns-Dropped"]
+    short = httpx.post(f"{url}/api/chat", json=_chat(options={"num_predict": 2}), timeout=60)
+    assert "X-Hllama-Turns-Dropped" not in short.headers  # nothing left out, nothing said
+    dropped = int(whole.headers["X-Hllama-Turns-Dropped"])
+    assert f'hllama_prompt_turns_dropped_total{{model="tiny"}} {2 * dropped}.0' in httpx.get(f"{url}/metrics").text
+    assert any("oldest turns left out to fit" in record.getMessage() for record in caplog.records)

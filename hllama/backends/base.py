@@ -4,7 +4,7 @@ A :class:`Backend` is what the scheduler holds for an alias once it is loaded: t
 (:mod:`~hllama.backends.local`), engines already running elsewhere (:mod:`~hllama.backends.upstream`), or a vLLM
 server hllama starts (:mod:`~hllama.backends.vllm`). The runtime sees nothing else of them, so adding an engine adds
 a module here, not a branch above. Every answer streams the same items: text pieces, :class:`Thought` pieces, then
-one :class:`Done`.
+one :class:`Done` (a local answer opens with a :class:`Prompted`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Prompted:
+    """The first item of a local answer, once its prompt is built: what it takes, and what had to go to fit."""
+
+    prompt_tokens: int
+    dropped_turns: int = 0  # the oldest turns left out so that the prompt fits the context
+
+
+@dataclass(frozen=True)
 class Done:
     """The last item of an answer: the engine's account of it."""
 
@@ -63,8 +71,8 @@ class Done:
     logged_messages: list[dict[str, Any]] = field(default_factory=list)  # the conversation, for the request log
 
 
-#: What an answer streams.
-Event = str | Thought | Done
+#: What an answer streams (a backend that builds no prompt here sends no :class:`Prompted`).
+Event = str | Thought | Prompted | Done
 
 
 @dataclass(frozen=True)

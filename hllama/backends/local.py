@@ -15,8 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from hllama.aliases.resolve import Resolved
-from hllama.backends.base import Chat, Completion, Description, Done, Event
-from hllama.conversation import Message, Thought, Turn
+from hllama.backends.base import Chat, Completion, Description, Done, Event, Prompted
+from hllama.conversation import Message, Turn
 from hllama.engine import (
     END,
     Embeddings,
@@ -161,6 +161,7 @@ class Local:
         self._running.add(generation.cancel)
         generation.start()
         try:
+            yield Prompted(prompt_tokens=len(prompt.ids), dropped_turns=prompt.dropped_turns)
             while True:
                 batch = await sink.take()
                 # pieces that arrived together leave together: one chunk, one write
@@ -186,16 +187,16 @@ async def _taking_out_tool_calls(events: AsyncIterator[Event]) -> AsyncIterator[
     calls = ToolCallStream()
     try:
         async for item in events:
-            if isinstance(item, Thought):
-                yield item
-            elif isinstance(item, str):
+            if isinstance(item, str):
                 if piece := calls.feed(item):
                     yield piece
-            else:
+            elif isinstance(item, Done):
                 rest, found = calls.finish()
                 if rest:
                     yield rest
                 yield replace(item, tool_calls=tuple(found))
+            else:
+                yield item
     finally:  # closed early by a client that left: give the model back now
         await events.aclose()
 

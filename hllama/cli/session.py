@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from hllama.aliases.resolve import Resolved
+from hllama.backends import Prompted
 from hllama.conversation import ChatMessage, Message, Thought
 from hllama.errors import InvalidOption
 from hllama.fsutil import atomic_write_text
@@ -93,6 +94,8 @@ class ChatSession:
                     item = self._run(anext(events))
                 except StopAsyncIteration:
                     return
+                if isinstance(item, Prompted):  # how the prompt was built: the answer follows
+                    continue
                 if isinstance(item, str):
                     pieces.append(item)
                 elif isinstance(item, Result) and self._load_ns:  # the load this session did before it asked

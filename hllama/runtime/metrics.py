@@ -46,6 +46,8 @@ class Metrics:
                                    ["model"], registry=registry)
         self.prefix_tokens = Counter("hllama_prefix_cache_tokens_reused", "Prompt tokens taken from an earlier "
                                      "turn's KV cache", ["model"], registry=registry)
+        self.turns_dropped = Counter("hllama_prompt_turns_dropped", "Oldest turns left out of prompts to fit the "
+                                     "context, by model", ["model"], registry=registry)
         self.loads = Counter("hllama_model_loads", "Models loaded", ["model"], registry=registry)
         self.unloads = Counter("hllama_model_unloads", "Models unloaded", ["model"], registry=registry)
         self.load_seconds = Histogram("hllama_model_load_duration_seconds", "Time to load a model", ["model"],

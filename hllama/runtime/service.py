@@ -22,7 +22,7 @@ from typing import Any
 from hllama.aliases.registry import Registry, changes
 from hllama.aliases.resolve import Overrides, Resolved, resolve
 from hllama.aliases.store import AliasStore
-from hllama.backends import Backend, Backends, Chat, Completion, Done, Event
+from hllama.backends import Backend, Backends, Chat, Completion, Done, Event, Prompted
 from hllama.backends.upstream import Upstream
 from hllama.config import Settings
 from hllama.conversation import Thought, ToolCall, Turn
@@ -136,7 +136,7 @@ class Service:
     def chat(self, resolved: Resolved, history: list[Turn], *, structure: Structure | None = None,
              tools: list[dict[str, Any]] | None = None, tool_choice: str = "auto", think: bool | str | None = None,
              think_if_able: bool = False, logprobs: int | None = None, truncate: bool = True, shift: bool = True
-             ) -> AsyncIterator[str | Thought | Result]:
+             ) -> AsyncIterator[str | Thought | Prompted | Result]:
         """Pieces of the answer, then a :class:`Result`. Close it (``aclose``) to stop early and free the model.
 
         A thinking model's thinking comes as :class:`Thought` pieces (``think=False`` drops it). With
@@ -156,7 +156,7 @@ class Service:
                               shift=shift)
         return self._answer(resolved, lambda backend: backend.chat(resolved, request))
 
-    def complete(self, resolved: Resolved, request: Completion) -> AsyncIterator[str | Thought | Result]:
+    def complete(self, resolved: Resolved, request: Completion) -> AsyncIterator[str | Thought | Prompted | Result]:
         """Continue text without a chat turn: raw, infill, or after an earlier exchange's tokens."""
         return self._answer(resolved, lambda backend: backend.complete(resolved, request))
 
@@ -191,7 +191,7 @@ class Service:
             await upstream.aclose()
 
     async def _answer(self, resolved: Resolved, ask: Callable[[Backend], AsyncIterator[Event]]
-                      ) -> AsyncIterator[str | Thought | Result]:
+                      ) -> AsyncIterator[str | Thought | Prompted | Result]:
         """Hold the alias's backend for one answer; its last item, timed, counted and logged, becomes a Result."""
         started = time.perf_counter_ns()
         await self.retire_replaced()  # edits picked up outside the watcher (a name looked up again)
@@ -199,6 +199,8 @@ class Service:
             acquired = time.perf_counter_ns()
             async with aclosing(ask(runner.backend)) as events:  # a client that leaves stops the backend
                 async for item in events:
+                    if isinstance(item, Prompted) and item.dropped_turns:
+                        self._dropped(resolved, item)
                     if not isinstance(item, Done):
                         yield item
                         continue
@@ -209,6 +211,12 @@ class Service:
                     self._logged(resolved, item.logged_messages, result)
                     yield result
                     return
+
+    def _dropped(self, resolved: Resolved, prompted: Prompted) -> None:
+        """Say that the oldest turns were left out to fit the context: a client may think they were read."""
+        log.info("%s: %d of the conversation's oldest turns left out to fit its context of %s tokens", resolved.name,
+                 prompted.dropped_turns, resolved.parameters.ctx or "the model's")
+        self.metrics.turns_dropped.labels(resolved.name).inc(prompted.dropped_turns)
 
     def _logged(self, resolved: Resolved, messages: list[dict[str, Any]], result: Result) -> None:
         if self.request_log is None:
@@ -222,7 +230,7 @@ class Service:
             first_token_ms=stats.prompt_eval_ns / 1e6, done_reason=stats.done_reason, client=current_client.get()))
 
 
-async def collect(first: str | Thought | Result, events: AsyncIterator[str | Thought | Result]
+async def collect(first: str | Thought | Result, events: AsyncIterator[str | Thought | Prompted | Result]
                   ) -> tuple[list[str], Result]:
     """A whole answer, for clients that do not stream (its thinking is in the Result). Closing the stream
     gives the model back at once."""

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from hllama.backends import Prompted
 from hllama.conversation import ChatMessage as EngineMessage
 from hllama.conversation import Message, Thought, ToolCall
 from hllama.errors import InvalidOption
@@ -85,9 +86,11 @@ class _Events(Encoder):
         self.ident, self.body = ident, body
         self.index, self.open_kind = -1, ""
 
-    def start(self) -> Iterable[bytes]:
+    def start(self, prompted: Prompted | None) -> Iterable[bytes]:
+        """message_start, with the prompt's tokens as Anthropic counts them there."""
+        tokens = prompted.prompt_tokens if prompted is not None else 0
         start = MessageResponse(id=self.ident, model=self.body.model, content=[], stop_reason=None,
-                                usage=Usage(input_tokens=0, output_tokens=0))
+                                usage=Usage(input_tokens=tokens, output_tokens=0))
         yield _event(MessageStart(message=start))
 
     def piece(self, item: str | Thought) -> Iterable[bytes]:

@@ -237,8 +237,10 @@ async def pull(request: Request) -> Response:
     body: NameRequest = await read_body(request, NameRequest)
     service: Service = request.app.state.service
     repo_id = named(_bare(body.target))
-    if service.registry.get(body.target) is not None or not looks_like_repo_id(repo_id):
-        repo_id = service.resolve(body.target).model  # an alias pulls its model (through any alias it builds on)
+    if service.registry.get(body.target) is None and not looks_like_repo_id(repo_id):
+        service.refresh()  # an alias written a moment ago, before the watcher saw it
+    if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
+        repo_id = service.resolve(body.target).model
     progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))
     if not body.stream:
         last = await anext(progress)  # the Hub's answer about the repo: errors here get a status

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from hllama.backends import Prompted
 from hllama.conversation import ANY_OBJECT, Message, Thought, ToolCall
 from hllama.conversation import ChatMessage as EngineMessage
 from hllama.errors import InvalidOption
@@ -77,7 +78,7 @@ class _Events(Encoder):
         document = StreamEvent(type=kind, sequence_number=self.number - 1, **fields).model_dump()
         return f"event: {kind}\ndata: ".encode() + json.dumps(document, ensure_ascii=False).encode() + b"\n\n"
 
-    def start(self) -> Iterable[bytes]:
+    def start(self, prompted: Prompted | None) -> Iterable[bytes]:
         yield self.event("response.created", response=self.shell.model_dump())
         yield self.event("response.in_progress", response=self.shell.model_dump())
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from hllama.aliases.resolve import Overrides, Resolved
+from hllama.backends import Prompted
 from hllama.errors import HllamaError, InvalidOption
 from hllama.runtime.service import Result, Service, collect, effective_settings
 from hllama.server.body import named
@@ -25,6 +26,9 @@ log = logging.getLogger("hllama.server")
 
 #: The response header that says which settings a request ran with, and which layer set each.
 EFFECTIVE_HEADER = "X-Hllama-Effective"
+
+#: The response header that says how many of the conversation's oldest turns were left out to fit its context.
+DROPPED_HEADER = "X-Hllama-Turns-Dropped"
 
 
 def resolve_request(service: Service, model: str, api: Overrides | dict[str, Any] | None = None) -> Resolved:
@@ -47,7 +51,8 @@ class Encoder:
     media_type = "text/event-stream"
     closing = b""  # written last, after an error too (OpenAI's ``data: [DONE]``)
 
-    def start(self) -> Iterable[bytes]:
+    def start(self, prompted: Prompted | None) -> Iterable[bytes]:
+        """What a stream opens with; ``prompted``: what the prompt took, where it was built here."""
         return ()
 
     def piece(self, item: Any) -> Iterable[bytes]:
@@ -68,21 +73,28 @@ async def respond(events: AsyncIterator[Any], encoder: Encoder, *, stream: bool,
                   ) -> Response:
     """An answer (``str`` and :class:`Thought` pieces, then a :class:`Result`; or any items, for a progress
     stream) as the encoder frames it."""
-    headers = {EFFECTIVE_HEADER: effective_settings(resolved)} if resolved is not None else None
+    headers = {EFFECTIVE_HEADER: effective_settings(resolved)} if resolved is not None else {}
     first = await anext(events)  # loading, prompt building and the first token: failures here get a status
+    prompted = None
+    if isinstance(first, Prompted):
+        prompted, first = first, await anext(events)
+        if prompted.dropped_turns:
+            headers[DROPPED_HEADER] = str(prompted.dropped_turns)
     if not stream:
         pieces, result = await collect(first, events)
         return JSONResponse(encoder.whole("".join(pieces), result), headers=headers)
     name = resolved.name if resolved is not None else "a stream"
-    return StreamingResponse(_frames(first, events, encoder, name), media_type=encoder.media_type, headers=headers)
+    return StreamingResponse(_frames(first, events, encoder, name, prompted), media_type=encoder.media_type,
+                             headers=headers)
 
 
 _ENDED = object()
 
 
-async def _frames(first: Any, events: AsyncIterator[Any], encoder: Encoder, name: str) -> AsyncIterator[bytes]:
+async def _frames(first: Any, events: AsyncIterator[Any], encoder: Encoder, name: str, prompted: Prompted | None
+                  ) -> AsyncIterator[bytes]:
     try:
-        for frame in encoder.start():
+        for frame in encoder.start(prompted):
             yield frame
         item = first
         while not isinstance(item, Result) and item is not _ENDED:
