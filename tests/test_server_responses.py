@@ -81,7 +81,31 @@ def test_structured_output_and_reasoning(client: openai.OpenAI):
 def test_what_is_not_kept_or_served_is_refused(client: openai.OpenAI):
     with pytest.raises(openai.BadRequestError, match="previous_response_id"):
         client.responses.create(model=REPO_ID, input="hi", previous_response_id="resp_123")
-    with pytest.raises(openai.BadRequestError, match="only function tools"):
-        client.responses.create(model=REPO_ID, input="hi", tools=[{"type": "web_search"}])
     response = httpx.post(f"{client.base_url}responses", json={"model": "nobody/nothing", "input": "hi"}, timeout=60)
     assert response.status_code == 404 and "not found" in response.json()["error"]["message"]
+
+
+def test_codexs_tools_a_namespace_and_hosted_ones(client: openai.OpenAI, caplog):
+    """Codex sends its functions grouped in a namespace, beside hosted tools such as web_search: the functions are
+    offered by name, a call comes back in its namespace, and what cannot run here is left out with a log line."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hllama.server")
+    inner = {key: value for key, value in WEATHER.items()}
+    tools = [{"type": "namespace", "name": "weather", "description": "Weather tools.", "tools": [inner]},
+             {"type": "web_search"}, {"type": "file_search", "vector_store_ids": []}]
+    first = client.responses.create(model=TOOL_REPO_ID, input=WEATHER_QUESTION, tools=tools, temperature=0)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert call.model_dump()["namespace"] == "weather"
+    follow_up = [{"role": "user", "content": WEATHER_QUESTION}, call.model_dump(exclude_none=True),
+                 {"type": "function_call_output", "call_id": call.call_id, "output": WEATHER_RESULT}]
+    assert client.responses.create(model=TOOL_REPO_ID, input=follow_up, tools=tools,
+                                   temperature=0).output_text == WEATHER_ANSWER
+    plain = client.responses.create(model=TOOL_REPO_ID, input=WEATHER_QUESTION, tools=[WEATHER], temperature=0)
+    assert "namespace" not in [item for item in plain.output if item.type == "function_call"][0].model_dump(
+        exclude_none=True)
+    only_hosted = client.responses.create(model=REPO_ID, input=CHATS[0][0], tools=[{"type": "web_search"}],
+                                          temperature=0)
+    assert only_hosted.output_text == CHATS[0][1]  # answered as if it offered no tools
+    assert "tools: file_search, web_search cannot run here and are left out" in caplog.messages

@@ -27,6 +27,7 @@ from hllama.server.body import json_body, read_body, replies
 from hllama.server.openai_types import EFFORT_TO_THINK
 from hllama.server.responses_types import (
     FunctionCallItem,
+    FunctionTool,
     IncompleteDetails,
     InputItem,
     InputTokensDetails,
@@ -62,14 +63,15 @@ async def responses(request: Request) -> Response:
                            model=body.model, output=[], instructions=body.instructions,
                            max_output_tokens=body.max_output_tokens, temperature=body.temperature,
                            top_p=body.top_p, tools=body.tools or [], tool_choice=body.tool_choice)
-    return await respond(events, _Events(shell), stream=body.stream, resolved=resolved)
+    namespaces = {tool.name: namespace for namespace, tool in _functions(body) if namespace}
+    return await respond(events, _Events(shell, namespaces), stream=body.stream, resolved=resolved)
 
 
 class _Events(Encoder):
     """response.created, then each output item's added, deltas and done events, then response.completed."""
 
-    def __init__(self, shell: ResponseObject) -> None:
-        self.shell = shell
+    def __init__(self, shell: ResponseObject, namespaces: dict[str, str]) -> None:
+        self.shell, self.namespaces = shell, namespaces  # namespaces: a namespaced function's name -> namespace
         self.number = 0
         self.index, self.open_kind, self.item_id, self.said, self.text = -1, "", "", "", ""
 
@@ -125,7 +127,7 @@ class _Events(Encoder):
 
     def end(self, result: Result) -> Iterable[bytes]:
         yield from self.close()
-        for call in _calls(result):
+        for call in _calls(result, self.namespaces):
             self.index += 1
             yield self.event("response.output_item.added", output_index=self.index,
                              item=call.model_copy(update={"arguments": "", "status": "in_progress"}).model_dump())
@@ -134,7 +136,7 @@ class _Events(Encoder):
             yield self.event("response.function_call_arguments.done", item_id=call.id, output_index=self.index,
                              arguments=call.arguments)
             yield self.event("response.output_item.done", output_index=self.index, item=call.model_dump())
-        done_response = _finished(self.shell, result, self.text)
+        done_response = _finished(self.shell, result, self.text, self.namespaces)
         yield self.event("response.completed" if done_response.status == "completed" else "response.incomplete",
                          response=done_response.model_dump())
 
@@ -142,10 +144,10 @@ class _Events(Encoder):
         return self.event("error", code=None, message=message, param=None)
 
     def whole(self, text: str, result: Result) -> dict[str, Any]:
-        return _finished(self.shell, result, text).model_dump()
+        return _finished(self.shell, result, text, self.namespaces).model_dump()
 
 
-def _finished(shell: ResponseObject, result: Result, text: str) -> ResponseObject:
+def _finished(shell: ResponseObject, result: Result, text: str, namespaces: dict[str, str]) -> ResponseObject:
     """The whole response: reasoning, the message (when there is text), function calls, usage."""
     output: list[OutputItem] = []
     if result.thinking:
@@ -154,7 +156,7 @@ def _finished(shell: ResponseObject, result: Result, text: str) -> ResponseObjec
     if text or not result.tool_calls:
         output.append(MessageItem(id="msg_" + secrets.token_hex(12), status="incomplete" if cut else "completed",
                                   content=[OutputText(text=text)]))
-    output += _calls(result)
+    output += _calls(result, namespaces)
     stats = result.finished.stats
     usage = ResponseUsage(input_tokens=stats.prompt_tokens, output_tokens=stats.generated_tokens,
                           total_tokens=stats.prompt_tokens + stats.generated_tokens,
@@ -164,10 +166,12 @@ def _finished(shell: ResponseObject, result: Result, text: str) -> ResponseObjec
         "incomplete_details": IncompleteDetails(reason="max_output_tokens") if cut else None})
 
 
-def _calls(result: Result) -> list[FunctionCallItem]:
+def _calls(result: Result, namespaces: dict[str, str]) -> list[FunctionCallItem]:
+    """The answer's calls, each in the namespace its function was offered in (``namespaces``: name -> namespace)."""
     return [FunctionCallItem(id="fc_" + secrets.token_hex(12), call_id="call_" + secrets.token_hex(12),
-                             name=call.name, arguments=json.dumps(call.arguments, ensure_ascii=False),
-                             status="completed") for call in result.tool_calls]
+                             name=call.name, namespace=namespaces.get(call.name),
+                             arguments=json.dumps(call.arguments, ensure_ascii=False), status="completed")
+            for call in result.tool_calls]
 
 
 def _history(body: ResponsesRequest) -> list[Message]:
@@ -207,12 +211,29 @@ def _history(body: ResponsesRequest) -> list[Message]:
 
 
 def _tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
-    functions = [tool for tool in body.tools or [] if tool.type == "function"]
-    if len(functions) != len(body.tools or []):
-        raise InvalidOption("tools: only function tools are supported")
+    """The functions offered, a namespace's among them (flattened: the model calls them by name); hosted tools
+    (web search, file search, code interpreter, MCP...) cannot run here and are left out, with a log line."""
+    functions = [tool for _, tool in _functions(body)]
+    hosted = sorted({tool.type for tool in body.tools or [] if tool.type not in ("function", "namespace")})
+    if hosted:
+        log.info("tools: %s cannot run here and are left out", ", ".join(hosted))
     return [{"type": "function", "function": {"name": tool.name, "description": tool.description or "",
                                               "parameters": tool.parameters or {"type": "object"}}}
             for tool in functions] or None
+
+
+def _functions(body: ResponsesRequest) -> list[tuple[str | None, FunctionTool]]:
+    """Each function offered, with the namespace it was offered in (None: at the top)."""
+    found: list[tuple[str | None, FunctionTool]] = []
+    for tool in body.tools or []:
+        if tool.type == "function":
+            found.append((None, tool))
+        elif tool.type == "namespace":
+            described = [tool.description] if tool.description else []
+            found += [(tool.name, inner.model_copy(update={"description": "\n\n".join(
+                [*described, *([inner.description] if inner.description else [])])}))
+                for inner in tool.tools or [] if inner.type == "function"]
+    return found
 
 
 def _structure(body: ResponsesRequest) -> dict[str, Any] | None:

@@ -44,10 +44,12 @@ class InputItem(Lenient):
 
 
 class FunctionTool(Lenient):
-    type: str = Field("function", description="function (the only kind served)")
-    name: str = Field("", description="the function's name")
+    type: str = Field("function", description="function, or namespace (a named group of functions); hosted tools "
+                                              "(web_search, file_search, ...) are left out, as they cannot run here")
+    name: str = Field("", description="the function's (or the namespace's) name")
     description: str | None = Field(None, description="what it does, for the model")
     parameters: dict[str, Any] | None = Field(None, description="the JSON schema of its arguments")
+    tools: list[FunctionTool] | None = Field(None, description="a namespace's functions")
 
 
 class NamedFunction(Lenient):
@@ -126,6 +128,8 @@ class FunctionCallItem(BaseModel):
     id: str = Field(description="fc_ and a random id")
     call_id: str = Field(description="call_ and a random id, which its output names")
     name: str = Field(description="the function called")
+    namespace: str | None = Field(None, description="the namespace the function was offered in, if any",
+                                  exclude_if=lambda value: value is None)
     arguments: str = Field(description="its arguments, as JSON text")
     status: Literal["in_progress", "completed"] = Field(description="whether it is whole")
 
