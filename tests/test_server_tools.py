@@ -122,6 +122,45 @@ def test_a_call_the_model_opens_follows_its_tools_schema(url: str):
     assert prose["content"] == CHATS[0][1] and not prose.get("tool_calls")
 
 
+def test_a_tool_with_a_schema_keyword_the_grammar_lacks_leaves_the_others_enforced(url: str, caplog):
+    """One of Claude Code's tools uses ``propertyNames``, which the grammar cannot enforce: that keyword goes
+    unchecked (said in the log), and every call is still held to the rest of its tool's schema."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    odd = {"type": "function", "function": {"name": "set_env", "description": "Set variables", "parameters": {
+        "type": "object", "properties": {"vars": {"type": "object", "propertyNames": {"pattern": "^[A-Z_]+$"},
+                                                  "additionalProperties": {"type": "string"}}}}}}
+    # required: the whole answer is held to the calls' grammar, which a tool it could not enforce used to refuse
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": TOOL_REPO_ID, "messages": ASK, "tools": [odd, CITY_TOOL], "tool_choice": "required",
+        "temperature": 0}).json()
+    calls = reply["choices"][0]["message"]["tool_calls"]
+    for call in calls:
+        arguments = json.loads(call["function"]["arguments"])
+        if call["function"]["name"] == "get_weather":
+            assert arguments["city"] in ("Lyon", "Nice"), arguments
+        else:
+            assert call["function"]["name"] == "set_env" and set(arguments) <= {"vars"}, arguments
+            assert all(isinstance(value, str) for value in arguments.get("vars", {}).values()), arguments
+    assert calls
+    assert any("set_env: propertyNames in its parameters cannot be enforced" in message
+               for message in caplog.messages)
+    assert not any("left unconstrained" in message for message in caplog.messages)
+
+
+def test_unenforceable_keywords_are_left_out_only_where_they_are_keywords():
+    from hllama.engine.schemas import enforceable_parameters
+
+    schema = {"type": "object", "properties": {"not": {"type": "string", "pattern": "^a"},
+                                               "m": {"type": "object", "propertyNames": {"pattern": "^a"}},
+                                               "n": {"not": {"type": "string"}}}}
+    relaxed = json.loads(enforceable_parameters("tool", json.dumps(schema)))
+    assert relaxed["properties"]["not"] == {"type": "string", "pattern": "^a"}  # a property named "not" stays
+    assert relaxed["properties"]["m"] == {"type": "object"} and relaxed["properties"]["n"] == {}
+    assert relaxed["additionalProperties"] is False
+
+
 def test_tool_choice_required_or_named_makes_the_model_call(url: str):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     prose_question = [{"role": "user", "content": CHATS[0][0]}]  # one the model answers without a tool

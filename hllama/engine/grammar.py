@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hllama.conversation import ANY_OBJECT, Pattern
+from hllama.engine.schemas import OPTIONS, closed, enforceable, enforceable_parameters
 from hllama.engine.thinking import CLOSE, OPEN
 from hllama.engine.tools import CLOSE as CALL_CLOSE
 from hllama.engine.tools import OPEN as CALL_OPEN
@@ -28,8 +29,6 @@ from hllama.errors import InvalidOption
 
 log = logging.getLogger(__name__)
 
-#: What JSON mode asks for.
-_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 #: A schema with the usual parts (keys, strings, numbers): masking for it once builds a tokenizer's tables.
 _WARM_UP = {"type": "object", "properties": {"text": {"type": "string"}, "number": {"type": "number"}},
@@ -46,7 +45,7 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_ids: list[int]) ->
 
         prepared = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=ends)
         # the first mask of a tokenizer builds its lookup tables (a second at a 49k vocabulary): now, not in a request
-        _fill(LLMatcher(prepared, LLMatcher.grammar_from_json_schema(_WARM_UP, defaults=_OPTIONS)),
+        _fill(LLMatcher(prepared, LLMatcher.grammar_from_json_schema(_WARM_UP, defaults=OPTIONS)),
               _bitmask(vocab_size))
         _vocabulary(prepared)  # one pass over the tokens, now rather than in a request
         return prepared
@@ -107,10 +106,10 @@ def _compiled(schema_text: str) -> str:
     from llguidance import LLMatcher
 
     try:
-        grammar = LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_text)), defaults=_OPTIONS)
+        grammar = LLMatcher.grammar_from_json_schema(closed(json.loads(schema_text)), defaults=OPTIONS)
     except ValueError as exc:
         raise InvalidOption(f"format: not a JSON schema: {exc}") from None
-    return _enforceable(grammar, "format: this JSON schema")
+    return enforceable(grammar, "format: this JSON schema")
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,7 +128,7 @@ def _compiled_pattern(pattern: Pattern) -> str:
             grammar = LLMatcher.grammar_from_lark(lark)
     except Exception as exc:  # a GBNF grammar the converter cannot read
         raise InvalidOption(f"structured_outputs.{pattern.kind}: {str(exc).strip().splitlines()[0]}") from None
-    return _enforceable(grammar, f"structured_outputs.{pattern.kind}")
+    return enforceable(grammar, f"structured_outputs.{pattern.kind}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,8 +141,9 @@ def _compiled_calls(calls: ToolCalls) -> str:
     key = calls.arguments_key
     rules = []
     for index, (name, parameters) in enumerate(calls.functions):
-        schema = {"type": "object", "properties": {"name": {"const": name}, key: _closed(parameters)},
-                  "required": ["name", key], "additionalProperties": False, "x-guidance": _OPTIONS}
+        arguments = json.loads(enforceable_parameters(name, json.dumps(parameters, ensure_ascii=False)))
+        schema = {"type": "object", "properties": {"name": {"const": name}, key: arguments},
+                  "required": ["name", key], "additionalProperties": False, "x-guidance": OPTIONS}
         rules.append(f"tool{index}: %json {json.dumps(schema, ensure_ascii=False)}")
     one = not calls.lazy and calls.choice != "required"  # a named tool: exactly one call
     if calls.style == "tagged":
@@ -160,29 +160,7 @@ def _compiled_calls(calls: ToolCalls) -> str:
         grammar = LLMatcher.grammar_from_lark(lark)
     except Exception as exc:
         raise InvalidOption(f"tools: {str(exc).strip().splitlines()[0]}") from None
-    return _enforceable(grammar, "tools: a tool's parameters")
-
-
-def _enforceable(grammar: str, what: str) -> str:
-    """``grammar``, once llguidance finds nothing in it that it cannot enforce; else an :class:`InvalidOption`
-    saying ``what`` and the first problem."""
-    from llguidance import LLMatcher
-
-    if problem := LLMatcher.validate_grammar(grammar):
-        raise InvalidOption(f"{what} cannot be enforced: {problem.strip().splitlines()[0]}")
-    return grammar
-
-
-def _closed(schema: Any) -> Any:
-    """``schema`` with every object that lists its properties closed to others, unless it says otherwise."""
-    if isinstance(schema, list):
-        return [_closed(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed = {key: _closed(value) for key, value in schema.items()}
-    if "properties" in closed and "additionalProperties" not in closed:
-        closed["additionalProperties"] = False
-    return closed
+    return enforceable(grammar, "tools: a tool's parameters")
 
 
 def constraint_for(structure: Structure, tokenizer: Any, *, thinking: ThinkingMode = "no",
