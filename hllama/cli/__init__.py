@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hllama.cli import aliases, chat, logs, models, server
+    from hllama.cli import aliases, chat, launch, logs, models, server
 
     parser = _Parser(prog="hllama", description="Run Hugging Face models the way Ollama runs GGUF.")
     parser.add_argument("-v", "--version", action="version", version=f"hllama {__version__}")
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(commands)
     server.register_client(commands)
     logs.register(commands)
+    launch.register(commands)
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)  # whose flags (and help) an unknown flag is told of
     parser.set_defaults(commands=commands.choices)
@@ -69,6 +70,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     read: the command's own, for a flag it does not have."""
     words = sys.argv[1:] if argv is None else argv
     commands = parser.get_default("commands")
+    passes_on = bool(words) and words[0] in commands and commands[words[0]].get_default("passed") is not None
+    words, passed = (words[:words.index("--")], words[words.index("--") + 1:]) if passes_on and "--" in words \
+        else (words, [])  # a command that runs another (launch) hands it the words after --
     if words and not words[0].startswith("-") and words[0] not in commands:
         parser.error(f"unknown command '{words[0]}'{did_you_mean(words[0], commands)}")
     args, unknown = parser.parse_known_args(words)
@@ -78,6 +82,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         flag = next((word for word in unknown if word.startswith("-")), unknown[0])
         command.error(f"unrecognized argument {flag.split('=', 1)[0]}{did_you_mean(flag.split('=', 1)[0], flags)}"
                       if flag.startswith("-") else f"unexpected argument '{flag}'")
+    if passes_on:
+        args.passed = passed
     return args
 
 

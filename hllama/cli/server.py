@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hllama.config import OLLAMA_ENV, Settings, address, load_settings, parse_host
-from hllama.errors import InvalidOption, ServerUnreachable
+from hllama.cli.client import call
+from hllama.config import OLLAMA_ENV, Settings, load_settings, parse_host
+from hllama.errors import InvalidOption
 
 _ENVIRONMENT = "\n".join(
     [f"  HLLAMA_{name.upper():<22} {info.description}" for name, info in Settings.model_fields.items()]
@@ -62,7 +63,7 @@ def run_ps(args: argparse.Namespace) -> int:
     from hllama.units import format_bytes
 
     rows = []
-    for model in _call("GET", "/api/ps")["models"]:
+    for model in call("GET", "/api/ps")["models"]:
         until = datetime.fromisoformat(model["expires_at"])
         seconds = (until - datetime.now(until.tzinfo)).total_seconds()
         until_text = "Forever" if seconds > 3 * 365 * 86400 else f"{max(0, int(seconds))} seconds from now"
@@ -79,35 +80,5 @@ def run_ps(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    _call("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+    call("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
     return 0
-
-
-def _call(method: str, path: str, body: dict | None = None) -> dict:
-    """One request to the server at HLLAMA_HOST / OLLAMA_HOST; its errors as one line."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    settings = load_settings()
-    host, port = settings.bind
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{address(host, port)}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"}
-    if settings.api_key is not None:
-        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise ServerUnreachable(str(message)) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServerUnreachable(f"could not connect to hllama at {url.rsplit(path, 1)[0]} ({reason}); "
-                                "is 'hllama serve' running?") from None
