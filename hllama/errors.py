@@ -71,6 +71,14 @@ class AliasNotFound(HllamaError, LookupError):
         super().__init__(f"model '{shown(name)}' not found{did_you_mean(name, known)}")
 
 
+class ResponseNotFound(HllamaError, LookupError):
+    """A stored response (``previous_response_id``, ``GET /v1/responses/{id}``) that is not there."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"response '{shown(response_id)}' not found (responses are kept when stored, for "
+                         "30 days, the newest 10,000)")
+
+
 class AliasExists(HllamaError, FileExistsError):
     def __init__(self, name: str, path: Path) -> None:
         self.name = name

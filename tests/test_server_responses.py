@@ -79,7 +79,7 @@ def test_structured_output_and_reasoning(client: openai.OpenAI):
 
 
 def test_what_is_not_kept_or_served_is_refused(client: openai.OpenAI):
-    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+    with pytest.raises(openai.NotFoundError, match="response 'resp_123' not found"):
         client.responses.create(model=REPO_ID, input="hi", previous_response_id="resp_123")
     response = httpx.post(f"{client.base_url}responses", json={"model": "nobody/nothing", "input": "hi"}, timeout=60)
     assert response.status_code == 404 and "not found" in response.json()["error"]["message"]
@@ -109,3 +109,32 @@ def test_codexs_tools_a_namespace_and_hosted_ones(client: openai.OpenAI, caplog)
                                           temperature=0)
     assert only_hosted.output_text == CHATS[0][1]  # answered as if it offered no tools
     assert "tools: file_search, web_search cannot run here and are left out" in caplog.messages
+
+
+def test_stored_responses_continue_read_and_go(client: openai.OpenAI):
+    first = client.responses.create(model=TOOL_REPO_ID, input=WEATHER_QUESTION, tools=[WEATHER], temperature=0)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert first.store is True and client.responses.retrieve(first.id).output[0].call_id == call.call_id
+    # the result alone, after the stored exchange: the model sees the question, its call and the result
+    second = client.responses.create(model=TOOL_REPO_ID, previous_response_id=first.id, tools=[WEATHER],
+                                     temperature=0, input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                            "output": WEATHER_RESULT}])
+    assert second.output_text == WEATHER_ANSWER and second.previous_response_id == first.id
+    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn's cache, reused
+    whole = [{"role": "user", "content": WEATHER_QUESTION}, call.model_dump(exclude_none=True),
+             {"type": "function_call_output", "call_id": call.call_id, "output": WEATHER_RESULT}]
+    counted = httpx.post(f"{client.base_url}responses/input_tokens", timeout=60, json={
+        "model": TOOL_REPO_ID, "input": whole, "tools": [WEATHER]}).json()
+    assert counted == {"object": "response.input_tokens", "input_tokens": second.usage.input_tokens}
+    continued = httpx.post(f"{client.base_url}responses/input_tokens", timeout=60, json={
+        "model": TOOL_REPO_ID, "previous_response_id": first.id, "input": whole[2:], "tools": [WEATHER]}).json()
+    assert continued == counted
+    assert client.responses.delete(first.id) is None
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    unkept = client.responses.create(model=REPO_ID, input=CHATS[0][0], temperature=0, store=False)
+    assert unkept.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unkept.id)
+    streamed = list(client.responses.create(model=REPO_ID, input=CHATS[0][0], temperature=0, stream=True))
+    assert client.responses.retrieve(streamed[-1].response.id).output_text == CHATS[0][1]  # kept when streamed too

@@ -32,6 +32,7 @@ from hllama.models.hardware import Budget, memory_budget
 from hllama.runtime.metrics import Metrics
 from hllama.runtime.requestlog import Entry as LogEntry
 from hllama.runtime.requestlog import RequestLog, current_client
+from hllama.runtime.responses import ResponseStore
 from hllama.runtime.scheduler import Scheduler, load_key
 
 log = logging.getLogger("hllama.server")
@@ -79,6 +80,7 @@ class Service:
         self.metrics = Metrics()
         self.metrics.watch(scheduler)
         scheduler.observer = self.metrics
+        self.responses = ResponseStore(settings.home / "responses.db")  # the Responses API's, when stored
         self.request_log = RequestLog(settings.home / "logs.db", retention=settings.log_retention,
                                       dropped=self.metrics.log_dropped.inc) if settings.log_requests else None
 

@@ -47,6 +47,7 @@ from hllama.errors import (
     RemoteModelNotFound,
     RequestCancelled,
     RequestTooLarge,
+    ResponseNotFound,
     ServerBusy,
     UnsupportedMediaType,
     UpstreamUnavailable,
@@ -71,7 +72,7 @@ log = logging.getLogger("hllama.server")
 HTTP_STATUS: dict[type[HllamaError], int] = {
     InvalidOption: 400, InvalidAliasName: 400, ModelfileError: 400, PromptTooLong: 400, AliasExists: 400,
     NotSupported: 400, ChatTemplateError: 400, BuiltinAlias: 400, IncompleteModel: 400,
-    AliasNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
+    AliasNotFound: 404, ResponseNotFound: 404, ModelNotDownloaded: 404, NoModelAtPath: 404, RemoteModelNotFound: 404,
     UnsupportedMediaType: 415, RequestTooLarge: 413, GatedModel: 403, HubUnreachable: 502, UpstreamUnavailable: 502,
     ServerBusy: 503, RequestCancelled: 499,  # nginx's "client closed request": nobody is there to read it
     ModelTooLarge: 500, QuantizationUnavailable: 500, ModelLoadError: 500, ConfigError: 500,

@@ -1,21 +1,24 @@
-"""OpenAI's Responses API (``POST /v1/responses``), stateless as Ollama serves it, over the same service.
+"""OpenAI's Responses API (``/v1/responses``) over the same service.
 
 The input items become the engine's conversation; the answer comes back as output items (reasoning, the
-message, function calls), whole or as typed events. ``previous_response_id`` is refused: responses are not
-kept, so a client sends the conversation each time, as with chat completions.
+message, function calls), whole or as typed events. A response is kept when stored (``store``, the default), so
+a later request may continue it (``previous_response_id``: its conversation and answer come first) and
+``GET``/``DELETE /v1/responses/{id}`` read or remove it; a continuation's prompt begins with the one it
+continues, so the model's cache of that turn is reused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from hllama.backends import Prompted
 from hllama.conversation import ANY_OBJECT, Message, Thought, ToolCall
@@ -26,11 +29,14 @@ from hllama.runtime.service import Result, Service
 from hllama.server.body import json_body, read_body, replies
 from hllama.server.openai_types import EFFORT_TO_THINK
 from hllama.server.responses_types import (
+    DeletedResponse,
     FunctionCallItem,
     FunctionTool,
     IncompleteDetails,
     InputItem,
+    InputTokens,
     InputTokensDetails,
+    InputTokensRequest,
     MessageItem,
     OutputItem,
     OutputText,
@@ -51,27 +57,65 @@ log = logging.getLogger("hllama.server")
              responses=replies(ResponseObject, streamed="text/event-stream"))
 async def responses(request: Request) -> Response:
     body: ResponsesRequest = await read_body(request, ResponsesRequest)
-    if body.previous_response_id:
-        raise InvalidOption("previous_response_id: responses are not stored here; send the whole conversation "
-                            "as input items")
     service: Service = request.app.state.service
     resolved = resolve_request(service, body.model, body.parameters())
+    items = await _items(service, body)
     choice = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.name
-    events = service.chat(resolved, _history(body), structure=_structure(body), tools=_tools(body),
-                          tool_choice=choice, think=_think(body))
+    events = service.chat(resolved, _history(body.instructions, items), structure=_structure(body),
+                          tools=_tools(body), tool_choice=choice, think=_think(body))
     shell = ResponseObject(id="resp_" + secrets.token_hex(12), created_at=int(time.time()), status="in_progress",
                            model=body.model, output=[], instructions=body.instructions,
                            max_output_tokens=body.max_output_tokens, temperature=body.temperature,
-                           top_p=body.top_p, tools=body.tools or [], tool_choice=body.tool_choice)
+                           top_p=body.top_p, tools=body.tools or [], tool_choice=body.tool_choice,
+                           previous_response_id=body.previous_response_id, store=body.store)
     namespaces = {tool.name: namespace for namespace, tool in _functions(body) if namespace}
-    return await respond(events, _Events(shell, namespaces), stream=body.stream, resolved=resolved)
+    kept = [item.model_dump(exclude_none=True) for item in items]
+    keep = (lambda response: service.responses.put(response.model_dump(), kept)) if body.store else None
+    return await respond(events, _Events(shell, namespaces, keep), stream=body.stream, resolved=resolved)
+
+
+@router.get("/responses/{response_id}", responses=replies(ResponseObject))
+async def stored(response_id: str, request: Request) -> Response:
+    service: Service = request.app.state.service
+    response, _ = await asyncio.to_thread(service.responses.get, response_id)
+    return JSONResponse(response)
+
+
+@router.delete("/responses/{response_id}", responses=replies(DeletedResponse))
+async def delete_stored(response_id: str, request: Request) -> Response:
+    service: Service = request.app.state.service
+    await asyncio.to_thread(service.responses.delete, response_id)
+    return JSONResponse(DeletedResponse(id=response_id).model_dump())
+
+
+@router.post("/responses/input_tokens", openapi_extra=json_body(InputTokensRequest),
+             responses=replies(InputTokens))
+async def input_tokens(request: Request) -> Response:
+    """How many tokens a request's input takes, as OpenAI's API counts it (the model is loaded to count)."""
+    body: InputTokensRequest = await read_body(request, InputTokensRequest)
+    service: Service = request.app.state.service
+    resolved = resolve_request(service, body.model, {})
+    history = _history(body.instructions, await _items(service, body))
+    count = await service.count_tokens(resolved, history, tools=_tools(body))
+    return JSONResponse(InputTokens(input_tokens=count).model_dump())
+
+
+async def _items(service: Service, body: ResponsesRequest) -> list[InputItem]:
+    """The conversation's items: those of the stored response it continues, if any, then its own input."""
+    own = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else list(body.input)
+    if not body.previous_response_id:
+        return own
+    earlier = await asyncio.to_thread(service.responses.conversation, body.previous_response_id)
+    return [*(InputItem.model_validate(item) for item in earlier), *own]
 
 
 class _Events(Encoder):
     """response.created, then each output item's added, deltas and done events, then response.completed."""
 
-    def __init__(self, shell: ResponseObject, namespaces: dict[str, str]) -> None:
+    def __init__(self, shell: ResponseObject, namespaces: dict[str, str],
+                 keep: Callable[[ResponseObject], None] | None = None) -> None:
         self.shell, self.namespaces = shell, namespaces  # namespaces: a namespaced function's name -> namespace
+        self.keep = keep  # told of the finished response, to store it
         self.number = 0
         self.index, self.open_kind, self.item_id, self.said, self.text = -1, "", "", "", ""
 
@@ -136,7 +180,7 @@ class _Events(Encoder):
             yield self.event("response.function_call_arguments.done", item_id=call.id, output_index=self.index,
                              arguments=call.arguments)
             yield self.event("response.output_item.done", output_index=self.index, item=call.model_dump())
-        done_response = _finished(self.shell, result, self.text, self.namespaces)
+        done_response = self.finished(result, self.text)
         yield self.event("response.completed" if done_response.status == "completed" else "response.incomplete",
                          response=done_response.model_dump())
 
@@ -144,7 +188,14 @@ class _Events(Encoder):
         return self.event("error", code=None, message=message, param=None)
 
     def whole(self, text: str, result: Result) -> dict[str, Any]:
-        return _finished(self.shell, result, text, self.namespaces).model_dump()
+        return self.finished(result, text).model_dump()
+
+    def finished(self, result: Result, text: str) -> ResponseObject:
+        """The whole response, stored where the request asked for it."""
+        response = _finished(self.shell, result, text, self.namespaces)
+        if self.keep is not None:
+            self.keep(response)
+        return response
 
 
 def _finished(shell: ResponseObject, result: Result, text: str, namespaces: dict[str, str]) -> ResponseObject:
@@ -174,10 +225,9 @@ def _calls(result: Result, namespaces: dict[str, str]) -> list[FunctionCallItem]
             for call in result.tool_calls]
 
 
-def _history(body: ResponsesRequest) -> list[Message]:
+def _history(instructions: str | None, items: list[InputItem]) -> list[Message]:
     """The input items as the engine's conversation; a function call's output names its function."""
-    history: list[Message] = [EngineMessage(role="system", content=body.instructions)] if body.instructions else []
-    items = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    history: list[Message] = [EngineMessage(role="system", content=instructions)] if instructions else []
     names: dict[str, str] = {}
     for number, item in enumerate(items):
         if item.type == "function_call":

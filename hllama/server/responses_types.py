@@ -86,7 +86,9 @@ class ResponsesRequest(Lenient):
     temperature: float | None = Field(None, ge=0, description="unset: the alias's (or the default)")
     top_p: float | None = Field(None, gt=0, le=1, description="unset: the alias's (or the default)")
     stream: bool = Field(False, description="typed server-sent events as the answer is generated")
-    previous_response_id: str | None = Field(None, description="refused: responses are not kept")
+    previous_response_id: str | None = Field(None, description="a stored response this one continues: its "
+                                                               "conversation and answer come before this input")
+    store: bool = Field(True, description="keep the response, to continue or read it later by its id")
 
     def parameters(self) -> dict[str, Any]:
         values = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_output_tokens}
@@ -174,7 +176,24 @@ class ResponseObject(BaseModel):
     tools: list[FunctionTool] = Field(default_factory=list, description="the request's tools")
     tool_choice: Any = Field("auto", description="the request's tool_choice")
     parallel_tool_calls: bool = Field(True, description="always true")
+    previous_response_id: str | None = Field(None, description="the stored response this one continues")
+    store: bool = Field(True, description="whether it is kept")
     error: None = Field(None, description="always null: failures are HTTP errors or error events")
+
+
+class DeletedResponse(BaseModel):
+    id: str = Field(description="the response's id")
+    object: Literal["response"] = Field("response", description="a response")
+    deleted: Literal[True] = Field(True, description="it is no longer kept")
+
+
+class InputTokensRequest(ResponsesRequest):
+    """The request whose input is counted (its answer settings change nothing)."""
+
+
+class InputTokens(BaseModel):
+    object: Literal["response.input_tokens"] = Field("response.input_tokens", description="a count")
+    input_tokens: int = Field(description="tokens the request's input takes with the model's chat template")
 
 
 class StreamEvent(BaseModel):
