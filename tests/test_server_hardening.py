@@ -200,9 +200,8 @@ def test_openapi_documents_every_request_body(url: str):
               if method in ("post", "delete") and path != "/v1/responses/{response_id}"}  # an id, no body
     assert set(bodies) == {(path, "post") for path in (
         "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/pull", "/api/copy",
-        "/api/create", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/responses/input_tokens",
-        "/v1/messages",
-        "/v1/messages/count_tokens")} | {("/api/delete", "delete")}
+        "/api/create", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+        "/v1/responses/input_tokens", "/v1/messages", "/v1/messages/count_tokens")} | {("/api/delete", "delete")}
     assert {"model", "messages", "options", "format", "stream", "keep_alive", "tools"} <= set(
         bodies[("/api/chat", "post")]["properties"])
     assert bodies[("/api/chat", "post")]["properties"]["messages"]["items"] == {
