@@ -221,6 +221,8 @@ def test_pull_of_an_alias_on_a_local_model_succeeds_as_codex_asks(tiny_model_dir
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("gone")
     assert caught.value.status_code == 404 and "gone" in str(caught.value)
+    (modelfiles / "elsewhere.yaml").write_text("from: some/model\nload:\n  upstream: [\"http://127.0.0.1:9/v1\"]\n")
+    assert client.pull("elsewhere").status == "success"  # served by an engine elsewhere: nothing to download
 
 
 def test_pull_reports_bytes_as_they_arrive_and_stops_with_the_client(

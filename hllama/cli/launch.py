@@ -111,7 +111,8 @@ def _shortfalls(model: str, agent: Agent, settings: Settings) -> list[str]:
     """What in the alias keeps the agent from working, each with what to change."""
     shown = call("POST", "/api/show", {"model": model}, settings=settings)
     problems = []
-    if "tools" not in shown.get("capabilities", []):
+    elsewhere = "upstream.url" in (shown.get("model_info") or {})  # its engine's template is not known here
+    if not elsewhere and "tools" not in shown.get("capabilities", []):
         problems.append(f"'{model}' has a chat template with no place for tools, and {agent.binary} works by "
                         "calling tools: choose a model whose template takes them (hllama show ALIAS lists 'tools')")
     context = _context_of(shown)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from hllama import __version__
 from hllama.aliases.modelfile import Modelfile, dump_ollama
 from hllama.aliases.registry import Registry
+from hllama.backends import is_upstream
 from hllama.errors import AliasNotFound, HubUnreachable, InvalidOption, NoModelAtPath
 from hllama.models import embedded, hub
 from hllama.names import is_local_path, is_model_path, looks_like_repo_id
@@ -239,9 +240,12 @@ async def pull(request: Request) -> Response:
     repo_id = named(_bare(body.target))
     if service.registry.get(body.target) is None and not looks_like_repo_id(repo_id):
         service.refresh()  # an alias written a moment ago, before the watcher saw it
+    elsewhere = False  # an alias served by an engine elsewhere has nothing to download here
     if service.registry.get(body.target) is not None:  # an alias pulls its model (through any alias it builds on)
-        repo_id = service.resolve(body.target).model
-    progress = iterate_in_thread(lambda cancel: _pull_progress(repo_id, cancel))
+        resolved = service.resolve(body.target)
+        repo_id, elsewhere = resolved.model, is_upstream(resolved)
+    progress = iterate_in_thread(lambda cancel: iter([ProgressResponse(status="success")]) if elsewhere
+                                 else _pull_progress(repo_id, cancel))
     if not body.stream:
         last = await anext(progress)  # the Hub's answer about the repo: errors here get a status
         async for item in progress:
