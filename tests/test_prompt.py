@@ -69,6 +69,10 @@ def test_a_system_message_mid_conversation_is_a_turn_where_the_template_takes_on
     assert merged == "<system>Be brief.\n\nNow answer in French.\n<user>hi\n<user>again\n<assistant>"
     alone = [{"role": "user", "content": "hi"}, {"role": "system", "content": "Be brief."}]
     assert build_prompt(tiny.tokenizer, alone, template=SYSTEM_FIRST).text == "<system>Be brief.\n<user>hi\n<assistant>"
+    silent = ("{% for m in messages %}{% if m['role'] != 'system' or loop.first %}"
+              "<{{ m['role'] }}>{{ m['content'] }}\n{% endif %}{% endfor %}<assistant>")
+    # a template that leaves a later system message out without a word
+    assert build_prompt(tiny.tokenizer, messages, template=silent).text == merged
     with pytest.raises(ChatTemplateError, match="must be at the beginning"):  # nothing to move: the error stands
         build_prompt(tiny.tokenizer, messages[:2], template=SYSTEM_FIRST.replace("not loop.first", "true"))
 

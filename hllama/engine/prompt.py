@@ -228,13 +228,18 @@ def render(tokenizer: Any, messages: list[dict[str, Any]], *, template: str | No
     A ``template`` of a request or an alias renders in hllama's bounded sandbox; the model's own through
     transformers; both within a deadline.
     """
+    merged = _systems_first(messages)
     try:
-        return _rendered(tokenizer, messages, template=template, tools=tools, **options)
+        text, stops = _rendered(tokenizer, messages, template=template, tools=tools, **options)
     except ChatTemplateError:
-        # many templates refuse a system message after the first turn: it joins the system prompt, in order
-        if (merged := _systems_first(messages)) is None:
+        if merged is None:
             raise
-        return _rendered(tokenizer, merged, template=template, tools=tools, **options)
+        text, stops = "", ()  # many templates refuse a system message after the first turn
+    if merged is None or all(str(message["content"]).strip() in text for message in messages[1:]
+                             if message["role"] == "system"):
+        return text, stops
+    # refused, or left out without a word: the later system messages join the system prompt, in order
+    return _rendered(tokenizer, merged, template=template, tools=tools, **options)
 
 
 def _systems_first(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
