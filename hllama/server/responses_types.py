@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hllama.server.body import Lenient, required
+from hllama.server.body import Lenient, omitted, required
 
 
 class ContentPart(Lenient):
@@ -130,8 +130,7 @@ class FunctionCallItem(BaseModel):
     id: str = Field(description="fc_ and a random id")
     call_id: str = Field(description="call_ and a random id, which its output names")
     name: str = Field(description="the function called")
-    namespace: str | None = Field(None, description="the namespace the function was offered in, if any",
-                                  exclude_if=lambda value: value is None)
+    namespace: str | None = omitted("the namespace the function was offered in, if any")
     arguments: str = Field(description="its arguments, as JSON text")
     status: Literal["in_progress", "completed"] = Field(description="whether it is whole")
 
